@@ -1,0 +1,20 @@
+"""DVC stage: dense training -> rewind point, final weights, metrics, per-epoch curve."""
+
+import argparse
+from pathlib import Path
+
+from structlth.config import load_params
+from structlth.errors import user_errors
+from structlth.pipeline import pretrain, setup
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--checkpoint", help="resumable state, outside the DVC outs")
+    args = ap.parse_args()
+    with user_errors():
+        ctx = setup(load_params(args.params), args.data)
+        m = pretrain(ctx, Path(args.out), Path(args.checkpoint) if args.checkpoint else None)
+        print(f"dense test_acc {m['test_acc']:.4f}")

@@ -1,0 +1,27 @@
+"""DVC stage: a structured ticket (refill | regroup kind) from one IMP round, retrained."""
+
+import argparse
+from pathlib import Path
+
+from structlth.config import load_params
+from structlth.errors import ParamsError, user_errors
+from structlth.pipeline import make_ticket, setup
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--name", required=True, help="an entry of params.yaml's tickets section")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--pretrain", required=True)
+    ap.add_argument("--imp", required=True, help="the IMP round's directory")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--checkpoint")
+    args = ap.parse_args()
+    with user_errors():
+        params = load_params(args.params)
+        if args.name not in params.tickets:
+            raise ParamsError(f"tickets.{args.name}: no such ticket (have {sorted(params.tickets)})")
+        ctx = setup(params, args.data)
+        m = make_ticket(ctx, args.name, Path(args.imp), Path(args.pretrain), Path(args.out),
+                        Path(args.checkpoint) if args.checkpoint else None)
+        print(f"{args.out}: sparsity {m['sparsity']:.4f} (IMP {m['source_sparsity']:.4f}) test_acc {m['test_acc']:.4f}")

@@ -1,0 +1,109 @@
+"""Artifact I/O: safetensors for tensors, JSON for metrics. Nothing else is ever loaded.
+
+Writes are atomic (temporary file in the same folder, then rename) and deterministic (keys in
+sorted order, metadata without timestamps), so an interrupted stage leaves no half file and a
+rerun with the same inputs writes the same bytes, letting DVC skip everything downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+
+from structlth.errors import ArtifactError
+
+META_KEY = "structlth"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """Write `tensors` (any shapes) and JSON-able `meta` to a safetensors file, atomically."""
+    ordered = {k: tensors[k].detach().to("cpu").contiguous() for k in sorted(tensors)}
+    header = {META_KEY: json.dumps(meta, sort_keys=True)}
+    _atomic_write(Path(path), save(ordered, metadata=header))
+
+
+def load_tensors(
+    path: str | Path,
+    *,
+    expect: Mapping[str, tuple[int, ...]] | None = None,
+    expect_meta: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors artifact; check names/shapes against `expect`, meta against `expect_meta`.
+
+    Returns (tensors, meta). Every failure is an ArtifactError naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing (run the stage that makes it: dvc repro)")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        meta = json.loads(header.get(META_KEY, "{}"))
+    except json.JSONDecodeError:
+        raise ArtifactError(f"{path}: corrupt structlth metadata in the header") from None
+    for key, want in (expect_meta or {}).items():
+        if meta.get(key) != want:
+            raise ArtifactError(
+                f"{path}: made for {key}={meta.get(key)!r}, but {key}={want!r} is expected"
+            )
+    if expect is not None:
+        check_shapes(path, tensors, expect)
+    return tensors, meta
+
+
+def check_shapes(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], expect: Mapping[str, tuple[int, ...]]
+) -> None:
+    missing = sorted(set(expect) - set(tensors))
+    extra = sorted(set(tensors) - set(expect))
+    if missing or extra:
+        raise ArtifactError(
+            f"{path}: tensor names do not match the model (missing {missing[:3]},"
+            f" unexpected {extra[:3]}): an artifact of another architecture?"
+        )
+    for name, shape in expect.items():
+        if tuple(tensors[name].shape) != tuple(shape):
+            raise ArtifactError(
+                f"{path}: {name} has shape {tuple(tensors[name].shape)}, the model needs"
+                f" {tuple(shape)}"
+            )
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    _atomic_write(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing (run the stage that makes it: dvc repro)") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err})") from None

@@ -1,0 +1,255 @@
+"""params.yaml as pydantic models: load, validate in full, report one clear error.
+
+Every knob lives in params.yaml. Sections that DVC stages declare (data, model, train, prune,
+imp_channel, tickets.<name>, bench, report) change results; `runtime` (device, threads,
+processes) changes only where and how fast, so no stage declares it and moving a run to a GPU
+reruns nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from structlth.errors import ParamsError
+
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "tiny_imagenet", "imagenet")
+ARCHS = (
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "wrn32_2",
+    "vgg16",
+    "mobilenet_v1",
+    "resnet18",
+    "resnet50",
+)
+REFILL_CRITERIA = ("magnitude", "remain", "l1", "l2", "saliency")
+ROUND_ID = re.compile(r"^round([0-9]+)$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Augment(Strict):
+    crop_padding: int = Field(2, ge=0, le=32, description="random crop after zero padding")
+    hflip: bool = True
+
+
+class DataParams(Strict):
+    dataset: Literal[DATASETS]  # type: ignore[valid-type]
+    root: str = Field(description="where raw data lives or is unpacked")
+    download: bool = Field(False, description="allow torchvision's checked download")
+    val_size: int = Field(5000, ge=1, description="validation images carved from train")
+    train_subset: int | None = Field(None, ge=1, description="train images kept (after val)")
+    test_subset: int | None = Field(None, ge=1)
+    split_seed: int = 0
+    image_size: int | None = Field(None, ge=8, description="ImageFolder datasets: resize side")
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    augment: Augment = Augment()
+
+
+class ModelParams(Strict):
+    arch: Literal[ARCHS]  # type: ignore[valid-type]
+    width: float = Field(1.0, gt=0, le=16, description="channel width multiplier")
+    small_input_stem: bool = Field(True, description="3x3 stride-1 stem for small images")
+
+
+class TrainParams(Strict):
+    epochs: int = Field(ge=1)
+    retrain: Literal["full", "rest"] = Field(
+        "full", description="rounds retrain the full schedule, or epochs rewind_epoch..epochs"
+    )
+    lr: float = Field(gt=0)
+    schedule: Literal["multistep", "cosine"] = "multistep"
+    milestones: list[int] = Field(default_factory=list, description="multistep epochs")
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(1e-4, ge=0)
+    rewind_epoch: int = Field(ge=0, description="snapshot taken after this many epochs")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> TrainParams:
+        if self.rewind_epoch >= self.epochs:
+            raise ValueError(
+                f"rewind_epoch ({self.rewind_epoch}) must be smaller than epochs ({self.epochs})"
+            )
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs")
+        bad = [m for m in self.milestones if not 0 < m < self.epochs]
+        if bad or self.milestones != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing epochs inside (0, {self.epochs})")
+        return self
+
+
+class Prunable(Strict):
+    stem: bool = Field(False, description="prune the first conv too")
+    classifier: bool = Field(False, description="prune the final linear layer too")
+
+
+class RoundLink(Strict):
+    prev: str
+
+
+class PruneParams(Strict):
+    rate: float = Field(gt=0, lt=1, description="fraction of surviving weights pruned per round")
+    rounds: dict[str, RoundLink]
+    prunable: Prunable = Prunable()
+
+    @model_validator(mode="after")
+    def _rounds_form_a_chain(self) -> PruneParams:
+        chain_order(self.rounds)
+        return self
+
+
+def chain_order(rounds: dict[str, RoundLink]) -> list[str]:
+    """Round ids in chain order from round0 (the dense net); raise unless one simple chain."""
+    if not rounds:
+        raise ValueError("at least one round is needed")
+    for rid, link in rounds.items():
+        if not ROUND_ID.match(rid) or rid == "round0":
+            raise ValueError(f"round id {rid!r} must look like round1, round2, ...")
+        if link.prev != "round0" and link.prev not in rounds:
+            raise ValueError(f"{rid}.prev = {link.prev!r} is neither round0 nor another round")
+    successors: dict[str, str] = {}
+    for rid, link in rounds.items():
+        if link.prev in successors:
+            raise ValueError(
+                f"{successors[link.prev]} and {rid} both follow {link.prev}: rounds must form"
+                " one chain"
+            )
+        successors[link.prev] = rid
+    order, cur = [], "round0"
+    while cur in successors:
+        cur = successors[cur]
+        order.append(cur)
+    if len(order) != len(rounds):
+        lost = sorted(set(rounds) - set(order))
+        raise ValueError(f"rounds {lost} are not reachable from round0 (a gap or a cycle)")
+    return order
+
+
+class ChannelPruneParams(Strict):
+    rate: float = Field(0.2, gt=0, lt=1, description="fraction of alive channels per layer")
+
+
+class RefillParams(Strict):
+    kind: Literal["refill"]
+    criterion: Literal[REFILL_CRITERIA] = "magnitude"  # type: ignore[valid-type]
+    refill_rate: float = Field(0.0, ge=0, lt=1)
+    score_batches: int = Field(1, ge=1, description="batches for activation criteria")
+
+
+class RegroupParams(Strict):
+    kind: Literal["regroup"]
+    granularity: Literal["column", "channel"] = "column"
+    rows_per_part: int = Field(32, ge=1, description="parts = max(1, rows // rows_per_part)")
+    imbalance: float = Field(0.1, gt=0, lt=1)
+    min_rows: int = Field(16, ge=1)
+    row_align: int = Field(32, ge=1)
+    column_rule: Literal["density", "prefix"] = "density"
+    t1: float = Field(1.5, gt=0, description="prefix rule threshold")
+    t2: float = Field(0.5, gt=0, le=1, description="density rule: min share of rows")
+    b2: int = Field(4, ge=1, description="density rule: min qualifying columns")
+    seed: int = 0
+
+
+TicketParams = Annotated[Union[RefillParams, RegroupParams], Field(discriminator="kind")]
+
+
+class BenchParams(Strict):
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = [1, 64]
+    repeats: int = Field(20, ge=1)
+    warmup: int = Field(3, ge=0)
+    threads: int = Field(2, ge=1)
+    atol: float = Field(1e-3, gt=0, description="max |fast - masked| relative to output scale")
+
+
+class ReportParams(Strict):
+    tolerance: float = Field(0.01, ge=0, description="winning: test_acc >= dense - tolerance")
+    mask_layer: str | None = Field(None, description="layer drawn in the mask pictures")
+
+
+class RuntimeParams(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(2, ge=1)
+    progress: Literal["auto", "always", "never"] = "auto"
+
+
+class Params(Strict):
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    prune: PruneParams
+    imp_channel: ChannelPruneParams = ChannelPruneParams()
+    tickets: dict[str, TicketParams]
+    bench: BenchParams = BenchParams()
+    report: ReportParams = ReportParams()
+    runtime: RuntimeParams = RuntimeParams()
+
+    @model_validator(mode="after")
+    def _ticket_names(self) -> Params:
+        for name in self.tickets:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in ("imp", "imp_channel"):
+                raise ValueError(f"tickets: name {name!r} must be lower_snake and not imp*")
+        return self
+
+    def round_ids(self) -> list[str]:
+        return chain_order(self.prune.rounds)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for e in err.errors():
+        parts = [str(p) for p in e["loc"]]
+        if parts[:1] == ["tickets"] and len(parts) > 3 and parts[2] in ("refill", "regroup"):
+            del parts[2]  # the union's tag, which pydantic inserts into the location
+        loc = ".".join(parts)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "union_tag_invalid":
+            msg = f"kind must be one of {e['ctx']['expected_tags']}"
+        if "input" in e and e["type"] not in ("missing", "extra_forbidden") and not isinstance(
+            e["input"], dict
+        ):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {loc or '<top>'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(format_validation_error(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))
+
+
+def params_hash(*sections: BaseModel) -> str:
+    """Short content hash of the given sections: the identity of what they produce."""
+    blob = json.dumps([s.model_dump(mode="json") for s in sections], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,235 @@
+"""What each pipeline stage does, as library functions the thin stage scripts call.
+
+Layout of one round or ticket directory: mask.safetensors (bool masks of prunable weights),
+weights.safetensors (trained parameters and BN buffers), metrics.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from structlth import distributed as dist
+from structlth.artifacts import load_tensors, read_json, save_tensors, write_json
+from structlth.config import Params, RefillParams, RegroupParams, params_hash
+from structlth.data import Dataset, build_dataset, eval_batches, load_dataset, save_dataset
+from structlth.errors import ArtifactError
+from structlth.masks import Masks, check_masks, mask_stats, ones_masks, training_masks
+from structlth.models import build_model
+from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
+from structlth.pruning.refill import activation_scores, refill_masks, weight_scores
+from structlth.train import State, TrainResult, state_of, train
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every training stage needs: validated params, the data on its device, the device."""
+
+    params: Params
+    data: Dataset
+    device: torch.device
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, *self.data.train.images.shape[1:])
+
+    def model(self) -> nn.Module:
+        """A fresh model of params.model for this dataset, deterministically initialised."""
+        torch.manual_seed(self.params.train.seed)
+        m = self.params.model
+        return build_model(m.arch, self.data.num_classes, self.data.in_channels, m.width, m.small_input_stem)
+
+    def model_meta(self) -> dict:
+        return {
+            "arch": self.params.model.arch,
+            "width": self.params.model.width,
+            "in_channels": self.data.in_channels,
+            "num_classes": self.data.num_classes,
+        }
+
+
+def setup(params: Params, data_dir: str | Path) -> Context:
+    device = dist.local_device(params.runtime.device)
+    if device.type == "cpu":
+        torch.set_num_threads(params.runtime.threads)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+    dist.init(device)
+    return Context(params, load_dataset(data_dir).to(device), device)
+
+
+def prepare(params: Params, out_dir: str | Path) -> Dataset:
+    ds = build_dataset(params.data)
+    save_dataset(ds, out_dir, {"dataset": params.data.dataset, "params_hash": params_hash(params.data)})
+    return ds
+
+
+# ---------------------------------------------------------------- round artifacts
+
+
+def save_round(ctx: Context, out_dir: Path, state: State, masks: Masks, metrics: dict, kind: str) -> None:
+    if not dist.is_main():
+        return
+    meta = {**ctx.model_meta(), "kind": kind}
+    save_tensors(out_dir / "mask.safetensors", masks, meta)
+    save_tensors(out_dir / "weights.safetensors", state, meta)
+    write_json(out_dir / "metrics.json", metrics)
+
+
+def load_state(ctx: Context, path: Path, model: nn.Module) -> State:
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state, _ = load_tensors(path, expect=shapes, expect_meta={"arch": ctx.params.model.arch, "width": ctx.params.model.width})
+    return state
+
+
+def load_round(ctx: Context, round_dir: Path, model: nn.Module) -> tuple[State, Masks]:
+    """Trained state and masks of a round; checks they fit `model` and each other."""
+    state = load_state(ctx, round_dir / "weights.safetensors", model)
+    masks, _ = load_tensors(round_dir / "mask.safetensors", expect_meta={"arch": ctx.params.model.arch})
+    check_masks(model, masks, str(round_dir / "mask.safetensors"))
+    for name, m in masks.items():
+        if bool((state[name][~m.bool()] != 0).any()):
+            raise ArtifactError(
+                f"{round_dir}: weights.safetensors has non-zero {name} entries that mask.safetensors"
+                " prunes: mask and weights come from different rounds"
+            )
+    return state, {k: v.bool() for k, v in masks.items()}
+
+
+def file_digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- training stages
+
+
+def _train(ctx: Context, model: nn.Module, masks: Masks, *, start_epoch: int, rewind_epoch: int | None, checkpoint: Path | None, identity: str) -> TrainResult:
+    p = ctx.params
+    model.to(ctx.device)
+    tm = training_masks(model, masks, ctx.data.in_channels)
+    progress = {"auto": None, "always": True, "never": False}[p.runtime.progress]
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    result = train(
+        model, ctx.data, p.train, p.data.augment, p.data.batch_size // dist.world_size(), tm,
+        epochs=p.train.epochs, start_epoch=start_epoch, eval_batch_size=p.data.eval_batch_size,
+        rewind_epoch=rewind_epoch, checkpoint=checkpoint, identity=identity, progress=progress,
+    )
+    model.cpu()
+    if checkpoint is not None and dist.is_main():
+        checkpoint.unlink(missing_ok=True)
+    return result
+
+
+def _metrics(ctx: Context, model: nn.Module, masks: Masks, result: TrainResult, **extra) -> dict:
+    return {
+        "test_acc": result.test_acc,
+        "val_acc": result.val_acc,
+        "best_epoch": result.best_epoch,
+        **mask_stats(model, masks, ctx.input_shape),
+        **extra,
+    }
+
+
+def pretrain(ctx: Context, out_dir: Path, checkpoint: Path | None = None) -> dict:
+    """Dense training; writes rewind.safetensors, weights.safetensors, metrics.json, curve.json."""
+    p = ctx.params
+    model = ctx.model()
+    masks = ones_masks(model, p.prune.prunable)
+    identity = params_hash(p.data, p.model, p.train)
+    result = _train(ctx, model, masks, start_epoch=0, rewind_epoch=p.train.rewind_epoch, checkpoint=checkpoint, identity=identity)
+    metrics = _metrics(ctx, model, masks, result, rewind_epoch=p.train.rewind_epoch)
+    if dist.is_main():
+        meta = {**ctx.model_meta(), "params_hash": identity}
+        save_tensors(out_dir / "rewind.safetensors", result.rewind_state, {**meta, "kind": "rewind"})
+        save_tensors(out_dir / "weights.safetensors", state_of(model), {**meta, "kind": "weights"})
+        save_tensors(out_dir / "mask.safetensors", masks, {**meta, "kind": "mask"})
+        write_json(out_dir / "metrics.json", {k: v for k, v in metrics.items() if k != "layers"})
+        write_json(out_dir / "curve.json", result.history)
+    return metrics
+
+
+def _retrain(ctx: Context, masks: Masks, pretrain_dir: Path, checkpoint: Path | None, identity: str) -> tuple[nn.Module, TrainResult]:
+    """Rewind every parameter and buffer to the rewind point, apply `masks`, retrain."""
+    p = ctx.params
+    model = ctx.model()
+    check_masks(model, masks, "new mask")
+    model.load_state_dict(load_state(ctx, pretrain_dir / "rewind.safetensors", model))
+    start = p.train.rewind_epoch if p.train.retrain == "rest" else 0
+    return model, _train(ctx, model, masks, start_epoch=start, rewind_epoch=None, checkpoint=checkpoint, identity=identity)
+
+
+def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> dict:
+    """One round of a pruning chain: prune round k-1's trained weights, rewind, retrain."""
+    p = ctx.params
+    model = ctx.model()
+    state, masks = load_round(ctx, prev_dir, model)
+    if chain == "imp":
+        new = magnitude_prune(state, masks, p.prune.rate)
+        section = p.prune
+    elif chain == "imp_channel":
+        new = channel_prune(state, masks, p.imp_channel.rate)
+        section = p.imp_channel
+    else:
+        raise ValueError(f"unknown chain {chain!r}")
+    identity = params_hash(p.data, p.model, p.train, p.prune, section) + file_digest(prev_dir / "mask.safetensors", prev_dir / "weights.safetensors")
+    model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity)
+    metrics = _metrics(ctx, model, new, result)
+    save_round(ctx, out_dir, state_of(model), new, metrics, kind=chain)
+    return metrics
+
+
+def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State, masks: Masks) -> Masks:
+    """Post-process one IMP round's masks into a structured ticket's masks."""
+    if isinstance(spec, RegroupParams):
+        return {
+            n: regroup(
+                m, parts=parts_for(int(m.flatten(1).any(1).sum()), spec.rows_per_part),
+                min_rows=spec.min_rows, row_align=spec.row_align, t1=spec.t1, seed=spec.seed,
+                column_rule=spec.column_rule, t2=spec.t2, b2=spec.b2,
+                granularity=spec.granularity, imbalance=spec.imbalance,
+            )
+            for n, m in masks.items()
+        }
+    if spec.criterion in ("magnitude", "remain"):
+        scores = weight_scores(spec.criterion, state, masks)
+    else:
+        model = ctx.model()
+        model.load_state_dict(state)
+        model.to(ctx.device)
+        batches = list(eval_batches(ctx.data.train, ctx.data, ctx.params.data.batch_size))[: spec.score_batches]
+        scores = activation_scores(spec.criterion, model, masks, batches)
+    return refill_masks(masks, scores, spec.refill_rate)
+
+
+def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> dict:
+    """A structured ticket from IMP round k: post-process its mask, rewind, retrain."""
+    p = ctx.params
+    spec = p.tickets[name]
+    model = ctx.model()
+    state, masks = load_round(ctx, imp_dir, model)
+    new = ticket_masks(ctx, spec, state, masks)
+    identity = params_hash(p.data, p.model, p.train, spec) + file_digest(imp_dir / "mask.safetensors", imp_dir / "weights.safetensors")
+    model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity)
+    source = read_json(imp_dir / "metrics.json")
+    metrics = _metrics(ctx, model, new, result, source_sparsity=source["sparsity"], source_test_acc=source["test_acc"], kind=spec.kind)
+    save_round(ctx, out_dir, state_of(model), new, metrics, kind=name)
+    return metrics
+
+
+def seed_chain(ctx: Context, pretrain_dir: Path, out_dir: Path) -> dict:
+    """Round 0 of a chain: the dense net (pretrain's final weights, all-ones mask)."""
+    model = ctx.model()
+    state = load_state(ctx, pretrain_dir / "weights.safetensors", model)
+    masks = ones_masks(model, ctx.params.prune.prunable)
+    pre = read_json(pretrain_dir / "metrics.json")
+    metrics = {**mask_stats(model, masks, ctx.input_shape), **{k: pre[k] for k in ("test_acc", "val_acc", "best_epoch")}}
+    save_round(ctx, out_dir, state, masks, metrics, kind="dense")
+    return metrics
+

@@ -1,0 +1,144 @@
+"""Regroup: turn an unstructured mask into dense blocks (Chen et al. 2022, Alg. 3).
+
+Per layer, the mask is viewed as [C_out, U] over column units: single columns
+(granularity "column", U = C_in * kh * kw) or whole input channels ("channel", U = C_in, a unit
+being non-zero when any of its kh * kw weights is). Non-empty rows are the vertices of a
+hypergraph with one hyperedge per column unit joining the rows that use it; Mt-KaHyPar splits
+the rows into `parts` minimising connectivity (km1). For each part of at least `min_rows` rows
+the block's columns are chosen by `column_rule`:
+
+- density (the paper's Alg. 3): the units used by at least a share t2 of the part's rows; a
+  block forms when at least b2 units qualify;
+- prefix (the reference code): units sorted by in-part count, the shortest prefix after which
+  every row has more than t1 times as many non-zeros inside the prefix as outside it.
+
+A block is the part's rows x the chosen units, fully dense. The new mask is the union of the
+blocks; a layer where no block forms keeps its own mask. (Rows past a multiple of `row_align`
+make a second block with the same columns: the mask is the same, only kernels tile by it.)
+"""
+
+from __future__ import annotations
+
+import threading
+
+import mtkahypar
+import torch
+
+from structlth.errors import StructlthError
+
+_LOCK = threading.Lock()
+_MK: list = []
+
+
+class PartitionError(StructlthError):
+    """Mt-KaHyPar could not partition a layer's hypergraph."""
+
+
+def _kahypar():
+    with _LOCK:
+        if not _MK:
+            _MK.append(mtkahypar.initialize(max(1, torch.get_num_threads())))
+        return _MK[0]
+
+
+def units(mask: torch.Tensor, granularity: str = "column") -> torch.Tensor:
+    """bool [C_out, U]: the column units of a [C_out, C_in, kh, kw] (or [C_out, n]) mask."""
+    m = mask.bool()
+    if granularity == "channel" and m.ndim == 4:
+        return m.flatten(2).any(2)
+    return m.flatten(1)
+
+
+def expand_units(block: torch.Tensor, shape: torch.Size, granularity: str = "column") -> torch.Tensor:
+    """Inverse of `units` for a unit-level mask: bool of `shape`."""
+    if granularity == "channel" and len(shape) == 4:
+        return block[:, :, None, None].expand(shape).clone()
+    return block.reshape(shape).clone()
+
+
+def partition_rows(u: torch.Tensor, parts: int, imbalance: float = 0.1, seed: int = 0) -> torch.Tensor:
+    """int64 [R]: part of each row of the bool unit matrix u [R, U] (all rows non-empty)."""
+    rows = u.shape[0]
+    parts = max(1, min(parts, rows))
+    if parts == 1:
+        return torch.zeros(rows, dtype=torch.long)
+    cols = u.t()
+    edges = [torch.nonzero(c).flatten().tolist() for c in cols if int(c.sum()) >= 2]
+    if not edges:  # nothing connects rows: any balanced split has zero cut
+        return torch.arange(rows) * parts // rows
+    mk = _kahypar()
+    try:
+        mtkahypar.set_seed(seed)
+        ctx = mk.context_from_preset(mtkahypar.PresetType.DETERMINISTIC)
+        ctx.logging = False
+        ctx.set_partitioning_parameters(parts, imbalance, mtkahypar.Objective.KM1)
+        hg = mk.create_hypergraph(ctx, rows, len(edges), edges)
+        result = hg.partition(ctx)
+        return torch.tensor([result.block_id(v) for v in range(rows)], dtype=torch.long)
+    except Exception as err:  # the binding raises its own error types
+        raise PartitionError(
+            f"Mt-KaHyPar failed on a {rows}-row hypergraph with {len(edges)} edges, k={parts}:"
+            f" {type(err).__name__}: {err}"
+        ) from None
+
+
+def choose_columns(
+    part: torch.Tensor, *, column_rule: str = "density", t1: float = 1.5, t2: float = 0.5, b2: int = 4
+) -> torch.Tensor | None:
+    """bool [U]: the block's units for a part's unit matrix [r, U], or None if no block forms."""
+    counts = part.sum(0)
+    if column_rule == "density":
+        chosen = counts >= t2 * part.shape[0]
+        return chosen if int(chosen.sum()) >= b2 else None
+    if column_rule == "prefix":
+        order = torch.sort(counts, descending=True, stable=True).indices
+        inside = part[:, order].long().cumsum(1)  # [r, U]: non-zeros in the first p+1 units
+        outside = part.sum(1, keepdim=True) - inside
+        ok = (inside > t1 * outside).all(0)
+        p = int(torch.nonzero(ok)[0]) + 1
+        chosen = torch.zeros_like(counts, dtype=torch.bool)
+        chosen[order[:p]] = True
+        return chosen
+    raise ValueError(f"column_rule must be density or prefix, got {column_rule!r}")
+
+
+def regroup(
+    mask: torch.Tensor,
+    *,
+    parts: int = 8,
+    min_rows: int = 16,
+    row_align: int = 32,
+    t1: float = 1.5,
+    seed: int = 0,
+    column_rule: str = "density",
+    t2: float = 0.5,
+    b2: int = 4,
+    granularity: str = "column",
+    imbalance: float = 0.1,
+) -> torch.Tensor:
+    """Block-structured bool mask of `mask`'s shape ([C_out, ...], dim 0 = output channels)."""
+    del row_align  # blocks tile by it at run time; the mask does not depend on it
+    u = units(mask, granularity)
+    live = torch.nonzero(u.any(1)).flatten()
+    if len(live) < min_rows:
+        return mask.bool().clone()
+    assignment = partition_rows(u[live], parts, imbalance, seed)
+    out = torch.zeros_like(u)
+    formed = False
+    for p in range(int(assignment.max()) + 1):
+        rows = live[assignment == p]
+        if len(rows) < min_rows:
+            continue
+        cols = choose_columns(u[rows], column_rule=column_rule, t1=t1, t2=t2, b2=b2)
+        if cols is None:
+            continue
+        out[rows[:, None], torch.nonzero(cols).flatten()[None, :]] = True
+        formed = True
+    if not formed:
+        return mask.bool().clone()
+    return expand_units(out, mask.shape, granularity)
+
+
+def parts_for(rows: int, rows_per_part: int) -> int:
+    """The per-layer part count: one part per `rows_per_part` live rows, at least one."""
+    return max(1, rows // rows_per_part)
