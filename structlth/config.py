@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from structlth.errors import ParamsError
 
@@ -107,10 +107,11 @@ class PruneParams(Strict):
     rounds: dict[str, RoundLink]
     prunable: Prunable = Prunable()
 
-    @model_validator(mode="after")
-    def _rounds_form_a_chain(self) -> PruneParams:
-        chain_order(self.rounds)
-        return self
+    @field_validator("rounds")
+    @classmethod
+    def _rounds_form_a_chain(cls, rounds: dict[str, RoundLink]) -> dict[str, RoundLink]:
+        chain_order(rounds)
+        return rounds
 
 
 def chain_order(rounds: dict[str, RoundLink]) -> list[str]:
@@ -216,7 +217,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         if parts[:1] == ["tickets"] and len(parts) > 3 and parts[2] in ("refill", "regroup"):
             del parts[2]  # the union's tag, which pydantic inserts into the location
         loc = ".".join(parts)
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "union_tag_invalid":

@@ -171,13 +171,13 @@ def train(
         if rewind_epoch is not None and epoch + 1 == rewind_epoch:
             result.rewind_state = state_of(model)
         if rank == 0:
+            if checkpoint is not None and epoch + 1 < epochs:
+                _save_checkpoint(checkpoint, identity, epoch + 1, model, opt, result)
             log(
                 f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} train {row['train_acc']:.4f}"
                 f" val {val_acc:.4f} (best {result.val_acc:.4f} @ {result.best_epoch},"
                 f" test {result.test_acc:.4f})"
             )
-            if checkpoint is not None and epoch + 1 < epochs:
-                _save_checkpoint(checkpoint, identity, epoch + 1, model, opt, result)
     model.to(memory_format=torch.contiguous_format)
     return result
 

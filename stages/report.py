@@ -1,0 +1,41 @@
+"""DVC stage: metrics + bench.csv -> reports/{summary.csv, report.md, headline.json, *.png}."""
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from structlth.artifacts import load_tensors, read_json, write_json
+from structlth.config import load_params
+from structlth.errors import user_errors
+from structlth.report import headline, markdown, plot_accuracy, plot_masks, plot_savings, summary
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--artifacts", required=True)
+    ap.add_argument("--bench", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    with user_errors():
+        p = load_params(args.params)
+        art, out = Path(args.artifacts), Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        methods = ["imp", "imp_channel", *p.tickets]
+        rows = [{"method": m, "round": r, **read_json(art / m / r / "metrics.json")} for m in methods for r in p.round_ids()]
+        dense_acc = read_json(art / "pretrain" / "metrics.json")["test_acc"]
+        batch = max(p.bench.batch_sizes)
+        table = summary(pd.DataFrame(rows), pd.read_csv(Path(args.bench) / "bench.csv"), batch)
+        table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
+        heads = headline(table, dense_acc, p.report.tolerance)
+        (out / "report.md").write_text(markdown(table, dense_acc, p.report.tolerance, heads, batch, p.bench.threads))
+        plot_accuracy(table, dense_acc, out / "accuracy_vs_sparsity.png")
+        plot_savings(table, out / "time_saving_vs_sparsity.png")
+        last = p.round_ids()[-1]
+        pictured = [m for m in ("imp", "refill", "regroup", "regroup_channel") if m in methods]
+        masks = {m: load_tensors(art / m / last / "mask.safetensors")[0] for m in pictured}
+        layer = p.report.mask_layer or max(masks["imp"], key=lambda n: masks["imp"][n].numel())
+        plot_masks({m: v[layer] for m, v in masks.items()}, layer, out / "masks.png")
+        best = {m: float(g["time_saving"].max()) for m, g in table.groupby("method")}
+        write_json(out / "headline.json", {"dense_test_acc": dense_acc, "best_time_saving": best, "winning": {m: h for m, h in heads.items()}})
+        print((out / "report.md").read_text().split("## imp")[0])

@@ -1,0 +1,108 @@
+"""The report: summary table, winning tickets, headline savings, plots, mask pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+SUMMARY_COLS = ["method", "round", "sparsity", "channel_sparsity", "test_acc", "time_saving", "flops_saving", "engine"]
+
+
+def summary(metrics: pd.DataFrame, bench: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """One row per method x round: metrics joined with the best verified engine at `batch`.
+
+    metrics: method, round, sparsity, channel_sparsity, test_acc, ...; bench: bench.csv rows.
+    """
+    b = bench[bench["batch"] == batch]
+    best = b.loc[b.groupby(["method", "round"])["time_saving"].idxmax(), ["method", "round", "time_saving", "flops_saving", "engine"]]
+    out = metrics.merge(best, on=["method", "round"], how="left")
+    return out[SUMMARY_COLS].sort_values(["method", "round"], key=lambda s: s.map(_round_key) if s.name == "round" else s)
+
+
+def _round_key(r: str) -> int:
+    return int(str(r).removeprefix("round"))
+
+
+def winners(table: pd.DataFrame, dense_acc: float, tolerance: float) -> pd.DataFrame:
+    return table[table["test_acc"] >= dense_acc - tolerance]
+
+
+def headline(table: pd.DataFrame, dense_acc: float, tolerance: float) -> dict[str, str]:
+    """Per method: 'X% time saving at Y% sparsity' for its best winning ticket."""
+    out = {}
+    for method, rows in winners(table, dense_acc, tolerance).groupby("method"):
+        rows = rows.dropna(subset=["time_saving"])
+        if rows.empty:
+            continue
+        r = rows.loc[rows["time_saving"].idxmax()]
+        out[method] = f"{r['time_saving']:.2%} time saving at {r['sparsity']:.2%} sparsity (test acc {r['test_acc']:.4f})"
+    return out
+
+
+def plot_accuracy(table: pd.DataFrame, dense_acc: float, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, rows in table.groupby("method"):
+        ax.plot(rows["sparsity"] * 100, rows["test_acc"] * 100, marker="o", label=method)
+    ax.axhline(dense_acc * 100, color="k", ls="--", lw=1, label="dense")
+    ax.set(xlabel="sparsity of prunable weights (%)", ylabel="test accuracy (%)", title="Accuracy vs sparsity")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_savings(table: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (method, rows) in enumerate(table.dropna(subset=["time_saving"]).groupby("method")):
+        color = f"C{i}"
+        ax.plot(rows["sparsity"] * 100, rows["time_saving"] * 100, marker="o", color=color, label=f"{method} (measured)")
+        ax.plot(rows["sparsity"] * 100, rows["flops_saving"] * 100, ls=":", color=color, label=f"{method} (FLOP limit)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(xlabel="sparsity of prunable weights (%)", ylabel="saving (%)", title="Inference time saving vs sparsity")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_masks(masks: dict[str, torch.Tensor], layer: str, path: Path) -> None:
+    """Pictures of one conv's mask ([C_out] rows x [C_in*kh*kw] columns) per method."""
+    fig, axes = plt.subplots(1, len(masks), figsize=(3.2 * len(masks), 3.2))
+    for ax, (method, m) in zip(axes if len(masks) > 1 else [axes], masks.items()):
+        ax.imshow(m.flatten(1).float().numpy(), aspect="auto", cmap="Greys", interpolation="nearest")
+        ax.set(title=f"{method}\n{layer}", xlabel="columns (C_in·kh·kw)", ylabel="output channels")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(table: pd.DataFrame, dense_acc: float, tolerance: float, heads: dict[str, str], batch: int, threads: int) -> str:
+    lines = [
+        "# structlth report",
+        "",
+        f"Dense baseline: test accuracy **{dense_acc:.4f}**. A ticket *wins* when its test accuracy is"
+        f" at least {dense_acc - tolerance:.4f} (dense − {tolerance}). Time savings are verified against the"
+        f" masked model and measured at batch {batch} on {threads} CPU threads (see bench.csv for every engine).",
+        "",
+        "## Headline (best winning ticket per method)",
+        "",
+    ]
+    lines += [f"- **{m}**: {h}" for m, h in sorted(heads.items())] or ["- no winning ticket"]
+    win = winners(table, dense_acc, tolerance)
+    for method, rows in table.groupby("method", sort=False):
+        lines += ["", f"## {method}", "", "| round | sparsity | channel sparsity | test acc | winning | time saving | FLOP saving | engine |", "|---|---|---|---|---|---|---|---|"]
+        for _, r in rows.iterrows():
+            ts = "" if pd.isna(r["time_saving"]) else f"{r['time_saving']:.1%}"
+            fs = "" if pd.isna(r["flops_saving"]) else f"{r['flops_saving']:.1%}"
+            lines.append(
+                f"| {r['round']} | {r['sparsity']:.2%} | {r['channel_sparsity']:.2%} | {r['test_acc']:.4f} |"
+                f" {'yes' if r.name in win.index else 'no'} | {ts} | {fs} | {r['engine'] if isinstance(r['engine'], str) else ''} |"
+            )
+    lines += ["", "## Plots", "", "![accuracy](accuracy_vs_sparsity.png)", "", "![time saving](time_saving_vs_sparsity.png)", "", "![masks](masks.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Artifacts: round trips, deterministic bytes, clear errors for broken or foreign files."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from structlth.artifacts import load_tensors, read_json, save_tensors, write_json
+from structlth.errors import ArtifactError
+from structlth.masks import check_masks, ones_masks
+from structlth.models import build_model
+
+from conftest import ROOT
+
+
+def test_round_trip_keeps_tensors_and_metadata(tmp_path):
+    t = {"b": torch.arange(6.0).view(2, 3), "a": torch.tensor([True, False])}
+    save_tensors(tmp_path / "x.safetensors", t, {"arch": "resnet20", "n": 3})
+    got, meta = load_tensors(tmp_path / "x.safetensors", expect={"a": (2,), "b": (2, 3)}, expect_meta={"arch": "resnet20"})
+    assert torch.equal(got["b"], t["b"]) and torch.equal(got["a"], t["a"]) and meta["n"] == 3
+
+
+def test_same_content_same_bytes(tmp_path):
+    t = {"w": torch.randn(4, 4), "m": torch.ones(3, dtype=torch.bool)}
+    save_tensors(tmp_path / "1.safetensors", t, {"k": 1, "a": [1, 2]})
+    save_tensors(tmp_path / "2.safetensors", dict(reversed(list(t.items()))), {"a": [1, 2], "k": 1})
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(tmp_path / "1.safetensors") == digest(tmp_path / "2.safetensors")
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    p = tmp_path / "w.safetensors"
+    save_tensors(p, {"w": torch.randn(64, 64)}, {})
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(ArtifactError, match=r"w\.safetensors: not a readable safetensors file"):
+        load_tensors(p)
+
+
+def test_missing_and_garbage_files(tmp_path):
+    with pytest.raises(ArtifactError, match="missing"):
+        load_tensors(tmp_path / "nope.safetensors")
+    (tmp_path / "g.safetensors").write_bytes(b"\x00" * 50)
+    with pytest.raises(ArtifactError, match="g.safetensors"):
+        load_tensors(tmp_path / "g.safetensors")
+    (tmp_path / "m.json").write_text("{")
+    with pytest.raises(ArtifactError, match="m.json: not valid JSON"):
+        read_json(tmp_path / "m.json")
+
+
+def test_shape_and_metadata_mismatch_name_the_file(tmp_path):
+    p = tmp_path / "w.safetensors"
+    save_tensors(p, {"w": torch.zeros(2, 3)}, {"arch": "vgg16"})
+    with pytest.raises(ArtifactError, match=r"w\.safetensors: made for arch='vgg16'"):
+        load_tensors(p, expect_meta={"arch": "resnet20"})
+    with pytest.raises(ArtifactError, match=r"w has shape \(2, 3\), the model needs \(3, 2\)"):
+        load_tensors(p, expect={"w": (3, 2)})
+
+
+def test_mask_of_another_architecture_is_rejected():
+    masks = ones_masks(build_model("resnet20", 10, 1, 0.5))
+    with pytest.raises(ArtifactError, match="another architecture"):
+        check_masks(build_model("resnet20", 10, 1, 1.0), masks, "mask.safetensors")
+    with pytest.raises(ArtifactError, match="does not have"):
+        check_masks(build_model("vgg16", 10, 1, 0.25), masks, "mask.safetensors")
+
+
+def test_json_is_sorted_and_atomic(tmp_path):
+    write_json(tmp_path / "m.json", {"b": 1, "a": 2})
+    assert (tmp_path / "m.json").read_text().index('"a"') < (tmp_path / "m.json").read_text().index('"b"')
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_no_pickle_loading_anywhere_in_the_code():
+    """Only safetensors, JSON and YAML are read: no pickle, no unsafe torch.load."""
+    for path in list((ROOT / "structlth").rglob("*.py")) + list((ROOT / "stages").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] in ("pickle", "dill", "cloudpickle", "joblib") for n in names), path
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load":
+                base = ast.unparse(node.func.value)
+                if base == "torch":
+                    kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                    assert kw.get("weights_only") == "True", f"{path}: torch.load without weights_only=True"
+                assert base not in ("pickle", "yaml"), f"{path}: {base}.load"

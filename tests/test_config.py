@@ -1,0 +1,81 @@
+"""params.yaml validation: every bad input stops with one message naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from structlth.config import parse_params
+from structlth.errors import ParamsError
+
+from conftest import ROOT
+
+
+def test_shipped_params_validate():
+    p = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert p.round_ids() == ["round1", "round2", "round3"]
+    assert set(p.tickets) >= {"refill", "refill_plus", "regroup"}
+
+
+def _bad(raw, edit):
+    edit(raw)
+    with pytest.raises(ParamsError) as exc:
+        parse_params(raw)
+    return str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "edit, key, hint",
+    [
+        (lambda r: r["train"].update(lr_typo=0.1), "train.lr_typo", "unknown key"),
+        (lambda r: r["train"].update(epochs="many"), "train.epochs", "integer"),
+        (lambda r: r["prune"].update(rate=1.5), "prune.rate", "less than 1"),
+        (lambda r: r["prune"].update(rate=0), "prune.rate", "greater than 0"),
+        (lambda r: r["model"].update(arch="resnet21"), "model.arch", "'resnet20'"),
+        (lambda r: r["data"].update(dataset="mnist"), "data.dataset", "'fashion_mnist'"),
+        (lambda r: r["data"].update(batch_size=0), "data.batch_size", "greater than or equal to 1"),
+        (lambda r: r["train"].update(rewind_epoch=2, epochs=2), "train", "rewind_epoch (2) must be smaller than epochs (2)"),
+        (lambda r: r["tickets"]["refill"].update(criterion="l3"), "tickets.refill.criterion", "'saliency'"),
+        (lambda r: r["tickets"]["regroup"].update(column_rule="greedy"), "tickets.regroup.column_rule", "'density'"),
+        (lambda r: r["tickets"]["regroup"].update(kind="reshuffle"), "tickets.regroup", "kind must be one of"),
+        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round3": {"prev": "round2"}}), "prune.rounds", "neither round0 nor another round"),
+        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round2"}, "round2": {"prev": "round1"}}), "prune.rounds", "not reachable from round0"),
+        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2": {"prev": "round0"}}), "prune.rounds", "both follow round0"),
+        (lambda r: r["prune"].update(rounds={"r1": {"prev": "round0"}}), "prune.rounds", "must look like round1"),
+        (lambda r: r["bench"].update(batch_sizes=[0]), "bench.batch_sizes.0", "greater than or equal to 1"),
+        (lambda r: r.update(extra_section={}), "extra_section", "unknown key"),
+        (lambda r: r["runtime"].update(device="tpu"), "runtime.device", "'cuda'"),
+    ],
+)
+def test_bad_params_name_key_and_allowed_values(raw_params, edit, key, hint):
+    msg = _bad(raw_params, edit)
+    assert f"  {key}:" in msg or f"{key}:" in msg.splitlines()[1], msg
+    assert hint in msg, msg
+
+
+def test_cli_validate_exits_2_without_traceback_and_writes_nothing(tmp_path, raw_params):
+    raw_params["prune"]["rate"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = subprocess.run(
+        [sys.executable, "-m", "structlth.cli", "validate", "params.yaml"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "prune.rate" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path, raw_params):
+    raw_params["model"]["arch"] = "resnet21"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "prepare.py"), "--out", "artifacts/data"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "model.arch" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "artifacts").exists()

@@ -1,0 +1,166 @@
+"""Mask algebra of the pruning methods: counts, order, structure, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from structlth.pruning import channel_prune, magnitude_prune, parts_for, refill, refill_count, regroup
+from structlth.pruning.regroup import choose_columns, units
+
+
+def _weights(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"a.weight": torch.randn(16, 8, 3, 3, generator=g), "b.weight": torch.randn(32, 16, 1, 1, generator=g)}
+
+
+def _ones(w):
+    return {k: torch.ones_like(v, dtype=torch.bool) for k, v in w.items()}
+
+
+def test_magnitude_prune_removes_exact_global_fraction_of_smallest():
+    w = _weights()
+    m1 = magnitude_prune(w, _ones(w), 0.2)
+    total = sum(v.numel() for v in w.values())
+    kept = sum(int(m.sum()) for m in m1.values())
+    assert total - kept == round(0.2 * total)
+    survivors = torch.cat([w[k][m1[k]].abs() for k in w])
+    pruned = torch.cat([w[k][~m1[k]].abs() for k in w])
+    assert pruned.max() <= survivors.min()
+
+
+def test_magnitude_prune_compounds_and_never_resurrects():
+    w = _weights()
+    masks = _ones(w)
+    total = sum(v.numel() for v in w.values())
+    for k in range(1, 4):
+        new = magnitude_prune(w, masks, 0.2)
+        for n in w:
+            assert not (new[n] & ~masks[n]).any(), "a pruned weight came back"
+        masks = new
+        density = sum(int(m.sum()) for m in masks.values()) / total
+        assert abs(density - 0.8**k) < 0.01
+
+
+def test_magnitude_prune_breaks_ties_deterministically():
+    w = {"a.weight": torch.ones(4, 4, 1, 1)}
+    m = magnitude_prune(w, _ones(w), 0.25)["a.weight"].flatten()
+    assert m.tolist() == [False] * 4 + [True] * 12  # equal |w|: the first in flat order go
+
+
+def test_channel_prune_zeroes_whole_rows_by_l1():
+    w = {"a.weight": torch.arange(1.0, 11.0).view(10, 1, 1, 1).expand(10, 3, 3, 3).clone()}
+    m = channel_prune(w, _ones(w), 0.3)["a.weight"]
+    rows = m.flatten(1)
+    assert ((rows.all(1)) | (~rows.any(1))).all(), "rows must be all-ones or all-zeros"
+    assert (~rows.any(1)).nonzero().flatten().tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5])
+def test_refill_keeps_k_top_scored_rows(rate):
+    g = torch.Generator().manual_seed(1)
+    mask = torch.rand(20, 4, 3, 3, generator=g) < 0.3
+    scores = torch.rand(20, generator=g)
+    nnz, n = int(mask.sum()), 4 * 9
+    k = max(1, int(nnz / n + (20 - nnz / n) * rate))
+    assert refill_count(mask, rate) == k
+    out = refill(mask, scores, rate)
+    assert out.shape == mask.shape
+    rows = out.flatten(1)
+    assert ((rows.all(1)) | (~rows.any(1))).all()
+    kept = rows.all(1).nonzero().flatten()
+    assert len(kept) == k
+    assert set(kept.tolist()) == set(torch.topk(scores, k).indices.tolist())
+
+
+def test_refill_is_strict_top_k_on_ties_and_at_least_one():
+    mask = torch.zeros(6, 2, 1, 1, dtype=torch.bool)
+    mask[0, 0] = True  # 1 of 12 weights: 0.5 full rows -> K = 1
+    out = refill(mask, torch.ones(6), 0.0)
+    assert out.flatten(1).all(1).tolist() == [True, False, False, False, False, False]
+
+
+def test_refill_plus_adds_the_extra_share():
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[:4] = True  # 4 full rows
+    assert refill_count(mask, 0.0) == 4
+    assert refill_count(mask, 0.5) == 7  # 4 + 6 * 0.5
+
+
+def _is_union_of_dense_row_groups(out: torch.Tensor, min_rows: int) -> bool:
+    rows = out.flatten(1)
+    patterns = {}
+    for r in range(rows.shape[0]):
+        if rows[r].any():
+            patterns.setdefault(tuple(rows[r].tolist()), []).append(r)
+    return all(len(v) >= min_rows for v in patterns.values())
+
+
+def test_regroup_output_is_union_of_dense_blocks_inside_live_rows():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(64, 16, 3, 3, generator=g) < 0.3
+    out = regroup(mask, parts=4, min_rows=8, t2=0.3, b2=4)
+    assert out.shape == mask.shape and out.dtype == torch.bool
+    assert not torch.equal(out, mask)
+    assert _is_union_of_dense_row_groups(out, 8)
+    assert not (out.flatten(1).any(1) & ~mask.flatten(1).any(1)).any(), "an empty row got a block"
+
+
+def test_regroup_channel_granularity_blocks_cover_whole_kernels():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(32, 16, 3, 3, generator=g) < 0.2
+    out = regroup(mask, parts=2, min_rows=8, t2=0.3, b2=2, granularity="channel")
+    per_channel = out.flatten(2)
+    assert ((per_channel.all(2)) | (~per_channel.any(2))).all(), "a block cut through a kernel"
+    assert _is_union_of_dense_row_groups(out, 8)
+
+
+def test_regroup_keeps_the_mask_where_no_block_forms():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(8, 4, 3, 3, generator=g) < 0.3
+    assert torch.equal(regroup(mask, parts=1, min_rows=16), mask)  # too few rows
+    assert torch.equal(regroup(mask, parts=1, min_rows=2, b2=10_000), mask)  # too few columns
+
+
+def test_regroup_is_deterministic_for_a_seed():
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand(128, 32, 3, 3, generator=g) < 0.25
+    a = regroup(mask, parts=4, min_rows=16, seed=7)
+    b = regroup(mask, parts=4, min_rows=16, seed=7)
+    assert torch.equal(a, b)
+
+
+def _planted(holes=0.08, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    part = torch.zeros(32, 200, dtype=torch.bool)
+    part[:, :60] = torch.rand(32, 60, generator=g) >= holes
+    part[:, 60:] = torch.rand(32, 140, generator=g) < 0.05
+    return part
+
+
+def test_density_rule_recovers_a_planted_block():
+    chosen = choose_columns(_planted(), column_rule="density", t2=0.5, b2=4)
+    assert chosen[:60].all() and not chosen[60:].any()
+
+
+def test_prefix_rule_satisfies_its_own_stopping_condition():
+    part = _planted()
+    chosen = choose_columns(part, column_rule="prefix", t1=1.5)
+    inside = (part & chosen).sum(1)
+    outside = (part & ~chosen).sum(1)
+    assert (inside > 1.5 * outside).all()
+    # minimal: dropping the chosen column with the fewest in-part non-zeros breaks the rule
+    counts = part.sum(0).masked_fill(~chosen, 10**6)
+    shorter = chosen.clone()
+    shorter[counts.argmin()] = False
+    assert not ((part & shorter).sum(1) > 1.5 * (part & ~shorter).sum(1)).all()
+    # and on this planted block it recalls no more of it than the density rule
+    assert chosen[:60].sum() <= choose_columns(part, column_rule="density", t2=0.5, b2=4)[:60].sum()
+
+
+def test_units_and_parts_rule():
+    m = torch.zeros(4, 3, 2, 2, dtype=torch.bool)
+    m[0, 1, 0, 1] = True
+    assert units(m, "channel").tolist()[0] == [False, True, False]
+    assert units(m, "column").shape == (4, 12)
+    assert parts_for(16, 32) == 1 and parts_for(512, 32) == 16

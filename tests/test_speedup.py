@@ -1,0 +1,108 @@
+"""Every fast path equals the masked dense model; export round-trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from structlth.config import BenchParams
+from structlth.errors import ArtifactError, VerificationError
+from structlth.export import export_slim, load_slim
+from structlth.masks import ones_masks
+from structlth.models import build_model
+from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
+from structlth.speedup.bench import bench_ticket, verify
+from structlth.speedup.engines import CsrConv, GemmConv, SubConv, masked_reference, row_groups
+from structlth.speedup.slim import slim_model
+
+
+def _randomised(arch: str, width: float, in_ch: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    m = build_model(arch, 10, in_ch, width).eval()
+    for mod in m.modules():  # non-trivial BN so dead-channel handling matters
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.5, 0.5)
+    return m
+
+
+@pytest.mark.parametrize("arch, width", [("resnet20", 0.5), ("vgg16", 0.125), ("mobilenet_v1", 0.125), ("resnet18", 1.0)])
+def test_slim_model_equals_masked_model_and_is_smaller(arch, width):
+    m = _randomised(arch, width)
+    w = dict(m.named_parameters())
+    masks = ones_masks(m)
+    for _ in range(2):
+        masks = channel_prune(w, masks, 0.4)
+    ref = masked_reference(m, masks, 3)
+    slim = slim_model(m, masks, 3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), ref(x), atol=1e-5, rtol=1e-4)
+    assert sum(p.numel() for p in slim.parameters()) < 0.6 * sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("engine", [SubConv, GemmConv, CsrConv])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_engines_equal_masked_conv(engine, stride):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 3, stride, 1, bias=False)
+    mask = regroup(torch.rand(32, 16, 3, 3) < 0.3, parts=2, min_rows=4, t2=0.3, b2=4)
+    mask[5] = False  # a dead row
+    x = torch.randn(3, 16, 9, 9)
+    with torch.no_grad():
+        want = nn.functional.conv2d(x, conv.weight * mask, stride=stride, padding=1)
+        got = engine(conv, mask)(x)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_row_groups_partition_live_rows_by_pattern():
+    mask = torch.zeros(6, 2, 1, 1, dtype=torch.bool)
+    mask[[0, 3], 0] = True
+    mask[[1, 4], 1] = True
+    groups = row_groups(mask)
+    assert [g.tolist() for g in groups] == [[0, 3], [1, 4]]
+
+
+def test_verify_rejects_a_wrong_fast_path():
+    ref = nn.Linear(4, 3)
+    wrong = nn.Linear(4, 3)
+    with pytest.raises(VerificationError, match="differs from the masked model"):
+        verify(ref, wrong, torch.randn(5, 4), 1e-3, "test")
+
+
+@pytest.mark.parametrize("kind", ["imp", "imp_channel", "regroup"])
+def test_bench_ticket_rows_are_verified(kind):
+    m = _randomised("resnet20", 0.25, in_ch=1)
+    w = dict(m.named_parameters())
+    masks = magnitude_prune(w, ones_masks(m), 0.5)
+    if kind == "imp_channel":
+        masks = channel_prune(w, ones_masks(m), 0.5)
+    if kind == "regroup":
+        masks = {n: regroup(v, parts=parts_for(v.shape[0], 4), min_rows=2, t2=0.3, b2=2) for n, v in masks.items()}
+    metrics = {"flops": 1, "flops_dense": 2, "params_kept": 10, "sparsity": 0.5, "test_acc": 0.9}
+    rows, layers = bench_ticket(kind, kind, m, masks, metrics, torch.randn(4, 1, 28, 28), BenchParams(batch_sizes=[1, 4], repeats=1, warmup=0), layers=True)
+    assert {r["batch"] for r in rows} == {1, 4}
+    assert all(r["max_abs_err"] <= 1e-3 for r in rows)
+    assert layers and all(r["t_dense_ms"] > 0 for r in layers)
+
+
+def test_export_round_trip_reproduces_outputs(tmp_path):
+    m = _randomised("resnet20", 0.5, in_ch=1)
+    masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.5)
+    arch = {"arch": "resnet20", "width": 0.5, "in_channels": 1, "num_classes": 10, "small_input_stem": True, "mean": [0.3], "std": [0.3]}
+    slim = export_slim(m, masks, arch, tmp_path)
+    loaded = load_slim(tmp_path)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), slim(x))
+        assert torch.allclose(loaded(x), masked_reference(m, masks, 1)(x), atol=1e-5)
+
+
+def test_export_refuses_unstructured_tickets(tmp_path):
+    m = _randomised("resnet20", 0.25, in_ch=1)
+    masks = magnitude_prune(dict(m.named_parameters()), ones_masks(m), 0.5)
+    with pytest.raises(ArtifactError, match="not channel-wise"):
+        export_slim(m, masks, {"in_channels": 1}, tmp_path)
