@@ -1,0 +1,1 @@
+"""Micro-benchmarks run by `make bench`; results go to reports/benchmarks/*.json."""
