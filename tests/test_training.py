@@ -7,7 +7,7 @@ from structlth.config import Augment, TrainParams
 from structlth.graph import bn_masks
 from structlth.masks import ones_masks, training_masks
 from structlth.models import build_model
-from structlth.pruning import magnitude_prune, refill
+from structlth.pruning import magnitude_prune
 from structlth.train import lr_at, state_of, train
 
 from conftest import synthetic_dataset
@@ -41,9 +41,8 @@ def test_dead_channels_mask_their_bn_and_output_exact_zeros():
     model = _model()
     masks = ones_masks(model)
     conv = "layers.0.conv1.weight"
-    scores = torch.zeros(masks[conv].shape[0])
-    scores[0] = 1
-    masks[conv] = refill(masks[conv], scores)  # only channel 0 alive
+    masks[conv] = torch.zeros_like(masks[conv])
+    masks[conv][0] = True  # only channel 0 alive
     bn = bn_masks(model, masks, 1)
     assert bn["layers.0.bn1.weight"].tolist() == [True] + [False] * (masks[conv].shape[0] - 1)
     ds = synthetic_dataset()
