@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from structlth import distributed as dist
 from structlth.config import load_params
 from structlth.errors import user_errors
 from structlth.pipeline import imp_round, setup
@@ -18,7 +19,9 @@ if __name__ == "__main__":
     ap.add_argument("--checkpoint")
     args = ap.parse_args()
     with user_errors():
-        ctx = setup(load_params(args.params), args.data)
+        params = load_params(args.params)
+        dist.relaunch_under_torchrun(params.runtime.nproc_per_node)
+        ctx = setup(params, args.data)
         m = imp_round(ctx, args.chain, Path(args.prev), Path(args.pretrain), Path(args.out),
                       Path(args.checkpoint) if args.checkpoint else None)
         print(f"{args.out}: sparsity {m['sparsity']:.4f} test_acc {m['test_acc']:.4f}")

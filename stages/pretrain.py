@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from structlth import distributed as dist
 from structlth.config import load_params
 from structlth.errors import user_errors
 from structlth.pipeline import pretrain, setup
@@ -15,6 +16,8 @@ if __name__ == "__main__":
     ap.add_argument("--checkpoint", help="resumable state, outside the DVC outs")
     args = ap.parse_args()
     with user_errors():
-        ctx = setup(load_params(args.params), args.data)
+        params = load_params(args.params)
+        dist.relaunch_under_torchrun(params.runtime.nproc_per_node)
+        ctx = setup(params, args.data)
         m = pretrain(ctx, Path(args.out), Path(args.checkpoint) if args.checkpoint else None)
         print(f"dense test_acc {m['test_acc']:.4f}")

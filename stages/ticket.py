@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from structlth import distributed as dist
 from structlth.config import load_params
 from structlth.errors import ParamsError, user_errors
 from structlth.pipeline import make_ticket, setup
@@ -19,6 +20,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     with user_errors():
         params = load_params(args.params)
+        dist.relaunch_under_torchrun(params.runtime.nproc_per_node)
         if args.name not in params.tickets:
             raise ParamsError(f"tickets.{args.name}: no such ticket (have {sorted(params.tickets)})")
         ctx = setup(params, args.data)

@@ -1,16 +1,19 @@
 """Artifact I/O: safetensors for tensors, JSON for metrics. Nothing else is ever loaded.
 
-Writes are atomic (temporary file in the same folder, then rename) and deterministic (keys in
-sorted order, metadata without timestamps), so an interrupted stage leaves no half file and a
-rerun with the same inputs writes the same bytes, letting DVC skip everything downstream.
+Writes are atomic (temporary file in the same folder, then rename; a stage's whole output
+folder is staged beside it and renamed into place at the end) and deterministic (keys in sorted
+order, metadata without timestamps), so an interrupted stage leaves no half file or half folder
+and a rerun with the same inputs writes the same bytes, letting DVC skip everything downstream.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,27 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staged_dir(out_dir: str | Path) -> Iterator[Path]:
+    """A folder to write `out_dir`'s files into; it replaces `out_dir` in one rename on success.
+
+    A run killed before the rename leaves `out_dir` untouched (DVC has already removed a stage's
+    outs before it runs, so: absent) and a hidden `.<name>.staging` folder that the next run of
+    the same stage clears first.
+    """
+    out_dir = Path(out_dir)
+    stage = out_dir.parent / f".{out_dir.name}.staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(stage, out_dir)
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:

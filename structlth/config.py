@@ -62,6 +62,12 @@ class ModelParams(Strict):
     width: float = Field(1.0, gt=0, le=16, description="channel width multiplier")
     small_input_stem: bool = Field(True, description="3x3 stride-1 stem for small images")
 
+    @model_validator(mode="after")
+    def _width_fits_arch(self) -> ModelParams:
+        if self.arch in ("resnet18", "resnet50") and self.width != 1.0:
+            raise ValueError(f"width must be 1.0 for {self.arch} (torchvision's model), got {self.width}")
+        return self
+
 
 class TrainParams(Strict):
     epochs: int = Field(ge=1)
@@ -158,8 +164,7 @@ class RegroupParams(Strict):
     rows_per_part: int = Field(32, ge=1, description="parts = max(1, rows // rows_per_part)")
     imbalance: float = Field(0.1, gt=0, lt=1)
     min_rows: int = Field(16, ge=1)
-    row_align: int = Field(32, ge=1)
-    column_rule: Literal["density", "prefix"] = "density"
+    column_rule: Literal["density", "budget", "prefix"] = "density"
     t1: float = Field(1.5, gt=0, description="prefix rule threshold")
     t2: float = Field(0.5, gt=0, le=1, description="density rule: min share of rows")
     b2: int = Field(4, ge=1, description="density rule: min qualifying columns")
@@ -174,6 +179,7 @@ class BenchParams(Strict):
     repeats: int = Field(20, ge=1)
     warmup: int = Field(3, ge=0)
     threads: int = Field(2, ge=1)
+    nproc_per_node: int = Field(1, ge=1, description="training stages re-run themselves under torchrun")
     atol: float = Field(1e-3, gt=0, description="max |fast - masked| relative to output scale")
 
 
@@ -185,6 +191,7 @@ class ReportParams(Strict):
 class RuntimeParams(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(2, ge=1)
+    nproc_per_node: int = Field(1, ge=1, description="training stages re-run themselves under torchrun")
     progress: Literal["auto", "always", "never"] = "auto"
 
 

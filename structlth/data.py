@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from structlth.artifacts import load_tensors, save_tensors
+from structlth.artifacts import load_tensors, save_tensors, staged_dir
 from structlth.config import Augment, DataParams
 from structlth.errors import ArtifactError, DataError
 
@@ -187,14 +187,14 @@ def build_dataset(p: DataParams) -> Dataset:
 
 
 def save_dataset(ds: Dataset, out_dir: str | Path, meta: dict) -> None:
-    out_dir = Path(out_dir)
-    for name in SPLITS:
-        split: Split = getattr(ds, name)
-        save_tensors(
-            out_dir / f"{name}.safetensors",
-            {"images": split.images, "labels": split.labels},
-            {**meta, "split": name, "classes": ds.classes, "mean": ds.mean, "std": ds.std},
-        )
+    with staged_dir(out_dir) as d:
+        for name in SPLITS:
+            split: Split = getattr(ds, name)
+            save_tensors(
+                d / f"{name}.safetensors",
+                {"images": split.images, "labels": split.labels},
+                {**meta, "split": name, "classes": ds.classes, "mean": ds.mean, "std": ds.std},
+            )
 
 
 def load_dataset(data_dir: str | Path) -> Dataset:

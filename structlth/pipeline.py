@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from structlth import distributed as dist
-from structlth.artifacts import load_tensors, read_json, save_tensors, write_json
+from structlth.artifacts import load_tensors, read_json, save_tensors, staged_dir, write_json
 from structlth.config import Params, RefillParams, RegroupParams, params_hash
 from structlth.data import Dataset, build_dataset, eval_batches, load_dataset, save_dataset
 from structlth.errors import ArtifactError
@@ -74,21 +74,22 @@ def save_round(ctx: Context, out_dir: Path, state: State, masks: Masks, metrics:
     if not dist.is_main():
         return
     meta = {**ctx.model_meta(), "kind": kind}
-    save_tensors(out_dir / "mask.safetensors", masks, meta)
-    save_tensors(out_dir / "weights.safetensors", state, meta)
-    write_json(out_dir / "metrics.json", metrics)
+    with staged_dir(out_dir) as d:
+        save_tensors(d / "mask.safetensors", masks, meta)
+        save_tensors(d / "weights.safetensors", state, meta)
+        write_json(d / "metrics.json", metrics)
 
 
 def load_state(ctx: Context, path: Path, model: nn.Module) -> State:
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state, _ = load_tensors(path, expect=shapes, expect_meta={"arch": ctx.params.model.arch, "width": ctx.params.model.width})
+    state, _ = load_tensors(path, expect_meta=ctx.model_meta(), expect=shapes)
     return state
 
 
 def load_round(ctx: Context, round_dir: Path, model: nn.Module) -> tuple[State, Masks]:
     """Trained state and masks of a round; checks they fit `model` and each other."""
     state = load_state(ctx, round_dir / "weights.safetensors", model)
-    masks, _ = load_tensors(round_dir / "mask.safetensors", expect_meta={"arch": ctx.params.model.arch})
+    masks, _ = load_tensors(round_dir / "mask.safetensors", expect_meta=ctx.model_meta())
     check_masks(model, masks, str(round_dir / "mask.safetensors"))
     for name, m in masks.items():
         if bool((state[name][~m.bool()] != 0).any()):
@@ -147,11 +148,12 @@ def pretrain(ctx: Context, out_dir: Path, checkpoint: Path | None = None) -> dic
     metrics = _metrics(ctx, model, masks, result, rewind_epoch=p.train.rewind_epoch)
     if dist.is_main():
         meta = {**ctx.model_meta(), "params_hash": identity}
-        save_tensors(out_dir / "rewind.safetensors", result.rewind_state, {**meta, "kind": "rewind"})
-        save_tensors(out_dir / "weights.safetensors", state_of(model), {**meta, "kind": "weights"})
-        save_tensors(out_dir / "mask.safetensors", masks, {**meta, "kind": "mask"})
-        write_json(out_dir / "metrics.json", {k: v for k, v in metrics.items() if k != "layers"})
-        write_json(out_dir / "curve.json", result.history)
+        with staged_dir(out_dir) as d:
+            save_tensors(d / "rewind.safetensors", result.rewind_state, {**meta, "kind": "rewind"})
+            save_tensors(d / "weights.safetensors", state_of(model), {**meta, "kind": "weights"})
+            save_tensors(d / "mask.safetensors", masks, {**meta, "kind": "mask"})
+            write_json(d / "metrics.json", {k: v for k, v in metrics.items() if k != "layers"})
+            write_json(d / "curve.json", result.history)
     return metrics
 
 
@@ -160,6 +162,7 @@ def _retrain(ctx: Context, masks: Masks, pretrain_dir: Path, checkpoint: Path | 
     p = ctx.params
     model = ctx.model()
     check_masks(model, masks, "new mask")
+    dist.check_same_on_all_ranks(masks, "pruning masks")
     model.load_state_dict(load_state(ctx, pretrain_dir / "rewind.safetensors", model))
     start = p.train.rewind_epoch if p.train.retrain == "rest" else 0
     return model, _train(ctx, model, masks, start_epoch=start, rewind_epoch=None, checkpoint=checkpoint, identity=identity)
@@ -191,7 +194,7 @@ def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State,
         return {
             n: regroup(
                 m, parts=parts_for(int(m.flatten(1).any(1).sum()), spec.rows_per_part),
-                min_rows=spec.min_rows, row_align=spec.row_align, t1=spec.t1, seed=spec.seed,
+                min_rows=spec.min_rows, t1=spec.t1, seed=spec.seed,
                 column_rule=spec.column_rule, t2=spec.t2, b2=spec.b2,
                 granularity=spec.granularity, imbalance=spec.imbalance,
             )

@@ -22,6 +22,7 @@ from structlth import distributed as dist
 from structlth.artifacts import load_tensors, save_tensors
 from structlth.config import Augment, TrainParams
 from structlth.data import Dataset, Split, eval_batches, train_batches
+from structlth.errors import ArtifactError
 from structlth.masks import apply_masks
 
 State = dict[str, torch.Tensor]
@@ -200,7 +201,10 @@ def _save_checkpoint(path: Path, identity: str, epoch: int, model: nn.Module, op
 
 
 def _resume(path: Path, identity: str, model: nn.Module, opt, result: TrainResult) -> int:
-    tensors, meta = load_tensors(path)
+    try:
+        tensors, meta = load_tensors(path)
+    except ArtifactError:
+        return 0  # unreadable: start afresh (it is overwritten)
     if meta.get("identity") != identity:
         return 0  # a checkpoint of other inputs: start afresh (it is overwritten)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

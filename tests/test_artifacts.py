@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from structlth.artifacts import load_tensors, read_json, save_tensors, write_json
+from structlth.artifacts import load_tensors, read_json, save_tensors, staged_dir, write_json
 from structlth.errors import ArtifactError
 from structlth.masks import check_masks, ones_masks
 from structlth.models import build_model
+from structlth.pipeline import Context, load_round, save_round
+from structlth.pruning import magnitude_prune
+from structlth.train import state_of
 
-from conftest import ROOT
+from conftest import ROOT, synthetic_dataset
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -66,6 +69,47 @@ def test_mask_of_another_architecture_is_rejected():
         check_masks(build_model("resnet20", 10, 1, 1.0), masks, "mask.safetensors")
     with pytest.raises(ArtifactError, match="does not have"):
         check_masks(build_model("vgg16", 10, 1, 0.25), masks, "mask.safetensors")
+
+
+def _round(params, channels: int, rate: float):
+    ctx = Context(params, synthetic_dataset(channels=channels), torch.device("cpu"))
+    model = ctx.model()
+    masks = magnitude_prune({k: v.detach() for k, v in model.named_parameters()}, ones_masks(model), rate)
+    state = {k: (v * masks[k] if k in masks else v) for k, v in state_of(model).items()}
+    return ctx, model, state, masks
+
+
+def test_mask_and_weights_of_different_rounds_are_rejected(tmp_path, params):
+    ctx, model, state, masks = _round(params, 1, 0.5)
+    save_round(ctx, tmp_path / "a", state, masks, {}, kind="imp")
+    _, _, other_state, other_masks = _round(params, 1, 0.6)
+    save_round(ctx, tmp_path / "b", other_state, other_masks, {}, kind="imp")
+    load_round(ctx, tmp_path / "a", model)  # consistent
+    (tmp_path / "a" / "mask.safetensors").write_bytes((tmp_path / "b" / "mask.safetensors").read_bytes())
+    with pytest.raises(ArtifactError, match=r"a: weights.safetensors has non-zero .* different rounds"):
+        load_round(ctx, tmp_path / "a", model)
+
+
+def test_artifacts_for_other_data_channels_are_rejected(tmp_path, params):
+    ctx1, _, state, masks = _round(params, 1, 0.5)
+    save_round(ctx1, tmp_path / "r", state, masks, {}, kind="imp")
+    ctx3, model3, _, _ = _round(params, 3, 0.5)
+    with pytest.raises(ArtifactError, match=r"weights\.safetensors: made for in_channels=1, but in_channels=3"):
+        load_round(ctx3, tmp_path / "r", model3)
+
+
+def test_staged_dir_replaces_the_folder_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "round1"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_dir(out) as d:
+            write_json(d / "metrics.json", {"a": 1})
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with staged_dir(out) as d:
+        write_json(d / "metrics.json", {"a": 1})
+        assert not out.exists()
+    assert read_json(out / "metrics.json") == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round1"]
 
 
 def test_json_is_sorted_and_atomic(tmp_path):

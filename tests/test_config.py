@@ -48,6 +48,7 @@ def _bad(raw, edit):
         (lambda r: r["bench"].update(batch_sizes=[0]), "bench.batch_sizes.0", "greater than or equal to 1"),
         (lambda r: r.update(extra_section={}), "extra_section", "unknown key"),
         (lambda r: r["runtime"].update(device="tpu"), "runtime.device", "'cuda'"),
+        (lambda r: r["model"].update(arch="resnet18", width=0.5), "model", "width must be 1.0 for resnet18"),
     ],
 )
 def test_bad_params_name_key_and_allowed_values(raw_params, edit, key, hint):
@@ -78,4 +79,25 @@ def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path, raw_params):
     )
     assert proc.returncode == 2, proc.stderr
     assert "model.arch" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, hint",
+    [
+        (lambda r: r["data"].update(dataset="tiny_imagenet", root="no/such/dir"), "data.root='no/such/dir' needs train/"),
+        (lambda r: r["data"].update(train_subset=10**6), "data.train_subset=1000000 is larger than the dataset"),
+        (lambda r: r["data"].update(test_subset=10**6), "data.test_subset=1000000 is larger than the dataset"),
+    ],
+)
+def test_prepare_with_unusable_data_params_exits_2_and_writes_nothing(tmp_path, raw_params, edit, hint):
+    raw_params["data"]["root"] = str(ROOT / "data" / "raw")
+    edit(raw_params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "prepare.py"), "--out", "artifacts/data"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert hint in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "artifacts").exists()

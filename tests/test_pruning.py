@@ -109,10 +109,14 @@ def test_regroup_output_is_union_of_dense_blocks_inside_live_rows():
 def test_regroup_channel_granularity_blocks_cover_whole_kernels():
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(32, 16, 3, 3, generator=g) < 0.2
-    out = regroup(mask, parts=2, min_rows=8, t2=0.3, b2=2, granularity="channel")
+    mask[:16, :6] = torch.rand(16, 6, 3, 3, generator=g) < 0.8  # rows 0-15 lean on channels 0-5
+    mask[16:, 10:] = torch.rand(16, 6, 3, 3, generator=g) < 0.8  # rows 16-31 on channels 10-15
+    out = regroup(mask, parts=2, min_rows=8, t2=0.5, b2=2, granularity="channel")
     per_channel = out.flatten(2)
     assert ((per_channel.all(2)) | (~per_channel.any(2))).all(), "a block cut through a kernel"
     assert _is_union_of_dense_row_groups(out, 8)
+    assert torch.equal(out[:16].flatten(2).all(2).any(0), torch.arange(16) < 6)
+    assert torch.equal(out[16:].flatten(2).all(2).any(0), torch.arange(16) >= 10)
 
 
 def test_regroup_keeps_the_mask_where_no_block_forms():
@@ -143,6 +147,25 @@ def test_density_rule_recovers_a_planted_block():
     assert chosen[:60].all() and not chosen[60:].any()
 
 
+def test_budget_rule_keeps_the_parts_non_zero_count_in_its_top_units():
+    part = _planted()
+    chosen = choose_columns(part, column_rule="budget")
+    per_row = part.sum().item() / part.shape[0]
+    assert per_row <= int(chosen.sum()) < per_row + 1
+    counts = part.sum(0)
+    assert counts[chosen].min() >= counts[~chosen].max()
+
+
+def test_budget_regroup_keeps_density_and_is_block_structured():
+    g = torch.Generator().manual_seed(1)
+    mask = torch.rand(64, 16, 3, 3, generator=g) < 0.4
+    for granularity in ("column", "channel"):
+        out = regroup(mask, parts=4, min_rows=8, column_rule="budget", granularity=granularity)
+        assert _is_union_of_dense_row_groups(out, 8)
+        unit = 1 if granularity == "column" else 9
+        assert 0 <= int(out.sum()) - int(mask.sum()) <= 4 * 16 * unit  # at most one unit per row more
+
+
 def test_prefix_rule_satisfies_its_own_stopping_condition():
     part = _planted()
     chosen = choose_columns(part, column_rule="prefix", t1=1.5)
@@ -161,6 +184,6 @@ def test_prefix_rule_satisfies_its_own_stopping_condition():
 def test_units_and_parts_rule():
     m = torch.zeros(4, 3, 2, 2, dtype=torch.bool)
     m[0, 1, 0, 1] = True
-    assert units(m, "channel").tolist()[0] == [False, True, False]
-    assert units(m, "column").shape == (4, 12)
+    assert units(m, "channel").tolist()[0] == [0.0, 0.25, 0.0]
+    assert units(m, "column").shape == (4, 12) and units(m, "column").sum() == 1
     assert parts_for(16, 32) == 1 and parts_for(512, 32) == 16

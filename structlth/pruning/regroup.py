@@ -1,24 +1,28 @@
 """Regroup: turn an unstructured mask into dense blocks (Chen et al. 2022, Alg. 3).
 
-Per layer, the mask is viewed as [C_out, U] over column units: single columns
-(granularity "column", U = C_in * kh * kw) or whole input channels ("channel", U = C_in, a unit
-being non-zero when any of its kh * kw weights is). Non-empty rows are the vertices of a
-hypergraph with one hyperedge per column unit joining the rows that use it; Mt-KaHyPar splits
-the rows into `parts` minimising connectivity (km1). For each part of at least `min_rows` rows
-the block's columns are chosen by `column_rule`:
+Per layer, the mask is viewed as a matrix [C_out, U] of unit shares: single columns
+(granularity "column", U = C_in * kh * kw, share 0 or 1) or whole input channels ("channel",
+U = C_in, share = the fraction of the unit's kh * kw weights that survive). Rows with any
+surviving weight are the vertices of a hypergraph with one hyperedge per unit joining the rows
+where its share is at least one half; Mt-KaHyPar splits the rows into `parts` minimising
+connectivity (km1). For each part of at least `min_rows` rows the block's units are chosen by
+`column_rule`:
 
-- density (the paper's Alg. 3): the units used by at least a share t2 of the part's rows; a
-  block forms when at least b2 units qualify;
-- prefix (the reference code): units sorted by in-part count, the shortest prefix after which
-  every row has more than t1 times as many non-zeros inside the prefix as outside it.
+- density (the paper's Alg. 3): the units whose share summed over the part's rows is at least
+  t2 times the row count (for columns: used by at least a share t2 of the rows); a block forms
+  when at least b2 units qualify;
+- budget: the units with the largest in-part share, as many as keep the part's non-zero count
+  (rounded up to whole units per row), so the ticket keeps its source round's density;
+- prefix (the reference code): units sorted by in-part share, the shortest prefix after which
+  every row keeps more than t1 times as much inside the prefix as outside it.
 
 A block is the part's rows x the chosen units, fully dense. The new mask is the union of the
-blocks; a layer where no block forms keeps its own mask. (Rows past a multiple of `row_align`
-make a second block with the same columns: the mask is the same, only kernels tile by it.)
+blocks; a layer where no block forms keeps its own mask.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 
 import mtkahypar
@@ -42,11 +46,11 @@ def _kahypar():
 
 
 def units(mask: torch.Tensor, granularity: str = "column") -> torch.Tensor:
-    """bool [C_out, U]: the column units of a [C_out, C_in, kh, kw] (or [C_out, n]) mask."""
+    """float [C_out, U]: surviving share of each unit of a [C_out, C_in, kh, kw] (or [C_out, n]) mask."""
     m = mask.bool()
     if granularity == "channel" and m.ndim == 4:
-        return m.flatten(2).any(2)
-    return m.flatten(1)
+        return m.flatten(2).float().mean(2)
+    return m.flatten(1).float()
 
 
 def expand_units(block: torch.Tensor, shape: torch.Size, granularity: str = "column") -> torch.Tensor:
@@ -57,12 +61,12 @@ def expand_units(block: torch.Tensor, shape: torch.Size, granularity: str = "col
 
 
 def partition_rows(u: torch.Tensor, parts: int, imbalance: float = 0.1, seed: int = 0) -> torch.Tensor:
-    """int64 [R]: part of each row of the bool unit matrix u [R, U] (all rows non-empty)."""
+    """int64 [R]: part of each row of the unit-share matrix u [R, U] (all rows non-empty)."""
     rows = u.shape[0]
     parts = max(1, min(parts, rows))
     if parts == 1:
         return torch.zeros(rows, dtype=torch.long)
-    cols = u.t()
+    cols = u.t() >= 0.5
     edges = [torch.nonzero(c).flatten().tolist() for c in cols if int(c.sum()) >= 2]
     if not edges:  # nothing connects rows: any balanced split has zero cut
         return torch.arange(rows) * parts // rows
@@ -85,21 +89,28 @@ def partition_rows(u: torch.Tensor, parts: int, imbalance: float = 0.1, seed: in
 def choose_columns(
     part: torch.Tensor, *, column_rule: str = "density", t1: float = 1.5, t2: float = 0.5, b2: int = 4
 ) -> torch.Tensor | None:
-    """bool [U]: the block's units for a part's unit matrix [r, U], or None if no block forms."""
+    """bool [U]: the block's units for a part's unit shares [r, U], or None if no block forms."""
     counts = part.sum(0)
     if column_rule == "density":
         chosen = counts >= t2 * part.shape[0]
         return chosen if int(chosen.sum()) >= b2 else None
+    if column_rule == "budget":
+        order = torch.sort(counts, descending=True, stable=True).indices
+        keep = max(1, math.ceil(float(counts.sum()) / part.shape[0] - 1e-9))
+        chosen = torch.zeros_like(counts, dtype=torch.bool)
+        chosen[order[:keep]] = True
+        return chosen
     if column_rule == "prefix":
         order = torch.sort(counts, descending=True, stable=True).indices
-        inside = part[:, order].long().cumsum(1)  # [r, U]: non-zeros in the first p+1 units
-        outside = part.sum(1, keepdim=True) - inside
+        shares = part.float()
+        inside = shares[:, order].cumsum(1)  # [r, U]: share kept by the first p+1 units
+        outside = shares.sum(1, keepdim=True) - inside
         ok = (inside > t1 * outside).all(0)
         p = int(torch.nonzero(ok)[0]) + 1
         chosen = torch.zeros_like(counts, dtype=torch.bool)
         chosen[order[:p]] = True
         return chosen
-    raise ValueError(f"column_rule must be density or prefix, got {column_rule!r}")
+    raise ValueError(f"column_rule must be density, budget or prefix, got {column_rule!r}")
 
 
 def regroup(
@@ -107,7 +118,6 @@ def regroup(
     *,
     parts: int = 8,
     min_rows: int = 16,
-    row_align: int = 32,
     t1: float = 1.5,
     seed: int = 0,
     column_rule: str = "density",
@@ -117,13 +127,12 @@ def regroup(
     imbalance: float = 0.1,
 ) -> torch.Tensor:
     """Block-structured bool mask of `mask`'s shape ([C_out, ...], dim 0 = output channels)."""
-    del row_align  # blocks tile by it at run time; the mask does not depend on it
     u = units(mask, granularity)
-    live = torch.nonzero(u.any(1)).flatten()
+    live = torch.nonzero(u.sum(1) > 0).flatten()
     if len(live) < min_rows:
         return mask.bool().clone()
     assignment = partition_rows(u[live], parts, imbalance, seed)
-    out = torch.zeros_like(u)
+    out = torch.zeros_like(u, dtype=torch.bool)
     formed = False
     for p in range(int(assignment.max()) + 1):
         rows = live[assignment == p]

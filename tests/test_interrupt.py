@@ -1,0 +1,56 @@
+"""A training stage killed mid-way leaves no outputs and resumes to the uninterrupted result."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+
+def _cmd(data_dir: Path, out: str, checkpoint: str | None) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "stages" / "pretrain.py"), "--data", str(data_dir), "--out", out]
+    return cmd + (["--checkpoint", checkpoint] if checkpoint else [])
+
+
+def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, checkpoint: Path, sig: int) -> int:
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert proc.poll() is None, f"stage ended before its first checkpoint: {proc.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.005)
+    assert proc.poll() is None, "stage finished before it could be killed"
+    proc.send_signal(sig)
+    proc.communicate(timeout=60)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_path, raw_params, data_dir, sig):
+    raw_params["train"].update(epochs=10, rewind_epoch=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    checkpoint = tmp_path / "checkpoints" / "pretrain.safetensors"
+    cmd = _cmd(data_dir, "artifacts/pretrain", "checkpoints/pretrain.safetensors")
+
+    code = _kill_after_first_checkpoint(cmd, tmp_path, checkpoint, sig)
+    assert code != 0
+    leftovers = sorted(p.relative_to(tmp_path) for p in (tmp_path / "artifacts").rglob("*")) if (tmp_path / "artifacts").exists() else []
+    assert leftovers == [], f"partial outputs after {sig!r}: {leftovers}"
+    assert checkpoint.is_file(), "the epoch checkpoint must survive the kill"
+
+    resumed = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert not checkpoint.exists(), "a finished stage removes its checkpoint"
+
+    clean = subprocess.run(_cmd(data_dir, "reference", None), cwd=tmp_path, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    for name in ("weights.safetensors", "rewind.safetensors", "mask.safetensors", "metrics.json"):
+        assert (tmp_path / "artifacts" / "pretrain" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
