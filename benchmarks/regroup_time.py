@@ -1,4 +1,8 @@
-"""Time of regroup (Mt-KaHyPar partition + block choice) per layer: default model, ResNet-18."""
+"""Time of regroup (Mt-KaHyPar partition + block choice) per layer: default model, ResNet-18.
+
+Uses the regroup tickets of params.yaml (every `kind: regroup` entry) on masks from one global
+magnitude pruning step of a freshly initialised model to the given density.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,36 @@ import time
 
 import torch
 
+from structlth.config import RegroupParams, load_params
 from structlth.masks import ones_masks
 from structlth.models import build_model
-from structlth.pruning import magnitude_prune, parts_for, regroup
+from structlth.pruning import magnitude_prune, regroup_layers
 
 
-def _time_model(arch: str, width: float, density: float) -> dict:
+def _time_model(arch: str, width: float, density: float, name: str, spec: RegroupParams) -> dict:
     torch.manual_seed(0)
     m = build_model(arch, 10, 1, width)
-    masks = ones_masks(m)
-    w = dict(m.named_parameters())
-    while sum(int(v.sum()) for v in masks.values()) / sum(v.numel() for v in masks.values()) > density + 1e-3:
-        masks = magnitude_prune(w, masks, 0.2)
+    masks = magnitude_prune(dict(m.named_parameters()), ones_masks(m), 1 - density)
     per_layer = {}
     t_all = time.perf_counter()
     for n, v in masks.items():
         t0 = time.perf_counter()
-        regroup(v, parts=parts_for(int(v.flatten(1).any(1).sum()), 32), min_rows=8, t2=0.3, b2=4)
+        regroup_layers({n: v}, **spec.model_dump(exclude={"kind"}))
         per_layer[n] = time.perf_counter() - t0
-    return {"arch": arch, "width": width, "density": density, "total_s": time.perf_counter() - t_all, "slowest_layer_s": max(per_layer.values()), "per_layer_s": per_layer}
+    return {
+        "ticket": name, "arch": arch, "width": width, "density": density,
+        "total_s": time.perf_counter() - t_all, "slowest_layer_s": max(per_layer.values()), "per_layer_s": per_layer,
+    }
 
 
 def run() -> dict:
-    results = [_time_model("resnet20", 0.5, 0.8 ** 3), _time_model("resnet18", 1.0, 0.5), _time_model("resnet18", 1.0, 0.2)]
-    r20 = results[0]["total_s"]
-    return {"results": results, "summary": f"resnet20 (default) all layers {r20:.2f}s (target <= 2s); resnet18 50%: {results[1]['total_s']:.1f}s, 80%: {results[2]['total_s']:.1f}s"}
+    p = load_params("params.yaml")
+    specs = {n: t for n, t in p.tickets.items() if isinstance(t, RegroupParams)}
+    results = [
+        _time_model(arch, width, density, name, spec)
+        for name, spec in specs.items()
+        for arch, width, density in ((p.model.arch, p.model.width, 0.8**3), ("resnet18", 1.0, 0.5), ("resnet18", 1.0, 0.2))
+    ]
+    default = max(r["total_s"] for r in results if r["arch"] == p.model.arch)
+    r18 = {f"{r['ticket']}@{r['density']}": round(r["total_s"], 2) for r in results if r["arch"] == "resnet18"}
+    return {"results": results, "summary": f"default model all layers <= {default:.2f}s (target <= 2s); resnet18 (s): {r18}"}

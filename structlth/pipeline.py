@@ -20,7 +20,7 @@ from structlth.data import Dataset, build_dataset, eval_batches, load_dataset, s
 from structlth.errors import ArtifactError
 from structlth.masks import Masks, check_masks, mask_stats, ones_masks, training_masks
 from structlth.models import build_model
-from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
+from structlth.pruning import channel_prune, magnitude_prune, regroup_layers
 from structlth.pruning.refill import activation_scores, refill_masks, weight_scores
 from structlth.train import State, TrainResult, state_of, train
 
@@ -191,15 +191,7 @@ def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_
 def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State, masks: Masks) -> Masks:
     """Post-process one IMP round's masks into a structured ticket's masks."""
     if isinstance(spec, RegroupParams):
-        return {
-            n: regroup(
-                m, parts=parts_for(int(m.flatten(1).any(1).sum()), spec.rows_per_part),
-                min_rows=spec.min_rows, t1=spec.t1, seed=spec.seed,
-                column_rule=spec.column_rule, t2=spec.t2, b2=spec.b2,
-                granularity=spec.granularity, imbalance=spec.imbalance,
-            )
-            for n, m in masks.items()
-        }
+        return regroup_layers(masks, **spec.model_dump(exclude={"kind"}))
     if spec.criterion in ("magnitude", "remain"):
         scores = weight_scores(spec.criterion, state, masks)
     else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Mapping
 
 import mtkahypar
 import torch
@@ -151,3 +152,12 @@ def regroup(
 def parts_for(rows: int, rows_per_part: int) -> int:
     """The per-layer part count: one part per `rows_per_part` live rows, at least one."""
     return max(1, rows // rows_per_part)
+
+
+def regroup_layers(masks: Mapping[str, torch.Tensor], *, rows_per_part: int, **options) -> dict[str, torch.Tensor]:
+    """`regroup` on every layer's mask, each with parts_for(its live rows, rows_per_part) parts;
+    options: regroup's keyword arguments (min_rows, column rule, granularity, seed, ...)."""
+    return {
+        n: regroup(m, parts=parts_for(int(m.flatten(1).any(1).sum()), rows_per_part), **options)
+        for n, m in masks.items()
+    }
