@@ -42,4 +42,4 @@ def run() -> dict:
     ]
     default = max(r["total_s"] for r in results if r["arch"] == p.model.arch)
     r18 = {f"{r['ticket']}@{r['density']}": round(r["total_s"], 2) for r in results if r["arch"] == "resnet18"}
-    return {"results": results, "summary": f"default model all layers <= {default:.2f}s (target <= 2s); resnet18 (s): {r18}"}
+    return {"results": results, "summary": f"default model all layers <= {default:.3f}s (target <= 2s); resnet18 (s): {r18}"}

@@ -8,7 +8,7 @@ import pandas as pd
 from structlth.artifacts import load_tensors, read_json, write_json
 from structlth.config import load_params
 from structlth.errors import user_errors
-from structlth.report import headline, markdown, plot_accuracy, plot_masks, plot_savings, summary
+from structlth.report import headline, markdown, plot_accuracy, plot_masks, plot_savings, summary, targets
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
@@ -25,10 +25,12 @@ if __name__ == "__main__":
         rows = [{"method": m, "round": r, **read_json(art / m / r / "metrics.json")} for m in methods for r in p.round_ids()]
         dense_acc = read_json(art / "pretrain" / "metrics.json")["test_acc"]
         batch = max(p.bench.batch_sizes)
-        table = summary(pd.DataFrame(rows), pd.read_csv(Path(args.bench) / "bench.csv"), batch)
+        bench = pd.read_csv(Path(args.bench) / "bench.csv")
+        table = summary(pd.DataFrame(rows), bench, batch)
         table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
         heads = headline(table, dense_acc, p.report.tolerance)
-        (out / "report.md").write_text(markdown(table, dense_acc, p.report.tolerance, heads, batch, p.bench.threads))
+        goals = targets(bench, batch)
+        (out / "report.md").write_text(markdown(table, dense_acc, p.report.tolerance, heads, goals, batch, p.bench.threads))
         plot_accuracy(table, dense_acc, out / "accuracy_vs_sparsity.png")
         plot_savings(table, out / "time_saving_vs_sparsity.png")
         last = p.round_ids()[-1]
@@ -37,5 +39,5 @@ if __name__ == "__main__":
         layer = p.report.mask_layer or max(masks["imp"], key=lambda n: masks["imp"][n].numel())
         plot_masks({m: v[layer] for m, v in masks.items()}, layer, out / "masks.png")
         best = {m: float(g["time_saving"].max()) for m, g in table.groupby("method")}
-        write_json(out / "headline.json", {"dense_test_acc": dense_acc, "best_time_saving": best, "winning": {m: h for m, h in heads.items()}})
+        write_json(out / "headline.json", {"dense_test_acc": dense_acc, "best_time_saving": best, "winning": heads, "targets": goals})
         print((out / "report.md").read_text().split("## imp")[0])

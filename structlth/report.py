@@ -45,6 +45,37 @@ def headline(table: pd.DataFrame, dense_acc: float, tolerance: float) -> dict[st
     return out
 
 
+GROUP_ENGINES = ("slim+blocks", "subconv")
+
+
+def targets(bench: pd.DataFrame, batch: int) -> dict[str, float | None]:
+    """The speedup targets measured at `batch` (None where no ticket qualifies):
+
+    - channel_time_per_flop_saving: median of time_saving / flops_saving over slim tickets
+      with at least 40% FLOP saving (goal >= 0.8);
+    - best_group_time_saving: the best group-wise (regroup) time saving (goal >= 0.2);
+    - group_minus_csr_min: over rounds, the smallest margin of a regroup ticket's best time
+      saving over the CSR baseline of the IMP round it came from (goal > 0).
+    """
+    b = bench[bench["batch"] == batch]
+    big = b[(b["engine"] == "slim") & (b["flops_saving"] >= 0.4)]
+    group = b[b["engine"].isin(GROUP_ENGINES)].groupby(["method", "round"])["time_saving"].max()
+    csr = b[b["engine"] == "csr"].set_index("round")["time_saving"]
+    margins = [v - csr[r] for (_, r), v in group.items() if r in csr.index]
+    return {
+        "channel_time_per_flop_saving": float((big["time_saving"] / big["flops_saving"]).median()) if len(big) else None,
+        "best_group_time_saving": float(group.max()) if len(group) else None,
+        "group_minus_csr_min": float(min(margins)) if margins else None,
+    }
+
+
+TARGET_ROWS = (  # key, description, goal, test, format
+    ("channel_time_per_flop_saving", "channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving)", "≥ 0.8", lambda v: v >= 0.8, "{:.2f}"),
+    ("best_group_time_saving", "group-wise: best regroup time saving", "≥ 20%", lambda v: v >= 0.2, "{:.1%}"),
+    ("group_minus_csr_min", "group-wise vs CSR at the same IMP round: smallest margin in time saving", "> 0", lambda v: v > 0, "{:+.1%}"),
+)
+
+
 def plot_accuracy(table: pd.DataFrame, dense_acc: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, rows in table.groupby("method"):
@@ -82,7 +113,7 @@ def plot_masks(masks: dict[str, torch.Tensor], layer: str, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(table: pd.DataFrame, dense_acc: float, tolerance: float, heads: dict[str, str], batch: int, threads: int) -> str:
+def markdown(table: pd.DataFrame, dense_acc: float, tolerance: float, heads: dict[str, str], goals: dict, batch: int, threads: int) -> str:
     lines = [
         "# structlth report",
         "",
@@ -94,6 +125,10 @@ def markdown(table: pd.DataFrame, dense_acc: float, tolerance: float, heads: dic
         "",
     ]
     lines += [f"- **{m}**: {h}" for m, h in sorted(heads.items())] or ["- no winning ticket"]
+    lines += ["", f"## Speedup targets (batch {batch})", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    for key, what, goal, ok, fmt in TARGET_ROWS:
+        v = goals.get(key)
+        lines.append(f"| {what} | {'n/a' if v is None else fmt.format(v)} | {goal} | {'n/a' if v is None else ('yes' if ok(v) else 'no')} |")
     win = winners(table, dense_acc, tolerance)
     for method, rows in table.groupby("method", sort=False):
         lines += ["", f"## {method}", "", "| round | sparsity | channel sparsity | test acc | winning | time saving | FLOP saving | engine |", "|---|---|---|---|---|---|---|---|"]
