@@ -30,6 +30,7 @@ def test_targets_follow_their_definitions():
     assert t["channel_time_per_flop_saving"] == pytest.approx((0.6 + 1.0) / 2)  # median of 0.3/0.5, 0.6/0.6
     assert t["best_group_time_saving"] == pytest.approx(0.25)
     assert t["group_minus_csr_min"] == pytest.approx(min(0.15 - (-5.0), 0.25 - (-4.0)))
+    assert t["timing_noise"] == pytest.approx(0.0)
     assert targets(_bench()[lambda d: d["engine"] == "csr"], 64)["best_group_time_saving"] is None
 
 

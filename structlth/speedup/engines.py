@@ -90,6 +90,13 @@ class SubConv(_Grouped):
         return self.place(parts, x)
 
 
+def _im2col(x: torch.Tensor, k, s, p, d) -> tuple[torch.Tensor, int, int]:
+    """Columns [B, C_in*kh*kw, H_out*W_out] of x [B, C_in, H, W] for a conv, and H_out, W_out."""
+    h = (x.shape[2] + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    w = (x.shape[3] + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    return F.unfold(x, k, d, p, s), h, w
+
+
 class GemmConv(_Grouped):
     """im2col once, then one dense GEMM per row group over its own columns."""
 
@@ -105,9 +112,7 @@ class GemmConv(_Grouped):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        h = (x.shape[2] + 2 * self.p[0] - self.d[0] * (self.k[0] - 1) - 1) // self.s[0] + 1
-        w = (x.shape[3] + 2 * self.p[1] - self.d[1] * (self.k[1] - 1) - 1) // self.s[1] + 1
-        cols = F.unfold(x, self.k, self.d, self.p, self.s)  # [B, n, L]
+        cols, h, w = _im2col(x, self.k, self.s, self.p, self.d)
         parts = [
             torch.matmul(wt, cols.index_select(1, getattr(self, f"cols{i}"))).view(b, -1, h, w)
             for i, wt in enumerate(self.weights)
@@ -132,9 +137,7 @@ class CsrConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        h = (x.shape[2] + 2 * self.p[0] - self.d[0] * (self.k[0] - 1) - 1) // self.s[0] + 1
-        w = (x.shape[3] + 2 * self.p[1] - self.d[1] * (self.k[1] - 1) - 1) // self.s[1] + 1
-        cols = F.unfold(x, self.k, self.d, self.p, self.s)  # [B, n, L]
+        cols, h, w = _im2col(x, self.k, self.s, self.p, self.d)
         flat = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # [n, B*L]
         out = torch.sparse.mm(self.weight, flat)  # [C_out, B*L]
         return out.view(self.c_out, b, h * w).transpose(0, 1).reshape(b, self.c_out, h, w)
