@@ -179,7 +179,6 @@ class BenchParams(Strict):
     repeats: int = Field(20, ge=1)
     warmup: int = Field(3, ge=0)
     threads: int = Field(2, ge=1)
-    nproc_per_node: int = Field(1, ge=1, description="training stages re-run themselves under torchrun")
     atol: float = Field(1e-3, gt=0, description="max |fast - masked| relative to output scale")
 
 
