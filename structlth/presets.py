@@ -2,7 +2,7 @@
 
 A preset replaces the data, model, train and prune sections of a base params file (normally the
 shipped params.yaml, so tickets, bench and report settings stay shared) with the paper's
-schedule for one (dataset, model) pair. `structlth presets write configs` regenerates the files.
+schedule for one (dataset, model) pair. `structlth presets configs` regenerates the files.
 """
 
 from __future__ import annotations

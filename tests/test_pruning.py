@@ -132,6 +132,7 @@ def test_regroup_is_deterministic_for_a_seed():
     a = regroup(mask, parts=4, min_rows=16, seed=7)
     b = regroup(mask, parts=4, min_rows=16, seed=7)
     assert torch.equal(a, b)
+    assert torch.equal(regroup(mask, parts=4, min_rows=16, seed=7, row_align=8), a)  # tiling only
 
 
 def _planted(holes=0.08, seed=0):
