@@ -21,6 +21,7 @@ import yaml
 from structlth.artifacts import load_tensors
 
 from conftest import ROOT, tiny_raw
+from test_pruning import _is_union_of_dense_row_groups
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +103,9 @@ def test_repro_writes_every_round_and_ticket_with_its_structure(repo):
             rows = [m.flatten(1) for m in masks.values()]
             if method in ("imp_channel", "refill", "refill_plus"):
                 assert all(bool(((r.all(1)) | (~r.any(1))).all()) for r in rows), f"{method} not channel-wise"
+            if method.startswith("regroup"):
+                min_rows = tiny_raw()["tickets"][method]["min_rows"]
+                assert all(_is_union_of_dense_row_groups(m.bool(), min_rows) for m in masks.values()), f"{method} not blocks"
     imp = {r: json.loads((repo / "artifacts/imp" / r / "metrics.json").read_text())["sparsity"] for r in ("round1", "round2")}
     assert abs((1 - imp["round1"]) - 0.8) < 0.01 and abs((1 - imp["round2"]) - 0.64) < 0.01
     bench = (repo / "reports" / "bench.csv").read_text()
