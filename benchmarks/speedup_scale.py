@@ -11,6 +11,7 @@ Weights are untrained, so this measures speed, not accuracy.
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
 from structlth.config import BenchParams
@@ -18,6 +19,7 @@ from structlth.masks import mask_stats, ones_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune, regroup_layers
 from structlth.pruning.refill import refill_masks, weight_scores
+from structlth.report import targets
 from structlth.speedup.bench import bench_ticket
 from structlth.train import state_of
 
@@ -47,11 +49,11 @@ def run() -> dict:
             metrics = {**mask_stats(m, masks, (1, 3, 32, 32)), "test_acc": float("nan")}
             out, _ = bench_ticket(method, kind, m, masks, metrics, x, bench, layers=False)
             rows += [{"arch": arch, "source_density": density, **{k: r[k] for k in ("method", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "sparsity", "max_abs_err")}} for r in out]
-    slim = [r for r in rows if r["engine"] == "slim" and r["flops_saving"] >= 0.4]
-    ratios = sorted(r["time_saving"] / r["flops_saving"] for r in slim)
-    group = [r["time_saving"] for r in rows if r["engine"] in ("slim+blocks", "subconv")]
-    summary = {
-        "channel_time_per_flop_saving_median": ratios[len(ratios) // 2] if ratios else None,
-        "best_group_time_saving": max(group) if group else None,
-    }
-    return {"batch": BATCH, "threads": 2, "rows": rows, "summary": summary}
+    return {"batch": BATCH, "threads": 2, "rows": rows, "summary": summary(rows)}
+
+
+def summary(rows: list[dict]) -> dict:
+    """The report's speedup targets (structlth.report.targets) over these rows."""
+    frame = pd.DataFrame(rows).assign(batch=BATCH, round=lambda d: d["arch"] + "@" + d["source_density"].astype(str))
+    goals = targets(frame, BATCH)
+    return {k: goals[k] for k in ("channel_time_per_flop_saving", "best_group_time_saving")}

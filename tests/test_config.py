@@ -70,16 +70,21 @@ def test_cli_validate_exits_2_without_traceback_and_writes_nothing(tmp_path, raw
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path, raw_params):
-    raw_params["model"]["arch"] = "resnet21"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+def _prepare_fails_cleanly(tmp_path, raw: dict, hint: str) -> None:
+    """The prepare stage run on `raw` exits 2 with `hint`, no traceback, nothing written."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "stages" / "prepare.py"), "--out", "artifacts/data"],
         cwd=tmp_path, capture_output=True, text=True,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "model.arch" in proc.stderr and "Traceback" not in proc.stderr
+    assert hint in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path, raw_params):
+    raw_params["model"]["arch"] = "resnet21"
+    _prepare_fails_cleanly(tmp_path, raw_params, "model.arch")
 
 
 @pytest.mark.parametrize(
@@ -93,11 +98,4 @@ def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path, raw_params):
 def test_prepare_with_unusable_data_params_exits_2_and_writes_nothing(tmp_path, raw_params, edit, hint):
     raw_params["data"]["root"] = str(ROOT / "data" / "raw")
     edit(raw_params)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "prepare.py"), "--out", "artifacts/data"],
-        cwd=tmp_path, capture_output=True, text=True,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert hint in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert not (tmp_path / "artifacts").exists()
+    _prepare_fails_cleanly(tmp_path, raw_params, hint)
