@@ -40,6 +40,6 @@ if __name__ == "__main__":
                 print(f"{method}/{rnd}: best time saving {best:.1%}", flush=True)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        cols = ["method", "round", "batch", "threads", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "params_saving", "max_abs_err", "sparsity", "test_acc"]
+        cols = ["method", "round", "batch", "threads", "channels_last", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "params_saving", "max_abs_err", "sparsity", "test_acc"]
         pd.DataFrame(rows)[cols].to_csv(out / "bench.csv", index=False, float_format="%.6g")
         pd.DataFrame(layers).to_csv(out / "bench_layers.csv", index=False, float_format="%.6g")

@@ -47,6 +47,21 @@ def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], source: str
             )
 
 
+def drop_untrainable(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int) -> Masks:
+    """`masks` without the conv weights that can never train: those reading a dead input
+    channel or feeding a dead output channel (structlth.graph). Their gradient is exactly zero,
+    so they would keep their rewind values and count as kept weights and FLOPs."""
+    live = liveness(model, masks, in_channels)
+    modules = dict(model.named_modules())
+    out = {}
+    for name, m in masks.items():
+        layer = name.removesuffix(".weight")
+        if isinstance(modules[layer], nn.Conv2d) and modules[layer].groups == 1:
+            m = m.bool() & live.module_in[layer][None, :, None, None] & live.module_out[layer][:, None, None, None]
+        out[name] = m.bool()
+    return out
+
+
 def training_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int) -> Masks:
     """Weight masks plus the BN masks of dead channels (see structlth.graph)."""
     return {**masks, **bn_masks(model, masks, in_channels)}
@@ -105,8 +120,9 @@ def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
     return out
 
 
-def effective_flops(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """(dense FLOPs, FLOPs of the weights that can be non-zero on live inputs), one sample.
+def layer_effective_flops(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+    """Per Conv2d / Linear: (dense FLOPs, FLOPs of the weights that can be non-zero on live
+    inputs), one sample [1, C, H, W].
 
     A conv's FLOPs scale with the share of its weights that survive and read a live input
     channel from a live output channel: the physical limit of any engine for this mask.
@@ -114,8 +130,7 @@ def effective_flops(model: nn.Module, masks: Mapping[str, torch.Tensor], input_s
     flops = layer_flops(model, input_shape)
     live = liveness(model, masks, input_shape[1])
     modules = dict(model.named_modules())
-    dense = sum(flops.values())
-    kept = 0
+    out = {}
     for name, f in flops.items():
         mod = modules[name]
         w = masks.get(f"{name}.weight")
@@ -126,8 +141,14 @@ def effective_flops(model: nn.Module, masks: Mapping[str, torch.Tensor], input_s
             w = w & a_in[group_of_out][:, :, None, None] & live.module_out[name][:, None, None, None]
         else:
             w = w & live.module_in[name][None, :]
-        kept += f * int(w.count_nonzero()) // w.numel()
-    return dense, kept
+        out[name] = (f, f * int(w.count_nonzero()) // w.numel())
+    return out
+
+
+def effective_flops(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(dense FLOPs, effective FLOPs) of the whole model, one sample: see layer_effective_flops."""
+    per_layer = layer_effective_flops(model, masks, input_shape).values()
+    return sum(d for d, _ in per_layer), sum(k for _, k in per_layer)
 
 
 def mask_stats(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...]) -> dict:

@@ -12,8 +12,11 @@ from structlth.export import export_slim, load_slim
 from structlth.masks import ones_masks
 from structlth.models import build_model
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
-from structlth.speedup.bench import bench_ticket, verify
-from structlth.speedup.engines import CsrConv, GemmConv, SubConv, masked_reference, row_groups
+from structlth.speedup.bench import bench_ticket
+from structlth.speedup.choice import fast_models
+from structlth.speedup.engines import CsrConv, GroupedConv, SubConv, masked_reference, row_groups, swap_convs
+from structlth.speedup.layout import fold_bn, fold_layouts
+from structlth.speedup.timing import verify
 from structlth.speedup.slim import slim_model
 
 
@@ -44,18 +47,93 @@ def test_slim_model_equals_masked_model_and_is_smaller(arch, width):
     assert sum(p.numel() for p in slim.parameters()) < 0.6 * sum(p.numel() for p in m.parameters())
 
 
-@pytest.mark.parametrize("engine", [SubConv, GemmConv, CsrConv])
+@pytest.mark.parametrize("engine", [GroupedConv, SubConv, CsrConv])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv_engines_equal_masked_conv(engine, stride):
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_engines_equal_masked_conv(engine, stride, bias):
     torch.manual_seed(0)
-    conv = nn.Conv2d(16, 32, 3, stride, 1, bias=False)
+    conv = nn.Conv2d(16, 32, 3, stride, 1, bias=bias)
     mask = regroup(torch.rand(32, 16, 3, 3) < 0.3, parts=2, min_rows=4, t2=0.3, b2=4)
-    mask[5] = False  # a dead row
+    mask[5] = False  # a dead row: exactly 0 (a dead channel's folded BN has zero shift)
+    if bias:
+        conv.bias.data[5] = 0
     x = torch.randn(3, 16, 9, 9)
     with torch.no_grad():
-        want = nn.functional.conv2d(x, conv.weight * mask, stride=stride, padding=1)
+        want = nn.functional.conv2d(x, conv.weight * mask, conv.bias, stride=stride, padding=1)
         got = engine(conv, mask)(x)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_grouped_conv_is_one_padded_grouped_conv():
+    """Two blocks of 3 and 5 rows over 2 and 6 input channels: one conv with groups=2, rows and
+    inputs padded to the alignment, the padded rows exactly zero."""
+    conv = nn.Conv2d(8, 10, 3, padding=1, bias=False)
+    mask = torch.zeros(10, 8, 3, 3, dtype=torch.bool)
+    mask[[0, 4, 9], 0:2] = True
+    mask[[1, 2, 3, 5, 6]] = True
+    mask[[1, 2, 3, 5, 6], 6:] = False  # channels 0..5
+    g = GroupedConv(conv, mask, align=4)
+    assert g.conv.groups == 2 and g.conv.out_channels == 2 * 8 and g.conv.in_channels == 2 * 8
+    assert g.layout.tolist() == [0, 4, 9, -1, -1, -1, -1, -1, 1, 2, 3, 5, 6, -1, -1, -1]
+    g.restore = False
+    with torch.no_grad():
+        y = g(torch.randn(2, 8, 5, 5))
+    assert bool((y[:, g.layout < 0] == 0).all())
+
+
+def _vgg_blocks(width: float = 0.25):
+    """A randomised VGG-16 whose masks are whole-channel blocks: 2 blocks per layer."""
+    m = _randomised("vgg16", width)
+    masks = {}
+    for n, v in ones_masks(m).items():
+        rows, cols = v.shape[:2]
+        blk = torch.zeros_like(v)
+        blk[: rows // 2, : cols // 2] = True
+        blk[rows // 2 :, cols // 4 :] = True
+        masks[n] = blk[torch.randperm(rows)]  # blocks interleaved in channel order
+    return m, masks
+
+
+def test_fold_layouts_hands_block_order_on_and_equals_the_masked_model():
+    m, masks = _vgg_blocks()
+    ref = masked_reference(m, masks, 3)
+    fast = fold_layouts(swap_convs(fold_bn(ref), masks, {n.removesuffix(".weight"): "grouped" for n in masks}))
+    grouped = [mod for mod in fast.modules() if isinstance(mod, GroupedConv)]
+    assert len(grouped) == len(masks)
+    assert all(not g.restore for g in grouped)  # every block order was handed on
+    reorders = [n for n, _ in fast.named_modules() if n.startswith("reorder_")]
+    assert len(reorders) == 1  # only before the pooling head's flatten
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+def test_fold_bn_equals_the_unfolded_model_and_removes_every_bn():
+    m = _randomised("resnet20", 0.5, in_ch=1)
+    folded = fold_bn(m)
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in folded.modules())
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), m(x), atol=1e-4, rtol=1e-4)
+
+
+PRESET_ARCHS = sorted({"resnet20", "wrn32_2", "vgg16", "mobilenet_v1", "resnet18", "resnet50"})
+
+
+@pytest.mark.parametrize("arch", PRESET_ARCHS)
+@pytest.mark.parametrize("kind", ["imp", "imp_channel", "regroup"])
+def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
+    """Depthwise and grouped convs take the dense or slim path; every engine is verified."""
+    m = _randomised(arch, 1.0 if arch.startswith("resnet") and arch != "resnet20" else 0.25)
+    w = dict(m.named_parameters())
+    masks = magnitude_prune(w, ones_masks(m), 0.6)
+    if kind == "imp_channel":
+        masks = channel_prune(w, ones_masks(m), 0.5)
+    if kind == "regroup":
+        masks = {n: regroup(v, parts=parts_for(v.shape[0], 8), min_rows=4, t2=0.3, b2=2, granularity="channel") for n, v in masks.items()}
+    metrics = {"flops": 1, "flops_dense": 2, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
+    rows, _ = bench_ticket(kind, kind, m, masks, metrics, torch.randn(2, 3, 32, 32), BenchParams(batch_sizes=[2], repeats=1, warmup=0, atol=1e-4), layers=False)
+    assert {r["engine"] for r in rows} == {"imp": {"masked_dense", "csr"}, "imp_channel": {"slim"}, "regroup": {"slim+blocks"}}[kind]
 
 
 def test_row_groups_partition_live_rows_by_pattern():

@@ -1,0 +1,110 @@
+"""Inference-time graph rewrites shared by the dense baseline and every ticket.
+
+- `fold_bn`: BatchNorm folded into the conv before it (torch.fx's conv-BN fusion), applied to
+  the dense net and the ticket alike so the comparison stays fair.
+- `fold_layouts`: a grouped conv (engines.GroupedConv) computes its output channels in block
+  order. Where the graph allows, the block order is handed on instead of restored: through
+  channel-wise modules (ReLU, pooling, dropout) into the next conv, whose input gather (grouped)
+  or weight columns (dense) absorb the permutation. Anything else (a residual add of tensors in
+  different orders, flatten, the classifier, the output) gets an explicit `Reorder` first.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx, nn
+from torch.fx.experimental.optimization import fuse
+from torch.nn import functional as F
+
+from structlth.speedup.engines import GroupedConv, Reorder
+
+ORDER_FREE_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)
+ORDER_FREE_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
+ADDS = {operator.add, operator.iadd, torch.add}
+
+
+def fold_bn(model: nn.Module) -> fx.GraphModule:
+    """An eval-mode copy of `model` with every conv -> BN pair folded into one conv with bias."""
+    return fuse(model.eval(), no_trace=isinstance(model, fx.GraphModule)).eval()
+
+
+def _positions(layout: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor | None:
+    """Positions in a tensor laid out as `layout` of the channels `wanted`; a channel the layout
+    lacks (a dead row, exactly 0) maps to a padding position; None when there is none."""
+    where = torch.full((int(max(layout.max(), wanted.max())) + 1,), -1, dtype=torch.long)
+    live = layout >= 0
+    where[layout[live]] = torch.nonzero(live).flatten()
+    pos = where[wanted]
+    if bool((pos < 0).any()):
+        pad = torch.nonzero(~live).flatten()
+        if not len(pad):
+            return None
+        pos[pos < 0] = pad[0]
+    return pos
+
+
+def _absorb(mod: nn.Module, layout: torch.Tensor) -> bool:
+    """Let conv `mod` read a tensor in `layout` order; False when it cannot."""
+    if isinstance(mod, GroupedConv):
+        pos = _positions(layout, mod.gather)
+        if pos is None:
+            return False
+        mod.gather, mod.skip_gather = pos, False
+        return True
+    if isinstance(mod, nn.Conv2d) and mod.groups == 1:
+        live = layout >= 0
+        w = mod.weight.detach()
+        new = w.new_zeros(w.shape[0], len(layout), *w.shape[2:])
+        new[:, live] = w[:, layout[live]]
+        mod.weight = nn.Parameter(new, requires_grad=False)
+        mod.in_channels = len(layout)
+        return True
+    return False
+
+
+def fold_layouts(gm: fx.GraphModule) -> fx.GraphModule:
+    """Hand grouped convs' block order on wherever the next consumer can absorb it (in place)."""
+    modules = dict(gm.named_modules())
+    layout: dict[fx.Node, tuple[torch.Tensor, int]] = {}  # node -> (layout, channels) when not in order
+    restored: dict[fx.Node, fx.Node] = {}
+
+    def in_order(src: fx.Node, user: fx.Node) -> fx.Node:
+        if src not in restored:
+            lay, channels = layout[src]
+            name = f"reorder_{src.name}"
+            gm.add_submodule(name, Reorder(lay, channels))
+            with gm.graph.inserting_after(src):
+                restored[src] = gm.graph.call_module(name, (src,))
+        user.replace_input_with(src, restored[src])
+        return restored[src]
+
+    for node in list(gm.graph.nodes):
+        srcs = [a for a in node.all_input_nodes if a in layout]
+        if node.op == "call_module":
+            mod = modules[node.target]
+            if isinstance(mod, GroupedConv):
+                if srcs and not _absorb(mod, layout[srcs[0]][0]):
+                    in_order(srcs[0], node)
+                mod.restore = False
+                layout[node] = (mod.layout, mod.reorder.index.numel())
+                continue
+            if srcs and isinstance(mod, ORDER_FREE_MODULES):
+                layout[node] = layout[srcs[0]]
+                continue
+            if srcs and isinstance(mod, nn.Conv2d) and _absorb(mod, layout[srcs[0]][0]):
+                continue
+        elif node.op == "call_function" and srcs:
+            if node.target in ORDER_FREE_FUNCTIONS and node.args[0] in layout:
+                layout[node] = layout[node.args[0]]
+                continue
+            ins = [a for a in node.args if isinstance(a, fx.Node)]
+            if node.target in ADDS and len(ins) == 2 and all(a in layout for a in ins) and torch.equal(layout[ins[0]][0], layout[ins[1]][0]):
+                layout[node] = layout[ins[0]]
+                continue
+        for s in srcs:
+            in_order(s, node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

@@ -1,0 +1,91 @@
+"""Timing and verification: how every speed figure is measured and every fast path checked.
+
+`time_pair` times a dense callable against a fast one in this process, interleaved in random
+order (seeded) so background load hits both alike; `verify` refuses a fast path whose output
+differs from the masked reference.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from structlth.errors import VerificationError
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Medians (ms) of the dense and the fast callable, and every single dense time (ms)."""
+
+    t_dense_ms: float
+    t_ticket_ms: float
+    dense_runs_ms: tuple[float, ...] = ()
+
+    @property
+    def saving(self) -> float:
+        return 1 - self.t_ticket_ms / self.t_dense_ms
+
+
+def median(v) -> float:
+    v = sorted(v)
+    return v[len(v) // 2]
+
+
+@torch.inference_mode()
+def time_pair(dense: Callable, fast: Callable, x: torch.Tensor, repeats: int, warmup: int, x_fast: torch.Tensor | None = None, seed: int = 0) -> Timing:
+    """Median ms of dense(x) and fast(x_fast or x): `repeats` pairs, each pair in random order."""
+    xf = x if x_fast is None else x_fast
+    for _ in range(warmup):
+        dense(x)
+        fast(xf)
+    order = random.Random(seed)
+    td, tf = [], []
+    for _ in range(repeats):
+        pair = [(dense, td, x), (fast, tf, xf)]
+        order.shuffle(pair)
+        for fn, acc, inp in pair:
+            t0 = time.perf_counter()
+            fn(inp)
+            acc.append((time.perf_counter() - t0) * 1e3)
+    return Timing(median(td), median(tf), tuple(td))
+
+
+@torch.inference_mode()
+def verify(reference: nn.Module, fast: nn.Module, x: torch.Tensor, atol: float, what: str) -> float:
+    """Max |fast(x) - reference(x)|; VerificationError above atol x max |reference(x)|."""
+    ref, out = reference(x), fast(x)
+    if out.shape != ref.shape:
+        raise VerificationError(f"{what}: output shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+    err, scale = float((out - ref).abs().max()), float(ref.abs().max().clamp_min(1e-12))
+    if not err <= atol * scale:
+        raise VerificationError(
+            f"{what}: fast path differs from the masked model by {err:.3g}"
+            f" (> bench.atol {atol} x output scale {scale:.3g})"
+        )
+    return err
+
+
+@torch.inference_mode()
+def conv_inputs(model: nn.Module, x: torch.Tensor, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Input tensor of every module named in `names` (default: every Conv2d) for input x."""
+    wanted = {n: m for n, m in model.named_modules() if (n in names if names is not None else isinstance(m, nn.Conv2d))}
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(_mod, inp, _out) -> None:  # must return None, or it replaces the output
+            seen.setdefault(name, inp[0])
+
+        return hook
+
+    hooks = [m.register_forward_hook(keep(n)) for n, m in wanted.items()]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
