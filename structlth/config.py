@@ -82,6 +82,9 @@ class TrainParams(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(1e-4, ge=0)
+    decay_norm: bool = Field(
+        False, description="weight decay on BN weights and biases too (the reference code decays every parameter)"
+    )
     rewind_epoch: int = Field(ge=0, description="snapshot taken after this many epochs")
     seed: int = 0
 
@@ -155,12 +158,18 @@ class RefillParams(Strict):
     kind: Literal["refill"]
     criterion: Literal[REFILL_CRITERIA] = "magnitude"  # type: ignore[valid-type]
     refill_rate: float = Field(0.0, ge=0, lt=1)
+    count: Literal["floor", "ceil"] = Field(
+        "floor", description="K = floor or ceil of nnz/n + (C_out - nnz/n) * refill_rate (paper Table A3: ceil)"
+    )
     score_batches: int = Field(1, ge=1, description="batches for activation criteria")
 
 
 class RegroupParams(Strict):
     kind: Literal["regroup"]
     granularity: Literal["column", "channel"] = "column"
+    hypergraph: Literal["channel", "column"] = Field(
+        "channel", description="hyperedges per input channel (fast) or per column (the paper)"
+    )
     rows_per_part: int = Field(32, ge=1, description="parts = max(1, rows // rows_per_part)")
     imbalance: float = Field(0.1, gt=0, lt=1)
     min_rows: int = Field(16, ge=1)

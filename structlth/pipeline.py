@@ -18,7 +18,7 @@ from structlth.artifacts import load_tensors, read_json, save_tensors, staged_di
 from structlth.config import Params, RefillParams, RegroupParams, params_hash
 from structlth.data import Dataset, build_dataset, eval_batches, load_dataset, save_dataset
 from structlth.errors import ArtifactError
-from structlth.masks import Masks, check_masks, mask_stats, ones_masks, training_masks
+from structlth.masks import Masks, check_masks, drop_untrainable, mask_stats, ones_masks, training_masks
 from structlth.models import build_model
 from structlth.pruning import channel_prune, magnitude_prune, regroup_layers
 from structlth.pruning.refill import activation_scores, refill_masks, weight_scores
@@ -181,6 +181,7 @@ def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_
         section = p.imp_channel
     else:
         raise ValueError(f"unknown chain {chain!r}")
+    new = drop_untrainable(model, new, ctx.data.in_channels)
     identity = params_hash(p.data, p.model, p.train, p.prune, section) + file_digest(prev_dir / "mask.safetensors", prev_dir / "weights.safetensors")
     model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity)
     metrics = _metrics(ctx, model, new, result)
@@ -200,7 +201,7 @@ def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State,
         model.to(ctx.device)
         batches = list(eval_batches(ctx.data.train, ctx.data, ctx.params.data.batch_size))[: spec.score_batches]
         scores = activation_scores(spec.criterion, model, masks, batches)
-    return refill_masks(masks, scores, spec.refill_rate)
+    return refill_masks(masks, scores, spec.refill_rate, spec.count)
 
 
 def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> dict:
@@ -209,7 +210,7 @@ def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_
     spec = p.tickets[name]
     model = ctx.model()
     state, masks = load_round(ctx, imp_dir, model)
-    new = ticket_masks(ctx, spec, state, masks)
+    new = drop_untrainable(model, ticket_masks(ctx, spec, state, masks), ctx.data.in_channels)
     identity = params_hash(p.data, p.model, p.train, spec) + file_digest(imp_dir / "mask.safetensors", imp_dir / "weights.safetensors")
     model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity)
     source = read_json(imp_dir / "metrics.json")

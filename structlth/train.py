@@ -122,8 +122,8 @@ def train(
     apply_masks(model, masks)
     fmt = memory_format(model)
     model.to(memory_format=fmt)
-    decay = [p for n, p in params.items() if p.ndim > 1]
-    no_decay = [p for n, p in params.items() if p.ndim <= 1]
+    decay = [p for p in params.values() if p.ndim > 1 or hp.decay_norm]
+    no_decay = [p for p in params.values() if p.ndim <= 1 and not hp.decay_norm]
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,

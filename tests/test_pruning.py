@@ -188,3 +188,54 @@ def test_units_and_parts_rule():
     assert units(m, "channel").tolist()[0] == [0.0, 0.25, 0.0]
     assert units(m, "column").shape == (4, 12) and units(m, "column").sum() == 1
     assert parts_for(16, 32) == 1 and parts_for(512, 32) == 16
+
+
+def test_refill_count_floor_and_ceil_at_the_rounding_edge():
+    """[10, 4] mask with 33 survivors: 8.25 full rows. floor keeps 8, ceil 9 (the paper's
+    Table A3: 80.29% remaining at IMP's 80%); exactly 8 full rows gives 8 either way."""
+    mask = torch.zeros(10, 4, dtype=torch.bool)
+    mask.view(-1)[:33] = True
+    assert refill_count(mask, 0.0, "floor") == 8
+    assert refill_count(mask, 0.0, "ceil") == 9
+    mask.view(-1)[32] = False
+    assert refill_count(mask, 0.0, "floor") == refill_count(mask, 0.0, "ceil") == 8
+    assert refill_count(torch.ones(3, 2, dtype=torch.bool), 0.5, "ceil") == 3  # never above C_out
+    mask.view(-1)[32] = True
+    assert refill(mask, torch.arange(10.0), 0.0, "ceil").all(1).tolist() == [False] + [True] * 9  # the 9 top-scored rows
+
+
+def test_small_part_joins_the_part_it_overlaps_most():
+    """Parts of 16, 16 and 1 rows: the 1-row part reads block B's columns, so it joins B."""
+    from structlth.pruning.regroup import merge_small_parts
+
+    u = torch.zeros(33, 40)
+    u[:16, :20] = 1
+    u[16:32, 20:] = 1
+    u[32, 22:26] = 1
+    assignment = torch.tensor([0] * 16 + [1] * 16 + [2])
+    assert merge_small_parts(u, assignment, 8).tolist() == [0] * 16 + [1] * 17
+    assert merge_small_parts(u, assignment, 17).tolist() == assignment.tolist()  # no part is big enough
+
+
+def test_regroup_drops_no_live_row():
+    torch.manual_seed(3)
+    for rows in (33, 50, 71):
+        mask = torch.rand(rows, 16, 3, 3) < 0.4
+        out = regroup(mask, parts=parts_for(rows, 16), min_rows=16, t2=0.3, b2=2)
+        assert bool(out.flatten(1).any(1).all()), f"{rows} rows: a live row was dropped"
+
+
+def test_drop_untrainable_removes_weights_reading_dead_inputs():
+    """conv1 of the first block loses all rows but one: conv2's weights on the dead inputs (and
+    rows of dead outputs) leave the mask, and the statistics count what remains."""
+    from structlth.masks import drop_untrainable, mask_stats, ones_masks
+    from structlth.models import build_model
+
+    m = build_model("vgg16", 10, 1, 0.125)
+    masks = ones_masks(m)
+    first, second = list(masks)[:2]
+    masks[first][1:] = False  # only output channel 0 of the first pruned conv stays live
+    out = drop_untrainable(m, masks, 1)
+    assert bool(out[second][:, 1:].any()) is False and bool(out[second][:, 0].all())
+    assert mask_stats(m, out, (1, 1, 28, 28))["sparsity"] > mask_stats(m, masks, (1, 1, 28, 28))["sparsity"]
+    assert all(torch.equal(out[n], masks[n]) for n in list(masks)[2:])
