@@ -8,7 +8,8 @@ import pandas as pd
 from structlth.artifacts import load_tensors, read_json, write_json
 from structlth.config import load_params
 from structlth.errors import user_errors
-from structlth.report import headline, markdown, plot_accuracy, plot_masks, plot_savings, summary, targets
+from structlth.paper import paper_table
+from structlth.report import headline, markdown, paper_vs_run, plot_accuracy, plot_masks, plot_savings, summary, targets
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
@@ -28,9 +29,10 @@ if __name__ == "__main__":
         bench = pd.read_csv(Path(args.bench) / "bench.csv")
         table = summary(pd.DataFrame(rows), bench, batch)
         table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
-        heads = headline(table, dense_acc, p.report.tolerance)
         goals = targets(bench, batch)
-        (out / "report.md").write_text(markdown(table, dense_acc, p.report.tolerance, heads, goals, batch, p.bench.threads))
+        heads = headline(table, dense_acc, p.report.tolerance, goals["timing_noise"] or 0.0)
+        paper = paper_vs_run(table, dense_acc, p.report.tolerance, paper_table(p.data.dataset, p.model.arch, p.model.small_input_stem))
+        (out / "report.md").write_text(markdown(table, dense_acc, p.report.tolerance, heads, goals, batch, p.bench.threads, paper))
         plot_accuracy(table, dense_acc, out / "accuracy_vs_sparsity.png")
         plot_savings(table, out / "time_saving_vs_sparsity.png")
         last = p.round_ids()[-1]

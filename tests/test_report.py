@@ -1,17 +1,19 @@
-"""Report tables: winners, headline form, and the speedup targets computed from bench rows."""
+"""Report tables: winners, headline, noise, the speedup measurements, paper vs run."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from structlth.report import headline, markdown, summary, targets
+from structlth.paper import paper_table
+from structlth.report import extreme_sparsity, headline, markdown, paper_vs_run, summary, suspect_rows, targets, timing_noise
+
+COLS = ["method", "round", "batch", "engine", "t_dense_ms", "time_saving", "flops_saving"]
 
 
-def _bench() -> pd.DataFrame:
+def _bench(aa: float = 0.0, dense=(10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0)) -> pd.DataFrame:
     rows = [
-        # method, round, batch, engine, time_saving, flops_saving
-        ("imp", "round1", 64, "masked_dense", 0.00, 0.2),
+        ("imp", "round1", 64, "masked_dense", aa, 0.2),
         ("imp", "round1", 64, "csr", -5.0, 0.2),
         ("imp", "round2", 64, "csr", -4.0, 0.4),
         ("refill", "round1", 64, "slim", 0.30, 0.5),
@@ -19,30 +21,72 @@ def _bench() -> pd.DataFrame:
         ("refill", "round1", 1, "slim", 0.90, 0.5),  # another batch: ignored
         ("imp_channel", "round1", 64, "slim", 0.10, 0.3),  # under 40% FLOP saving: ignored
         ("regroup", "round1", 64, "slim+blocks", 0.05, 0.2),
-        ("regroup", "round1", 64, "subconv", 0.15, 0.2),
         ("regroup", "round2", 64, "slim+blocks", 0.25, 0.4),
+        ("regroup", "round2", 1, "slim+blocks", 0.50, 0.4),
     ]
-    return pd.DataFrame(rows, columns=["method", "round", "batch", "engine", "time_saving", "flops_saving"])
+    return pd.DataFrame([(m, r, b, e, d, t, f) for (m, r, b, e, t, f), d in zip(rows, dense)], columns=COLS)
 
 
 def test_targets_follow_their_definitions():
     t = targets(_bench(), 64)
     assert t["channel_time_per_flop_saving"] == pytest.approx((0.6 + 1.0) / 2)  # median of 0.3/0.5, 0.6/0.6
     assert t["best_group_time_saving"] == pytest.approx(0.25)
-    assert t["group_minus_csr_min"] == pytest.approx(min(0.15 - (-5.0), 0.25 - (-4.0)))
+    assert t["group_time_per_flop_saving"] == pytest.approx((0.25 + 0.625) / 2)
     assert t["timing_noise"] == pytest.approx(0.0)
     assert targets(_bench()[lambda d: d["engine"] == "csr"], 64)["best_group_time_saving"] is None
 
 
-def test_summary_headline_and_markdown():
-    metrics = pd.DataFrame([
-        {"method": "refill", "round": "round1", "sparsity": 0.2, "channel_sparsity": 0.2, "test_acc": 0.90},
-        {"method": "refill", "round": "round2", "sparsity": 0.4, "channel_sparsity": 0.4, "test_acc": 0.85},
+def test_timing_noise_is_the_larger_of_aa_and_dense_spread():
+    assert timing_noise(_bench(aa=-0.07), 64) == pytest.approx(0.07)  # a negative A/A counts by size
+    spread = (10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 13.0, 10.0)  # one row's dense strays by 30%
+    assert timing_noise(_bench(aa=0.02, dense=spread), 64) == pytest.approx(0.30)
+    assert timing_noise(_bench(aa=0.02), 1) == pytest.approx(0.0)  # batch 1 has no A/A row here
+
+
+def test_suspect_rows_beat_their_flop_limit_by_more_than_the_noise():
+    b = _bench()
+    b.loc[b["method"] == "refill", "time_saving"] = [0.56, 0.60, 0.9]  # round1 at batch 64 beats 0.5 by 0.06
+    assert suspect_rows(b[b["batch"] == 64], 0.05)["round"].tolist() == ["round1"]
+    assert suspect_rows(b[b["batch"] == 64], 0.10).empty
+
+
+def _metrics() -> pd.DataFrame:
+    return pd.DataFrame([
+        {"method": "refill", "round": "round1", "sparsity": 0.2, "channel_sparsity": 0.2, "test_acc": 0.90, "source_sparsity": 0.2},
+        {"method": "refill", "round": "round2", "sparsity": 0.4, "channel_sparsity": 0.4, "test_acc": 0.85, "source_sparsity": 0.36},
+        {"method": "imp", "round": "round1", "sparsity": 0.2, "channel_sparsity": 0.0, "test_acc": 0.91},
     ])
-    table = summary(metrics, _bench(), 64)
-    assert table.set_index("round")["time_saving"].tolist() == [0.30, 0.60]
+
+
+def test_summary_headline_and_markdown():
+    table = summary(_metrics(), _bench(), 64)
+    refill = table[table["method"] == "refill"]
+    assert refill["time_saving"].tolist() == [0.30, 0.60]
+    assert table.loc[table["method"] == "imp", "time_saving"].isna().all()  # no headline for unstructured imp
     heads = headline(table, dense_acc=0.905, tolerance=0.01)
     assert heads == {"refill": "30.00% time saving at 20.00% sparsity (test acc 0.9000)"}  # round2 loses
+    assert headline(table, 0.905, 0.01, noise=0.35) == {}  # 30% is inside a 35% noise
     md = markdown(table, 0.905, 0.01, heads, targets(_bench(), 64), 64, 2)
-    assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | 0.80 | ≥ 0.8 | yes |" in md
-    assert "| round2 | 40.00% | 40.00% | 0.8500 | no | 60.0% | 60.0% | slim |" in md
+    assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | 0.80 | ≥ 0.6 | yes |" in md
+    assert "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 | no | 60.0% | 60.0% | slim |" in md
+    noisy = markdown(table, 0.905, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, 2)
+    assert "| round1 | 20.00% | 20.00% | 20.00% | 0.9000 | yes | ~0 (30.0%) |" in noisy
+
+
+def test_extreme_sparsity_is_the_sparsest_winner():
+    table = summary(_metrics(), _bench(), 64)
+    assert extreme_sparsity(table, 0.905, 0.01) == {"refill": 0.2, "imp": 0.2}
+    assert extreme_sparsity(table, 0.95, 0.01)["refill"] is None
+
+
+def test_paper_vs_run_on_a_tiny_fake_preset_run():
+    """A fake RN-18 CIFAR-10 run: rows beside Tables A3/A4 with differences in points."""
+    table = summary(_metrics(), _bench(), 64)
+    lines = "\n".join(paper_vs_run(table, 0.905, 0.01, paper_table("cifar10", "resnet18")))
+    assert "Tables A3/A4" in lines
+    # run refill round1: 80.00% remaining vs the paper's 80.29%; 90.00% vs 94.14% accuracy
+    assert "| refill | round1 | 80.29% | 80.00% | -0.29 | 94.14% | 90.00% | -4.14 |" in lines
+    assert "| regroup | round1 | 80.00% | – | – | 94.48% | – | – |" in lines  # not in the run
+    assert "| regroup | 78% | none wins |" in lines
+    assert "no table" in "\n".join(paper_vs_run(table, 0.905, 0.01, paper_table("fashion_mnist", "resnet20")))
+    assert paper_table("tiny_imagenet", "resnet50", small_input_stem=False) is None
