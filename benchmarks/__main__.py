@@ -8,11 +8,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import regroup_time, speedup_scale, train_throughput
+from benchmarks import channel_align, default_sweep, regroup_time, speedup_scale, train_throughput
 from structlth.artifacts import write_json
 
 OUT = Path("reports/benchmarks")
-ALL = {"train_throughput": train_throughput.run, "regroup_time": regroup_time.run, "speedup_scale": speedup_scale.run}
+ALL = {
+    "train_throughput": train_throughput.run,
+    "regroup_time": regroup_time.run,
+    "speedup_scale": speedup_scale.run,
+    "channel_align": channel_align.run,
+    "default_sweep": default_sweep.run,
+}
 
 if __name__ == "__main__":
     torch.set_num_threads(2)

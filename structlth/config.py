@@ -162,6 +162,7 @@ class RefillParams(Strict):
         "floor", description="K = floor or ceil of nnz/n + (C_out - nnz/n) * refill_rate (paper Table A3: ceil)"
     )
     score_batches: int = Field(1, ge=1, description="batches for activation criteria")
+    channel_align: int = Field(1, ge=1, le=64, description="kept channels rounded up to a multiple (CPU kernels work in blocks of 8/16)")
 
 
 class RegroupParams(Strict):
@@ -177,6 +178,7 @@ class RegroupParams(Strict):
     t1: float = Field(1.5, gt=0, description="prefix rule threshold")
     t2: float = Field(0.5, gt=0, le=1, description="density rule: min share of rows")
     b2: int = Field(4, ge=1, description="density rule: min qualifying columns")
+    channel_align: int = Field(1, ge=1, le=64, description="channel granularity: block input channels rounded up to a multiple")
     seed: int = 0
 
 

@@ -1,7 +1,8 @@
 """What each pipeline stage does, as library functions the thin stage scripts call.
 
 Layout of one round or ticket directory: mask.safetensors (bool masks of prunable weights),
-weights.safetensors (trained parameters and BN buffers), metrics.json.
+weights.safetensors (trained parameters and BN buffers), metrics.json (headline numbers only, so
+`dvc metrics show/diff` fit a terminal), layers.json (per-layer densities, a DVC plot).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from structlth.artifacts import load_tensors, read_json, save_tensors, staged_di
 from structlth.config import Params, RefillParams, RegroupParams, params_hash
 from structlth.data import Dataset, build_dataset, eval_batches, load_dataset, save_dataset
 from structlth.errors import ArtifactError
-from structlth.masks import Masks, check_masks, drop_untrainable, mask_stats, ones_masks, training_masks
+from structlth.masks import Masks, check_masks, density, drop_untrainable, mask_stats, ones_masks, training_masks
 from structlth.models import build_model
 from structlth.pruning import channel_prune, magnitude_prune, regroup_layers
 from structlth.pruning.refill import activation_scores, refill_masks, weight_scores
@@ -77,7 +78,8 @@ def save_round(ctx: Context, out_dir: Path, state: State, masks: Masks, metrics:
     with staged_dir(out_dir) as d:
         save_tensors(d / "mask.safetensors", masks, meta)
         save_tensors(d / "weights.safetensors", state, meta)
-        write_json(d / "metrics.json", metrics)
+        write_json(d / "metrics.json", {k: v for k, v in metrics.items() if k != "layers"})
+        write_json(d / "layers.json", [{"layer": n, **s} for n, s in metrics["layers"].items()])
 
 
 def load_state(ctx: Context, path: Path, model: nn.Module) -> State:
@@ -201,7 +203,7 @@ def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State,
         model.to(ctx.device)
         batches = list(eval_batches(ctx.data.train, ctx.data, ctx.params.data.batch_size))[: spec.score_batches]
         scores = activation_scores(spec.criterion, model, masks, batches)
-    return refill_masks(masks, scores, spec.refill_rate, spec.count)
+    return refill_masks(masks, scores, spec.refill_rate, spec.count, spec.channel_align)
 
 
 def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> dict:
@@ -211,10 +213,14 @@ def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_
     model = ctx.model()
     state, masks = load_round(ctx, imp_dir, model)
     new = drop_untrainable(model, ticket_masks(ctx, spec, state, masks), ctx.data.in_channels)
+    aligned = {}
+    if spec.channel_align > 1:  # what alignment gave back: the sparsity the ticket had before it
+        unaligned = ticket_masks(ctx, spec.model_copy(update={"channel_align": 1}), state, masks)
+        aligned["unaligned_sparsity"] = 1 - density(drop_untrainable(model, unaligned, ctx.data.in_channels))
     identity = params_hash(p.data, p.model, p.train, spec) + file_digest(imp_dir / "mask.safetensors", imp_dir / "weights.safetensors")
     model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity)
     source = read_json(imp_dir / "metrics.json")
-    metrics = _metrics(ctx, model, new, result, source_sparsity=source["sparsity"], source_test_acc=source["test_acc"], kind=spec.kind)
+    metrics = _metrics(ctx, model, new, result, source_sparsity=source["sparsity"], source_test_acc=source["test_acc"], kind=spec.kind, **aligned)
     save_round(ctx, out_dir, state_of(model), new, metrics, kind=name)
     return metrics
 

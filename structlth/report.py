@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-SUMMARY_COLS = ["method", "round", "sparsity", "source_sparsity", "channel_sparsity", "test_acc", "time_saving", "flops_saving", "engine"]
+SUMMARY_COLS = ["method", "round", "sparsity", "unaligned_sparsity", "source_sparsity", "channel_sparsity", "test_acc", "time_saving", "flops_saving", "engine"]
 
 
 PRODUCTION_ENGINES = ("slim", "slim+blocks")  # chosen per ticket kind before any timing (speedup.choice)
@@ -212,10 +212,11 @@ def markdown(table: pd.DataFrame, dense_acc: float, tolerance: float, heads: dic
         lines += ["", f"## {method}", "", "| round | sparsity | source IMP sparsity | channel sparsity | test acc | winning | time saving | FLOP saving | engine |", "|---|---|---|---|---|---|---|---|---|"]
         for _, r in rows.iterrows():
             src = "" if pd.isna(r["source_sparsity"]) else f"{r['source_sparsity']:.2%}"
+            sp = f"{r['sparsity']:.2%}" + ("" if pd.isna(r["unaligned_sparsity"]) else f" ({r['unaligned_sparsity']:.2%} before align)")
             ts = "" if pd.isna(r["time_saving"]) else (f"{r['time_saving']:.1%}" if abs(r["time_saving"]) > noise else f"~0 ({r['time_saving']:.1%})")
             fs = "" if pd.isna(r["flops_saving"]) else f"{r['flops_saving']:.1%}"
             lines.append(
-                f"| {r['round']} | {r['sparsity']:.2%} | {src} | {r['channel_sparsity']:.2%} | {r['test_acc']:.4f} |"
+                f"| {r['round']} | {sp} | {src} | {r['channel_sparsity']:.2%} | {r['test_acc']:.4f} |"
                 f" {'yes' if r.name in win.index else 'no'} | {ts} | {fs} | {r['engine'] if isinstance(r['engine'], str) else ''} |"
             )
     lines += ["", *paper_lines, "## Plots", "", "![accuracy](accuracy_vs_sparsity.png)", "", "![time saving](time_saving_vs_sparsity.png)", "", "![masks](masks.png)", ""]

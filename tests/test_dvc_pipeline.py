@@ -98,7 +98,9 @@ def test_repro_writes_every_round_and_ticket_with_its_structure(repo):
         for rnd in ("round1", "round2"):
             d = repo / "artifacts" / method / rnd
             metrics = json.loads((d / "metrics.json").read_text())
-            assert 0 <= metrics["test_acc"] <= 1 and "layers" in metrics
+            assert 0 <= metrics["test_acc"] <= 1 and "layers" not in metrics
+            layers = json.loads((d / "layers.json").read_text())
+            assert layers and all(0 <= r["density"] <= 1 for r in layers)
             masks, _ = load_tensors(d / "mask.safetensors")
             rows = [m.flatten(1) for m in masks.values()]
             if method in ("imp_channel", "refill", "refill_plus"):

@@ -239,3 +239,25 @@ def test_drop_untrainable_removes_weights_reading_dead_inputs():
     assert bool(out[second][:, 1:].any()) is False and bool(out[second][:, 0].all())
     assert mask_stats(m, out, (1, 1, 28, 28))["sparsity"] > mask_stats(m, masks, (1, 1, 28, 28))["sparsity"]
     assert all(torch.equal(out[n], masks[n]) for n in list(masks)[2:])
+
+
+def test_channel_align_rounds_kept_channels_up():
+    mask = torch.zeros(32, 4, dtype=torch.bool)
+    mask.view(-1)[: 19 * 4] = True  # 19 full rows
+    assert refill_count(mask, 0.0, "floor", 8) == 24
+    assert refill_count(mask, 0.0, "floor", 16) == 32
+    assert refill_count(mask, 0.0, "floor", 64) == 32  # never above C_out
+    assert refill_count(mask, 0.0, "floor", 1) == 19
+
+
+def test_channel_align_grows_a_block_by_its_most_used_units():
+    from structlth.pruning.regroup import align_units
+
+    chosen = torch.tensor([True, False, False, True, False])
+    counts = torch.tensor([5.0, 1.0, 4.0, 5.0, 2.0])
+    assert align_units(chosen, counts, 4).tolist() == [True, False, True, True, True]
+    assert align_units(chosen, counts, 2).tolist() == chosen.tolist()
+    mask = torch.rand(40, 24, 3, 3, generator=torch.Generator().manual_seed(1)) < 0.3
+    out = regroup(mask, parts=2, min_rows=8, column_rule="budget", granularity="channel", channel_align=8)
+    for rows in (out.flatten(2).any(2)).unique(dim=0):
+        assert int(rows.sum()) % 8 == 0 or int(rows.sum()) == 0  # every block reads a multiple of 8 input channels

@@ -20,8 +20,9 @@ from torch.nn import functional as F
 from structlth.masks import Masks
 
 
-def refill_count(mask: torch.Tensor, refill_rate: float = 0.0, count: str = "floor") -> int:
-    """K, the number of channels a refilled layer keeps (count: floor | ceil)."""
+def refill_count(mask: torch.Tensor, refill_rate: float = 0.0, count: str = "floor", align: int = 1) -> int:
+    """K, the number of channels a refilled layer keeps (count: floor | ceil), rounded up to a
+    multiple of `align` (never above C_out): rounding up only gives weights back."""
     c_out, n = mask.shape[0], mask[0].numel()
     full_rows = int(mask.count_nonzero()) / n
     k = full_rows + (c_out - full_rows) * refill_rate
@@ -31,14 +32,14 @@ def refill_count(mask: torch.Tensor, refill_rate: float = 0.0, count: str = "flo
         k = math.floor(k + 1e-9)
     else:
         raise ValueError(f"count must be floor or ceil, got {count!r}")
-    return min(c_out, max(1, k))
+    return min(c_out, -(-max(1, k) // align) * align)
 
 
-def refill(mask: torch.Tensor, scores: torch.Tensor, refill_rate: float = 0.0, count: str = "floor") -> torch.Tensor:
+def refill(mask: torch.Tensor, scores: torch.Tensor, refill_rate: float = 0.0, count: str = "floor", align: int = 1) -> torch.Tensor:
     """Channel-wise mask of `mask`'s shape: the top-K rows by `scores` ([C_out]) all ones."""
     if scores.shape != (mask.shape[0],):
         raise ValueError(f"scores must have shape [{mask.shape[0]}], got {tuple(scores.shape)}")
-    k = refill_count(mask, refill_rate, count)
+    k = refill_count(mask, refill_rate, count, align)
     top = torch.sort(scores.float(), descending=True, stable=True).indices[:k]
     rows = torch.zeros(mask.shape[0], dtype=torch.bool)
     rows[top] = True
@@ -101,5 +102,5 @@ def activation_scores(
     return {f"{n}.weight": v for n, v in acc.items()}
 
 
-def refill_masks(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor], refill_rate: float, count: str = "floor") -> Masks:
-    return {n: refill(m, scores[n], refill_rate, count) for n, m in masks.items()}
+def refill_masks(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor], refill_rate: float, count: str = "floor", align: int = 1) -> Masks:
+    return {n: refill(m, scores[n], refill_rate, count, align) for n, m in masks.items()}

@@ -92,6 +92,18 @@ def partition_rows(u: torch.Tensor, parts: int, imbalance: float = 0.1, seed: in
         ) from None
 
 
+def align_units(chosen: torch.Tensor, counts: torch.Tensor, align: int) -> torch.Tensor:
+    """`chosen` (bool [U]) grown to a multiple of `align` units (at most U) by the unchosen units
+    with the largest in-part counts [U]."""
+    extra = min(len(chosen), -(-int(chosen.sum()) // align) * align) - int(chosen.sum())
+    if extra <= 0:
+        return chosen
+    rest = torch.sort(torch.where(chosen, -1.0, counts.float()), descending=True, stable=True).indices[:extra]
+    out = chosen.clone()
+    out[rest] = True
+    return out
+
+
 def choose_columns(
     part: torch.Tensor, *, column_rule: str = "density", t1: float = 1.5, t2: float = 0.5, b2: int = 4
 ) -> torch.Tensor | None:
@@ -149,6 +161,7 @@ def regroup(
     granularity: str = "column",
     hypergraph: str = "channel",
     imbalance: float = 0.1,
+    channel_align: int = 1,
 ) -> torch.Tensor:
     """Block-structured bool mask of `mask`'s shape ([C_out, ...], dim 0 = output channels).
 
@@ -171,6 +184,8 @@ def regroup(
         cols = choose_columns(u[rows], column_rule=column_rule, t1=t1, t2=t2, b2=b2)
         if cols is None:
             continue
+        if granularity == "channel":
+            cols = align_units(cols, u[rows].sum(0), channel_align)
         out[rows[:, None], torch.nonzero(cols).flatten()[None, :]] = True
         formed = True
     if not formed:
