@@ -25,10 +25,10 @@ from structlth.speedup.bench import bench_ticket
 ROUNDS = 4
 BASE = {
     "data": {"dataset": "fashion_mnist", "root": "data/raw", "download": False, "val_size": 1000, "train_subset": 12000,
-             "test_subset": 2000, "split_seed": 0, "batch_size": 128, "eval_batch_size": 1000,
+             "test_subset": 2000, "split_seed": 0, "batch_size": 64, "eval_batch_size": 1000,
              "augment": {"crop_padding": 0, "hflip": True}},
     "model": {"arch": "vgg16", "width": 0.25, "small_input_stem": True},
-    "train": {"epochs": 5, "retrain": "rest", "lr": 0.1, "schedule": "cosine", "milestones": [], "gamma": 0.1,
+    "train": {"epochs": 5, "retrain": "rest", "lr": 0.05, "schedule": "cosine", "milestones": [], "gamma": 0.1,
               "warmup_epochs": 0, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "rewind_epoch": 2, "seed": 0},
     "prune": {"rate": 0.2, "rounds": {f"round{k}": {"prev": f"round{k - 1}"} for k in range(1, ROUNDS + 1)}},
     "imp_channel": {"rate": 0.2},

@@ -12,6 +12,19 @@ from structlth.errors import user_errors
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"structlth {version('structlth')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(_version_flag: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
+    """structlth: structurally sparse lottery tickets with verified speedups."""
+
+
 @app.command()
 def validate(params: Path = typer.Argument(Path("params.yaml"))) -> None:
     """Check params.yaml in full; exit 2 with one message naming each bad key."""

@@ -87,13 +87,14 @@ def _fashion_mnist(p: DataParams) -> tuple[Split, Split, list[str]]:
     from torchvision.datasets import FashionMNIST
 
     root = Path(p.root)
-    offline = _unpack_debian_fashion_mnist(root)
+    local = _unpack_debian_fashion_mnist(root)
     try:
-        sets = [FashionMNIST(str(root), train=t, download=not offline) for t in (True, False)]
+        sets = [FashionMNIST(str(root), train=t, download=p.download and not local) for t in (True, False)]
     except Exception as err:  # torchvision raises RuntimeError/URLError/OSError variously
         raise DataError(
-            "fashion_mnist: no local copy and the download failed "
-            f"({type(err).__name__}: {err}).\n  Either install the Debian package "
+            "fashion_mnist: no local copy"
+            + (f" and the download failed ({type(err).__name__}: {err})" if p.download else " and data.download is false")
+            + ".\n  Either install the Debian package "
             "(apt-get install dataset-fashion-mnist, which puts the files in "
             f"{DEBIAN_FASHION_MNIST}) or allow network access for torchvision's checked "
             f"download into data.root={p.root!r}."

@@ -164,5 +164,4 @@ def mask_stats(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape:
         "flops_dense": dense_flops,
         "params_kept": total_params - pruned,
         "params_total": total_params,
-        "layers": layer_stats(masks),
     }

@@ -19,7 +19,7 @@ from structlth.artifacts import load_tensors, read_json, save_tensors, staged_di
 from structlth.config import Params, RefillParams, RegroupParams, params_hash
 from structlth.data import Dataset, build_dataset, eval_batches, load_dataset, save_dataset
 from structlth.errors import ArtifactError
-from structlth.masks import Masks, check_masks, density, drop_untrainable, mask_stats, ones_masks, training_masks
+from structlth.masks import Masks, check_masks, density, drop_untrainable, layer_stats, mask_stats, ones_masks, training_masks
 from structlth.models import build_model
 from structlth.pruning import channel_prune, magnitude_prune, regroup_layers
 from structlth.pruning.refill import activation_scores, refill_masks, weight_scores
@@ -78,8 +78,8 @@ def save_round(ctx: Context, out_dir: Path, state: State, masks: Masks, metrics:
     with staged_dir(out_dir) as d:
         save_tensors(d / "mask.safetensors", masks, meta)
         save_tensors(d / "weights.safetensors", state, meta)
-        write_json(d / "metrics.json", {k: v for k, v in metrics.items() if k != "layers"})
-        write_json(d / "layers.json", [{"layer": n, **s} for n, s in metrics["layers"].items()])
+        write_json(d / "metrics.json", metrics)
+        write_json(d / "layers.json", [{"layer": n, **s} for n, s in layer_stats(masks).items()])
 
 
 def load_state(ctx: Context, path: Path, model: nn.Module) -> State:
@@ -154,7 +154,7 @@ def pretrain(ctx: Context, out_dir: Path, checkpoint: Path | None = None) -> dic
             save_tensors(d / "rewind.safetensors", result.rewind_state, {**meta, "kind": "rewind"})
             save_tensors(d / "weights.safetensors", state_of(model), {**meta, "kind": "weights"})
             save_tensors(d / "mask.safetensors", masks, {**meta, "kind": "mask"})
-            write_json(d / "metrics.json", {k: v for k, v in metrics.items() if k != "layers"})
+            write_json(d / "metrics.json", metrics)
             write_json(d / "curve.json", result.history)
     return metrics
 

@@ -16,18 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_raw() -> dict:
-    """params.yaml's content shrunk to seconds of CPU work."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["data"].update(val_size=64, train_subset=256, test_subset=128, batch_size=32, eval_batch_size=128)
-    raw["model"].update(arch="resnet20", width=0.25)
-    raw["train"].update(epochs=2, rewind_epoch=1, retrain="rest")
-    raw["prune"]["rounds"] = {"round1": {"prev": "round0"}, "round2": {"prev": "round1"}}
-    for t in raw["tickets"].values():
-        if t["kind"] == "regroup":
-            t.update(min_rows=2, rows_per_part=4, b2=1)
-    raw["bench"].update(batch_sizes=[2], repeats=2, warmup=1)
-    raw["runtime"].update(progress="never")
-    return raw
+    """The suite's own params (tests/fixture_params.yaml): seconds of CPU work."""
+    return yaml.safe_load((ROOT / "tests" / "fixture_params.yaml").read_text())
 
 
 @pytest.fixture

@@ -132,3 +132,15 @@ def test_no_pickle_loading_anywhere_in_the_code():
                     kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
                     assert kw.get("weights_only") == "True", f"{path}: torch.load without weights_only=True"
                 assert base not in ("pickle", "yaml"), f"{path}: {base}.load"
+
+
+def test_artifacts_get_the_ordinary_file_mode(tmp_path):
+    import os
+    import stat
+
+    from structlth.artifacts import write_json
+
+    write_json(tmp_path / "m.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~mask

@@ -14,9 +14,9 @@ from structlth.errors import ParamsError
 from conftest import ROOT
 
 
-def test_shipped_params_validate():
-    p = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    assert p.round_ids() == ["round1", "round2", "round3"]
+def test_fixture_params_validate():
+    p = parse_params(yaml.safe_load((ROOT / "tests" / "fixture_params.yaml").read_text()))
+    assert p.round_ids() == ["round1", "round2"]
     assert set(p.tickets) >= {"refill", "refill_plus", "regroup"}
 
 
@@ -99,3 +99,16 @@ def test_prepare_with_unusable_data_params_exits_2_and_writes_nothing(tmp_path, 
     raw_params["data"]["root"] = str(ROOT / "data" / "raw")
     edit(raw_params)
     _prepare_fails_cleanly(tmp_path, raw_params, hint)
+
+
+def test_fashion_mnist_without_a_local_copy_does_not_download_when_download_is_false(tmp_path, monkeypatch, raw_params):
+    """No Debian package, no files under data.root, download: false -> a clear error, no network."""
+    from structlth import data
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    calls = []
+    monkeypatch.setattr("torchvision.datasets.FashionMNIST.download", lambda self: calls.append(1))
+    raw_params["data"].update(root=str(tmp_path / "raw"), download=False)
+    with pytest.raises(data.DataError, match="data.download is false"):
+        data.build_dataset(parse_params(raw_params).data)
+    assert calls == []
