@@ -8,6 +8,12 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup data repro test bench clean-checkpoints
 
+# glibc returns every large tensor buffer to the kernel and gets it back zeroed on the next
+# step (most of a 2-core training step was system time); keeping freed memory in the heap made
+# training ~20% faster here. Only performance changes, never results.
+export MALLOC_MMAP_THRESHOLD_ ?= 10000000000
+export MALLOC_TRIM_THRESHOLD_ ?= 10000000000
+
 setup: $(STAMP) data
 
 $(STAMP): pyproject.toml

@@ -31,7 +31,7 @@ if __name__ == "__main__":
         model.load_state_dict(load_round(ctx, Path(args.artifacts) / "imp" / "round0", model)[0])
         baseline = dense_baseline(model, x, params.bench)  # one format and reference time for every ticket
         for method in ["imp", "imp_channel", *params.tickets]:
-            for rnd in params.round_ids():
+            for rnd in params.rounds_of(method):
                 d = Path(args.artifacts) / method / rnd
                 model = ctx.model()
                 state, masks = load_round(ctx, d, model)

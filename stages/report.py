@@ -23,7 +23,7 @@ if __name__ == "__main__":
         art, out = Path(args.artifacts), Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         methods = ["imp", "imp_channel", *p.tickets]
-        rows = [{"method": m, "round": r, **read_json(art / m / r / "metrics.json")} for m in methods for r in p.round_ids()]
+        rows = [{"method": m, "round": r, **read_json(art / m / r / "metrics.json")} for m in methods for r in p.rounds_of(m)]
         dense_acc = read_json(art / "pretrain" / "metrics.json")["test_acc"]
         batch = max(p.bench.batch_sizes)
         bench = pd.read_csv(Path(args.bench) / "bench.csv")
@@ -35,7 +35,7 @@ if __name__ == "__main__":
         (out / "report.md").write_text(markdown(table, dense_acc, p.report.tolerance, heads, goals, batch, p.bench.threads, paper))
         plot_accuracy(table, dense_acc, out / "accuracy_vs_sparsity.png")
         plot_savings(table, out / "time_saving_vs_sparsity.png")
-        last = p.round_ids()[-1]
+        last = p.rounds_of(next(iter(p.tickets), "imp"))[-1]
         pictured = [m for m in ("imp", "refill", "regroup", "regroup_channel") if m in methods]
         masks = {m: load_tensors(art / m / last / "mask.safetensors")[0] for m in pictured}
         layer = p.report.mask_layer or max(masks["imp"], key=lambda n: masks["imp"][n].numel())

@@ -35,7 +35,9 @@ ROUND_ID = re.compile(r"^round([0-9]+)$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """No unknown keys, no lax coercion ("4" for an int, true for a number), no inf or nan."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Augment(Strict):
@@ -114,6 +116,7 @@ class RoundLink(Strict):
 class PruneParams(Strict):
     rate: float = Field(gt=0, lt=1, description="fraction of surviving weights pruned per round")
     rounds: dict[str, RoundLink]
+    ticket_rounds: list[str] = Field(min_length=1, description="IMP rounds that every ticket is made from")
     prunable: Prunable = Prunable()
 
     @field_validator("rounds")
@@ -121,6 +124,15 @@ class PruneParams(Strict):
     def _rounds_form_a_chain(cls, rounds: dict[str, RoundLink]) -> dict[str, RoundLink]:
         chain_order(rounds)
         return rounds
+
+    @model_validator(mode="after")
+    def _ticket_rounds_exist(self) -> PruneParams:
+        unknown = [r for r in self.ticket_rounds if r not in self.rounds]
+        if unknown or len(set(self.ticket_rounds)) != len(self.ticket_rounds):
+            raise ValueError(
+                f"ticket_rounds must name distinct rounds of prune.rounds ({', '.join(chain_order(self.rounds))}); got {self.ticket_rounds}"
+            )
+        return self
 
 
 def chain_order(rounds: dict[str, RoundLink]) -> list[str]:
@@ -225,6 +237,12 @@ class Params(Strict):
 
     def round_ids(self) -> list[str]:
         return chain_order(self.prune.rounds)
+
+    def rounds_of(self, method: str) -> list[str]:
+        """The rounds a method has artifacts for: every round of the IMP chains, the
+        prune.ticket_rounds (in chain order) of a ticket."""
+        rounds = self.round_ids()
+        return rounds if method in ("imp", "imp_channel") else [r for r in rounds if r in self.prune.ticket_rounds]
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

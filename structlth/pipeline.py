@@ -94,12 +94,18 @@ def load_round(ctx: Context, round_dir: Path, model: nn.Module) -> tuple[State, 
     masks, _ = load_tensors(round_dir / "mask.safetensors", expect_meta=ctx.model_meta())
     check_masks(model, masks, str(round_dir / "mask.safetensors"))
     for name, m in masks.items():
+        if m.dtype != torch.bool:
+            raise ArtifactError(f"{round_dir / 'mask.safetensors'}: mask {name} is {m.dtype}, masks are bool")
+    for name, v in state.items():
+        if v.is_floating_point() and (v.dtype != torch.float32 or not bool(torch.isfinite(v).all())):
+            raise ArtifactError(f"{round_dir / 'weights.safetensors'}: {name} is not finite float32 ({v.dtype})")
+    for name, m in masks.items():
         if bool((state[name][~m.bool()] != 0).any()):
             raise ArtifactError(
                 f"{round_dir}: weights.safetensors has non-zero {name} entries that mask.safetensors"
                 " prunes: mask and weights come from different rounds"
             )
-    return state, {k: v.bool() for k, v in masks.items()}
+    return state, masks
 
 
 def file_digest(*paths: Path) -> str:

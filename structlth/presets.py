@@ -86,6 +86,7 @@ class Preset:
             "prune": {
                 "rate": 0.2,
                 "rounds": {f"round{k}": {"prev": f"round{k - 1}"} for k in range(1, self.rounds + 1)},
+                "ticket_rounds": [f"round{k}" for k in range(1, self.rounds + 1)],
                 "prunable": {"stem": False, "classifier": False},
             },
             "imp_channel": {"rate": 0.2},

@@ -144,3 +144,19 @@ def test_artifacts_get_the_ordinary_file_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("corrupt, what", [
+    (lambda st, mk: mk.update({k: v.float() * 0.5 for k, v in mk.items()}), "masks are bool"),
+    (lambda st, mk: st.update({k: v.clone().fill_(float("nan")) for k, v in list(st.items())[:1]}), "not finite float32"),
+    (lambda st, mk: st.update({k: v.double() for k, v in list(st.items())[:1]}), "not finite float32"),
+])
+def test_round_artifacts_with_bad_values_are_rejected(tmp_path, params, corrupt, what):
+    ctx = Context(params, synthetic_dataset(), torch.device("cpu"))
+    model = ctx.model()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = ones_masks(model)
+    corrupt(state, masks)
+    save_round(ctx, tmp_path / "r", state, masks, {}, kind="imp")
+    with pytest.raises(ArtifactError, match=what):
+        load_round(ctx, tmp_path / "r", ctx.model())

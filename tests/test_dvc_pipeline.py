@@ -121,7 +121,11 @@ def test_editing_one_ticket_section_invalidates_only_its_tickets(pristine):
 
 
 def test_appending_a_round_adds_stages_and_recomputes_nothing_earlier(pristine):
-    _edit(pristine, lambda r: r["prune"]["rounds"].update(round3={"prev": "round2"}))
+    def append(r):
+        r["prune"]["rounds"].update(round3={"prev": "round2"})
+        r["prune"]["ticket_rounds"].append("round3")
+
+    _edit(pristine, append)
     changed = _changed(pristine)
     assert {s for s in changed if "round1" in s or "round2" in s} == set()
     assert {"imp@round3", "imp_channel@round3", "ticket@refill-round3"} <= changed
