@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import channel_align, default_sweep, regroup_time, speedup_scale, train_throughput
+from benchmarks import channel_align, default_sweep, regroup_parts, regroup_time, speedup_scale, train_throughput
 from structlth.artifacts import write_json
 
 OUT = Path("reports/benchmarks")
@@ -18,6 +18,7 @@ ALL = {
     "speedup_scale": speedup_scale.run,
     "channel_align": channel_align.run,
     "default_sweep": default_sweep.run,
+    "regroup_parts": regroup_parts.run,
 }
 
 if __name__ == "__main__":

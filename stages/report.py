@@ -9,7 +9,7 @@ from structlth.artifacts import load_tensors, read_json, write_json
 from structlth.config import load_params
 from structlth.errors import user_errors
 from structlth.paper import paper_table
-from structlth.report import headline, markdown, paper_vs_run, plot_accuracy, plot_masks, plot_savings, summary, targets
+from structlth.report import headline, markdown, paper_vs_run, plot_accuracy, plot_masks, plot_savings, summary, suspect_rows, targets
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
@@ -32,14 +32,15 @@ if __name__ == "__main__":
         goals = targets(bench, batch)
         heads = headline(table, dense_acc, p.report.tolerance, goals["timing_noise"] or 0.0)
         paper = paper_vs_run(table, dense_acc, p.report.tolerance, paper_table(p.data.dataset, p.model.arch, p.model.small_input_stem))
-        (out / "report.md").write_text(markdown(table, dense_acc, p.report.tolerance, heads, goals, batch, p.bench.threads, paper))
+        suspects = suspect_rows(bench[bench["engine"] != "masked_dense"], goals["timing_noise"] or 0.0)
+        (out / "report.md").write_text(markdown(table, dense_acc, p.report.tolerance, heads, goals, batch, p.bench.threads, paper, suspects))
         plot_accuracy(table, dense_acc, out / "accuracy_vs_sparsity.png")
-        plot_savings(table, out / "time_saving_vs_sparsity.png")
+        plot_savings(table, out / "time_saving_vs_sparsity.png", goals["timing_noise"] or 0.0)
         last = p.rounds_of(next(iter(p.tickets), "imp"))[-1]
-        pictured = [m for m in ("imp", "refill", "regroup", "regroup_channel") if m in methods]
+        pictured = ["imp", *(m for m in p.tickets if last in p.rounds_of(m))]
         masks = {m: load_tensors(art / m / last / "mask.safetensors")[0] for m in pictured}
         layer = p.report.mask_layer or max(masks["imp"], key=lambda n: masks["imp"][n].numel())
-        plot_masks({m: v[layer] for m, v in masks.items()}, layer, out / "masks.png")
-        best = {m: float(g["time_saving"].max()) for m, g in table.groupby("method")}
+        plot_masks({m: v[layer] for m, v in masks.items()}, layer, last, out / "masks.png")
+        best = {m: float(g["time_saving"].max()) for m, g in table.dropna(subset=["time_saving"]).groupby("method")}
         write_json(out / "headline.json", {"dense_test_acc": dense_acc, "best_time_saving": best, "winning": heads, "targets": goals})
         print((out / "report.md").read_text().split("## imp")[0])

@@ -17,6 +17,7 @@ from torch import nn
 from structlth.artifacts import load_tensors, read_json, save_tensors, write_json
 from structlth.errors import ArtifactError
 from structlth.models import build_model
+from structlth.speedup.engines import ALIGN
 from structlth.speedup.slim import kept_channels, slim_model
 
 FORMAT = "structlth-slim-1"
@@ -40,8 +41,8 @@ def export_slim(model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mappi
     """
     if any(not bool(((m.flatten(1).all(1)) | (~m.flatten(1).any(1))).all()) for m in masks.values()):
         raise ArtifactError("export: the ticket is not channel-wise (a row is partly pruned); export refill/imp_channel tickets")
-    slim = slim_model(model, masks, arch["in_channels"])
-    channels = kept_channels(model, masks, arch["in_channels"])
+    slim = slim_model(model, masks, arch["in_channels"], ALIGN)
+    channels = kept_channels(model, masks, arch["in_channels"], ALIGN)
     out_dir = Path(out_dir)
     write_json(out_dir / "architecture.json", {"format": FORMAT, **arch, "channels": channels})
     save_tensors(out_dir / "model.safetensors", slim.state_dict(), {"format": FORMAT})

@@ -34,9 +34,15 @@ def _load(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
 
 
-def test_configs_folder_holds_exactly_the_presets():
-    assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")) == sorted(PRESETS)
+EXTRA = {"default_all_tickets"}  # the default with the tickets that do not fit its CPU budget
+
+
+def test_configs_folder_holds_exactly_the_presets_and_the_extra_tickets_file():
+    assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")) == sorted(set(PRESETS) | EXTRA)
     assert set(PAPER) <= set(PRESETS)
+    extra = parse_params(_load("default_all_tickets"))
+    assert {"refill", "refill_plus", "regroup", "regroup_paper"} <= set(extra.tickets)
+    assert extra.prune.ticket_rounds == extra.round_ids()
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

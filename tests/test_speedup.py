@@ -184,3 +184,16 @@ def test_export_refuses_unstructured_tickets(tmp_path):
     masks = magnitude_prune(dict(m.named_parameters()), ones_masks(m), 0.5)
     with pytest.raises(ArtifactError, match="not channel-wise"):
         export_slim(m, masks, {"in_channels": 1}, tmp_path)
+
+
+def test_slim_pads_channel_counts_with_dead_channels_and_stays_exact():
+    m = _randomised("vgg16", 0.25)
+    masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.4)
+    plain, padded = slim_model(m, masks, 3), slim_model(m, masks, 3, align=8)
+    widths = [mod.out_channels for mod in padded.modules() if isinstance(mod, nn.Conv2d)]
+    full = [mod.out_channels for mod in m.modules() if isinstance(mod, nn.Conv2d)]
+    assert all(w % 8 == 0 or w == f for w, f in zip(widths, full))
+    assert any(w % 8 for w in (mod.out_channels for mod in plain.modules() if isinstance(mod, nn.Conv2d)))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(padded(x), masked_reference(m, masks, 3)(x), atol=1e-5, rtol=1e-4)

@@ -1,7 +1,8 @@
 """Which engine runs each layer, and the fast model of each ticket kind.
 
 Every ticket kind has one production engine, chosen before any end-to-end timing:
-- channel-wise tickets (refill, imp_channel): `slim`, the physically smaller net;
+- channel-wise tickets (refill, imp_channel): `slim`, the physically smaller net, each conv's
+  channel count padded with zero channels to a multiple of ALIGN (CPU kernels' block);
 - group-wise tickets (regroup): `slim+blocks`, the slim net with each remaining conv run by the
   fastest of dense / grouped / subconv on its real input, block orders handed on where the
   graph allows (structlth.speedup.layout);
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from structlth.speedup.engines import engine_candidates, masked_reference, swap_convs
+from structlth.speedup.engines import ALIGN, engine_candidates, masked_reference, swap_convs
 from structlth.speedup.layout import fold_bn, fold_layouts
 from structlth.speedup.slim import slim_model
 from structlth.speedup.timing import conv_inputs, time_pair
@@ -61,7 +62,7 @@ def slim_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels:
     with torch.no_grad():
         for name, m in masks.items():
             params[name].copy_(m.float())
-    slim = dict(slim_model(carrier, masks, in_channels).named_modules())
+    slim = dict(slim_model(carrier, masks, in_channels, ALIGN).named_modules())
     out = {}
     for n in masks:
         conv = slim.get(n.removesuffix(".weight"))
@@ -74,9 +75,9 @@ def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], 
     """engine name -> fast model for a ticket of this kind (model carries its trained weights);
     x: a batch in the memory format the models will run in (engines are chosen on it)."""
     if kind in CHANNEL_KINDS:
-        return {"slim": fold_bn(slim_model(model, masks, in_channels))}
+        return {"slim": fold_bn(slim_model(model, masks, in_channels, ALIGN))}
     if kind in GROUP_KINDS:
-        slim = fold_bn(slim_model(model, masks, in_channels))
+        slim = fold_bn(slim_model(model, masks, in_channels, ALIGN))
         plain = slim_masks(model, masks, in_channels)
         choice = choose_engines(slim, plain, x, repeats, warmup)
         return {"slim+blocks": fold_layouts(swap_convs(slim, plain, choice))}

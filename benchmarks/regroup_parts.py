@@ -1,0 +1,49 @@
+"""How many blocks per layer the default's regroup ticket gets: time saving against rows_per_part.
+
+The default model (VGG-16 at width 0.25, 1x28x28, batch 64, 2 threads; BN randomised so
+outputs depend on the input) with one-shot global magnitude masks at IMP round 4's density
+(0.8^4), regrouped at channel granularity by the budget rule with rows_per_part 16..128 and
+channel_align 1 / 8, then the bench stage's verified timing. A refill ticket of the same mask
+is the reference. Speed only (untrained weights).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.speedup_scale import _randomise_bn
+from structlth.config import BenchParams
+from structlth.masks import drop_untrainable, mask_stats, ones_masks
+from structlth.models import build_model
+from structlth.pruning import magnitude_prune, regroup_layers
+from structlth.pruning.refill import refill_masks, weight_scores
+from structlth.speedup.bench import bench_ticket, dense_baseline
+from structlth.train import state_of
+
+
+def run(arch: str = "vgg16", width: float = 0.25, density: float = 0.8**4) -> dict:
+    torch.manual_seed(0)
+    model = build_model(arch, 10, 1, width).eval()
+    _randomise_bn(model)
+    w = dict(model.named_parameters())
+    imp = magnitude_prune(w, ones_masks(model), 1 - density)
+    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    bench = BenchParams(batch_sizes=[64], repeats=25, warmup=3)
+    baseline = dense_baseline(model, x, bench)
+    variants = {("refill", 0, 8): ("refill", refill_masks(imp, weight_scores("magnitude", w, imp), 0.0, "ceil", 8))}
+    for rpp in (16, 32, 64, 128):
+        for align in (1, 8):
+            variants["regroup", rpp, align] = ("regroup", regroup_layers(imp, rows_per_part=rpp, min_rows=8, column_rule="budget", granularity="channel", channel_align=align))
+    rows = []
+    for (name, rpp, align), (kind, masks) in variants.items():
+        masks = drop_untrainable(model, masks, 1)
+        m = build_model(arch, 10, 1, width)
+        m.load_state_dict({k: (v * masks[k] if k in masks else v) for k, v in state_of(model).items()})
+        metrics = {**mask_stats(m, masks, (1, 1, 28, 28)), "test_acc": float("nan")}
+        r = bench_ticket(name, kind, m, masks, metrics, x, bench, layers=False, baseline=baseline)[0][0]
+        rows.append({"ticket": name, "rows_per_part": rpp, "channel_align": align, "sparsity": metrics["sparsity"],
+                     "time_saving": r["time_saving"], "flops_saving": r["flops_saving"], "t_dense_ms": r["t_dense_ms"], "retimed": r["retimed"]})
+        print(rows[-1], flush=True)
+    best = max((r for r in rows if r["ticket"] == "regroup"), key=lambda r: r["time_saving"])
+    return {"arch": arch, "width": width, "density": density, "batch": 64, "rows": rows,
+            "summary": {"best_rows_per_part": best["rows_per_part"], "best_channel_align": best["channel_align"], "best_regroup_time_saving": best["time_saving"]}}
