@@ -23,6 +23,15 @@ from structlth.speedup.slim import kept_channels, slim_model
 FORMAT = "structlth-slim-1"
 
 
+def is_channel_wise(mask: torch.Tensor) -> bool:
+    """True when every non-empty row (the mask viewed as [C_out, n]) keeps the same columns:
+    whole output channels over the inputs the layer still reads (a channel ticket has zero
+    columns on dead input channels: `structlth.masks.drop_untrainable`)."""
+    rows = mask.flatten(1).bool()
+    live = rows[rows.any(1)]
+    return bool((live == live[:1]).all()) if len(live) else True
+
+
 def _row_masks(model: nn.Module, channels: Mapping[str, list[int]]) -> dict[str, torch.Tensor]:
     params = dict(model.named_parameters())
     out = {}
@@ -39,7 +48,7 @@ def export_slim(model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mappi
 
     arch: {"arch", "width", "in_channels", "num_classes", "small_input_stem", "mean", "std"}.
     """
-    if any(not bool(((m.flatten(1).all(1)) | (~m.flatten(1).any(1))).all()) for m in masks.values()):
+    if not all(is_channel_wise(m) for m in masks.values()):
         raise ArtifactError("export: the ticket is not channel-wise (a row is partly pruned); export refill/imp_channel tickets")
     slim = slim_model(model, masks, arch["in_channels"], ALIGN)
     channels = kept_channels(model, masks, arch["in_channels"], ALIGN)

@@ -261,3 +261,14 @@ def test_channel_align_grows_a_block_by_its_most_used_units():
     out = regroup(mask, parts=2, min_rows=8, column_rule="budget", granularity="channel", channel_align=8)
     for rows in (out.flatten(2).any(2)).unique(dim=0):
         assert int(rows.sum()) % 8 == 0 or int(rows.sum()) == 0  # every block reads a multiple of 8 input channels
+
+
+def test_is_channel_wise_allows_dead_input_columns_but_not_partial_rows():
+    from structlth.export import is_channel_wise
+
+    m = torch.zeros(4, 3, 2, 2, dtype=torch.bool)
+    m[[0, 2], :2] = True  # two whole channels over the two live inputs
+    assert is_channel_wise(m)
+    m[2, 0, 0, 0] = False
+    assert not is_channel_wise(m)
+    assert is_channel_wise(torch.zeros(3, 2, dtype=torch.bool))
