@@ -25,7 +25,6 @@ from structlth.speedup.timing import conv_inputs, time_pair
 
 CHANNEL_KINDS = ("refill", "imp_channel")
 GROUP_KINDS = ("regroup",)
-PRODUCTION_ENGINE = {"refill": "slim", "imp_channel": "slim", "regroup": "slim+blocks", "imp": None}
 
 
 def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> torch.memory_format:

@@ -20,11 +20,10 @@ from structlth.errors import VerificationError
 
 @dataclass(frozen=True)
 class Timing:
-    """Medians (ms) of the dense and the fast callable, and every single dense time (ms)."""
+    """Medians (ms) of the dense and the fast callable."""
 
     t_dense_ms: float
     t_ticket_ms: float
-    dense_runs_ms: tuple[float, ...] = ()
 
     @property
     def saving(self) -> float:
@@ -52,7 +51,7 @@ def time_pair(dense: Callable, fast: Callable, x: torch.Tensor, repeats: int, wa
             t0 = time.perf_counter()
             fn(inp)
             acc.append((time.perf_counter() - t0) * 1e3)
-    return Timing(median(td), median(tf), tuple(td))
+    return Timing(median(td), median(tf))
 
 
 @torch.inference_mode()
