@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import ticket_of
 from structlth.config import parse_params
 from structlth.data import load_dataset, normalize
-from structlth.masks import drop_untrainable, mask_stats, ones_masks
+from structlth.masks import drop_untrainable, ones_masks
 from structlth.pipeline import Context, load_state, pretrain, prepare, ticket_masks
 from structlth.pruning import magnitude_prune
 from structlth.speedup.bench import bench_ticket
@@ -79,9 +80,7 @@ def _candidate(name: str, params, data_dir: Path, work: Path) -> dict:
     t0 = time.perf_counter()
     for name_, spec in params.tickets.items():
         masks = drop_untrainable(model, ticket_masks(ctx, spec, state_of(model), imp), ctx.data.in_channels)
-        m = ctx.model()
-        m.load_state_dict({k: (v * masks[k] if k in masks else v) for k, v in state_of(model).items()})
-        metrics = {**mask_stats(m, masks, ctx.input_shape), "test_acc": float("nan")}
+        m, metrics = ticket_of(model, masks, ctx.input_shape)
         rows, _ = bench_ticket(name_, spec.kind, m, masks, metrics, x, params.bench, layers=False)
         out[f"{name_}_sparsity"], out[f"{name_}_time_saving"], out[f"{name_}_flops_saving"] = metrics["sparsity"], rows[0]["time_saving"], rows[0]["flops_saving"]
     t_bench = (time.perf_counter() - t0) / len(params.tickets)

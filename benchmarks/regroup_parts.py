@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.speedup_scale import _randomise_bn
+from benchmarks.common import randomise_bn, ticket_of
 from structlth.config import BenchParams
-from structlth.masks import drop_untrainable, mask_stats, ones_masks
+from structlth.masks import drop_untrainable, ones_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune, regroup_layers
 from structlth.pruning.refill import refill_masks, weight_scores
 from structlth.speedup.bench import bench_ticket, dense_baseline
-from structlth.train import state_of
 
 
 def run(arch: str = "vgg16", width: float = 0.25, density: float = 0.8**4) -> dict:
     torch.manual_seed(0)
     model = build_model(arch, 10, 1, width).eval()
-    _randomise_bn(model)
+    randomise_bn(model)
     w = dict(model.named_parameters())
     imp = magnitude_prune(w, ones_masks(model), 1 - density)
     x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -37,9 +36,7 @@ def run(arch: str = "vgg16", width: float = 0.25, density: float = 0.8**4) -> di
     rows = []
     for (name, rpp, align), (kind, masks) in variants.items():
         masks = drop_untrainable(model, masks, 1)
-        m = build_model(arch, 10, 1, width)
-        m.load_state_dict({k: (v * masks[k] if k in masks else v) for k, v in state_of(model).items()})
-        metrics = {**mask_stats(m, masks, (1, 1, 28, 28)), "test_acc": float("nan")}
+        m, metrics = ticket_of(model, masks, (1, 1, 28, 28))
         r = bench_ticket(name, kind, m, masks, metrics, x, bench, layers=False, baseline=baseline)[0][0]
         rows.append({"ticket": name, "rows_per_part": rpp, "channel_align": align, "sparsity": metrics["sparsity"],
                      "time_saving": r["time_saving"], "flops_saving": r["flops_saving"], "t_dense_ms": r["t_dense_ms"], "retimed": r["retimed"]})

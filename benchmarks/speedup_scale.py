@@ -14,28 +14,19 @@ import pandas as pd
 import torch
 from torch import nn
 
+from benchmarks.common import randomise_bn, ticket_of
+
 from structlth.config import BenchParams
-from structlth.masks import mask_stats, ones_masks
+from structlth.masks import ones_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune, regroup_layers
 from structlth.pruning.refill import refill_masks, weight_scores
 from structlth.report import targets, timing_noise
 from structlth.speedup.bench import bench_ticket, dense_baseline
-from structlth.train import state_of
 
 BATCHES = [1, 64]
 CASES = [("vgg16", 0.2), ("vgg16", 0.4), ("resnet18", 0.2), ("resnet18", 0.4)]  # (arch, density)
 REGROUP = {"rows_per_part": 32, "min_rows": 8, "granularity": "channel"}
-
-
-def _randomise_bn(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for mod in model.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.copy_(torch.rand(mod.num_features, generator=g) * 2 - 1)
-            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) * 1.5 + 0.5)
-            mod.weight.data.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-            mod.bias.data.copy_(torch.rand(mod.num_features, generator=g) - 0.5)
 
 
 def _tickets(model: nn.Module, density: float) -> dict[str, tuple[str, dict]]:
@@ -55,12 +46,10 @@ def run() -> dict:
     for arch, density in CASES:
         torch.manual_seed(0)
         model = build_model(arch, 10, 3, 1.0).eval()
-        _randomise_bn(model)
+        randomise_bn(model)
         baseline = dense_baseline(model, x, bench)
         for method, (kind, masks) in _tickets(model, density).items():
-            m = build_model(arch, 10, 3, 1.0)
-            m.load_state_dict({k: (v * masks[k] if k in masks else v) for k, v in state_of(model).items()})
-            metrics = {**mask_stats(m, masks, (1, 3, 32, 32)), "test_acc": float("nan")}
+            m, metrics = ticket_of(model, masks, (1, 3, 32, 32))
             out, lay = bench_ticket(method, kind, m, masks, metrics, x, bench, layers=True, baseline=baseline)
             case = {"arch": arch, "source_density": density}
             rows += [{**case, **{k: r[k] for k in ("method", "engine", "batch", "channels_last", "retimed", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "sparsity", "max_abs_err")}} for r in out]
