@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup data repro test bench clean-checkpoints
+.PHONY: setup data repro test bench reliability clean-checkpoints
 
 # glibc returns every large tensor buffer to the kernel and gets it back zeroed on the next
 # step (most of a 2-core training step was system time); keeping freed memory in the heap made
@@ -19,8 +19,8 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
-	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -c "import torch, torchvision, mtkahypar, dvc; print('set-up ok: torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	$(PY) -m pip install -q -e ".[test,onnx]"
+	$(PY) -c "import torch, torchvision, mtkahypar, dvc, onnx, onnxruntime; print('set-up ok: torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
 
 # The embedded default dataset comes from Debian's package; without it, the prepare stage
@@ -41,6 +41,10 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# The table of bad params files and broken artifacts (also part of make test), with its counts.
+reliability: setup
+	cd tests && ../$(PY) test_reliability.py
 
 clean-checkpoints:
 	rm -rf checkpoints

@@ -4,11 +4,12 @@ reports/benchmarks/<name>.json."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import torch
 
-from benchmarks import channel_align, default_sweep, regroup_parts, regroup_time, speedup_scale, train_throughput
+from benchmarks import channel_align, default_sweep, onnx_profile, regroup_parts, regroup_time, speedup_scale, train_throughput
 from structlth.artifacts import write_json
 
 OUT = Path("reports/benchmarks")
@@ -19,6 +20,7 @@ ALL = {
     "channel_align": channel_align.run,
     "default_sweep": default_sweep.run,
     "regroup_parts": regroup_parts.run,
+    "onnx_profile": onnx_profile.run,
 }
 
 if __name__ == "__main__":
@@ -27,7 +29,9 @@ if __name__ == "__main__":
     unknown = sorted(set(wanted) - set(ALL))
     if unknown:
         sys.exit(f"unknown benchmark(s) {unknown}; have {sorted(ALL)}")
-    for name in wanted:
+    for i, name in enumerate(wanted, 1):
+        print(f"[{i}/{len(wanted)}] {name} ...", flush=True)
+        began = time.perf_counter()
         result = ALL[name]()
         write_json(OUT / f"{name}.json", result)
-        print(name, result.get("summary", result))
+        print(f"[{i}/{len(wanted)}] {name} done in {time.perf_counter() - began:.0f} s -> {OUT / name}.json:", result.get("summary", result), flush=True)

@@ -73,7 +73,7 @@ def _candidate(name: str, params, data_dir: Path, work: Path) -> dict:
     t_pretrain = time.perf_counter() - t0
     out = {"candidate": name, "dense_acc": dense["test_acc"], "train_img_per_s": params.train.epochs * len(ctx.data.train) / t_pretrain}
     model = ctx.model()
-    model.load_state_dict(load_state(ctx, work / "pretrain" / "weights.safetensors", model))
+    model.load_state_dict(load_state(ctx, work / "pretrain" / "weights.safetensors", model)[0])
     weights = dict(model.named_parameters())
     imp = magnitude_prune(weights, ones_masks(model), 1 - (1 - params.prune.rate) ** ROUNDS)
     x = normalize(ctx.data.test.images[:64], ctx.data.mean, ctx.data.std)

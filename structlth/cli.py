@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -34,6 +35,20 @@ def validate(params: Path = typer.Argument(Path("params.yaml"))) -> None:
 
 
 @app.command()
+def verify(lock: Path = typer.Argument(Path("dvc.lock"))) -> None:
+    """Re-hash every pipeline output against dvc.lock; exit 1 naming each missing or altered file."""
+    from structlth.verify import verify_outputs
+
+    with user_errors():
+        n, bad = verify_outputs(lock)
+    for line in bad:
+        typer.echo(line, err=True)
+    typer.echo(f"{lock}: {n - len(bad)} of {n} outputs match")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
 def inspect(round_dir: Path) -> None:
     """Print a round's or ticket's sparsity per layer."""
     from rich.console import Console
@@ -52,30 +67,46 @@ def inspect(round_dir: Path) -> None:
     Console().print(table)
 
 
+class ExportFormat(str, Enum):
+    safetensors = "safetensors"
+    onnx = "onnx"
+
+
 @app.command()
 def export(
     ticket_dir: Path = typer.Argument(..., help="e.g. artifacts/refill/round2"),
-    out: Path = typer.Option(..., "--out", help="folder for model.safetensors + architecture.json"),
+    out: Path = typer.Option(..., "--out", help="folder for the model + architecture.json"),
+    fmt: ExportFormat = typer.Option(ExportFormat.safetensors, "--format", help="safetensors: the slim net of a channel-wise ticket; onnx: the fast model of any structured ticket"),
     params: Path = typer.Option(Path("params.yaml"), "--params"),
     data: Path = typer.Option(Path("artifacts/data"), "--data"),
 ) -> None:
-    """Export a channel-wise ticket as a physically slim model (safetensors + JSON)."""
+    """Export a structured ticket: a physically slim model (safetensors + JSON) or ONNX."""
     import torch
 
-    from structlth.export import export_slim
+    from structlth.artifacts import load_tensors
+    from structlth.data import load_dataset, normalize
+    from structlth.export import export_onnx, export_slim
     from structlth.pipeline import Context, load_round
-    from structlth.data import load_dataset
+    from structlth.speedup.bench import ticket_kind
 
     with user_errors():
         p = load_params(params)
         ds = load_dataset(data)
         ctx = Context(p, ds, torch.device("cpu"))
         model = ctx.model()
-        state, masks = load_round(ctx, ticket_dir, model)
+        state, masks = load_round(ctx, ticket_dir, model, expect_round=False)  # a moved or copied ticket folder exports too
         model.load_state_dict(state)
         arch = {**ctx.model_meta(), "small_input_stem": p.model.small_input_stem, "mean": ds.mean, "std": ds.std}
+        n_dense = sum(t.numel() for t in model.parameters())
+        if fmt is ExportFormat.onnx:
+            method = load_tensors(ticket_dir / "mask.safetensors")[1].get("kind", "")
+            kind = ticket_kind(method, p) if method in ("imp", "imp_channel", *p.tickets) else method
+            images = normalize(ds.test.images[: max(p.bench.batch_sizes)], ds.mean, ds.std)
+            engine, ops = export_onnx(kind, model, masks, arch, images, out, p.bench.atol)
+            typer.echo(f"exported {ticket_dir} -> {out / 'model.onnx'}: {kind} ticket as {engine} ({', '.join(ops)}), verified in ONNX Runtime")
+            return
         slim = export_slim(model, masks, arch, out)
-    n_slim, n_dense = sum(t.numel() for t in slim.parameters()), sum(t.numel() for t in model.parameters())
+    n_slim = sum(t.numel() for t in slim.parameters())
     typer.echo(f"exported {ticket_dir} -> {out}: {n_slim} parameters ({n_slim / n_dense:.1%} of dense)")
 
 

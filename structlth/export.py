@@ -1,9 +1,13 @@
-"""Deployable slim models: safetensors weights + architecture JSON, and their loader.
+"""Deployable tickets: a slim model as safetensors weights + architecture JSON (and its
+loader), or any structured ticket's fast model as ONNX.
 
-The loader needs structlth's model code but neither DVC nor the pipeline:
+The safetensors loader needs structlth's model code but neither DVC nor the pipeline:
 
     from structlth.export import load_slim
     model = load_slim("exported/")   # eval-mode nn.Module; input [B, C, H, W] normalised
+
+The ONNX model needs only onnxruntime (input "input" [B, C, H, W] normalised with the mean and
+std in architecture.json, output "logits").
 """
 
 from __future__ import annotations
@@ -14,13 +18,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from structlth.artifacts import load_tensors, read_json, save_tensors, write_json
+from structlth.artifacts import check_state, load_tensors, read_json, save_tensors, write_bytes, write_json
 from structlth.errors import ArtifactError
 from structlth.models import build_model
-from structlth.speedup.engines import ALIGN
+from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, fast_models
+from structlth.speedup.engines import ALIGN, masked_reference
 from structlth.speedup.slim import kept_channels, slim_model
+from structlth.speedup.timing import verify
 
 FORMAT = "structlth-slim-1"
+ONNX_FORMAT = "structlth-onnx-1"
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """An export folder must be a folder (or not exist yet)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ArtifactError(f"--out {out_dir}: exists and is not a folder")
 
 
 def is_channel_wise(mask: torch.Tensor) -> bool:
@@ -50,6 +63,7 @@ def export_slim(model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mappi
     """
     if not all(is_channel_wise(m) for m in masks.values()):
         raise ArtifactError("export: the ticket is not channel-wise (a row is partly pruned); export refill/imp_channel tickets")
+    check_out_dir(Path(out_dir))
     slim = slim_model(model, masks, arch["in_channels"], ALIGN)
     channels = kept_channels(model, masks, arch["in_channels"], ALIGN)
     out_dir = Path(out_dir)
@@ -58,7 +72,39 @@ def export_slim(model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mappi
     return slim
 
 
-def load_slim(out_dir: str | Path) -> nn.Module:
+class SlimNet(nn.Module):
+    """A loaded slim model. forward: normalised [B, C, H, W] -> logits [B, classes];
+    `normalize` turns images in [0, 1] into that input; printing it shows the architecture,
+    the input normalisation and the channels each conv kept (not the generated fx code)."""
+
+    def __init__(self, net: nn.Module, spec: Mapping, dense_widths: Mapping[str, int]) -> None:
+        super().__init__()
+        self.net = net
+        self.spec = dict(spec)
+        self.dense_widths = dict(dense_widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, C, H, W] in [0, 1] -> the model's input."""
+        mean = torch.tensor(self.spec["mean"]).view(1, -1, 1, 1)
+        std = torch.tensor(self.spec["std"]).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+    def __repr__(self) -> str:
+        s = self.spec
+        n = sum(p.numel() for p in self.parameters())
+        lines = [
+            f"SlimNet({s['arch']} width {s['width']}, {s['in_channels']} input channels, {s['num_classes']} classes, {n} parameters;",
+            f"  input: (images in [0, 1] - mean {s['mean']}) / std {s['std']}  (model.normalize does it)",
+            "  channels kept per conv (kept / dense):",
+        ]
+        lines += [f"    {name}: {len(s['channels'][name])} / {width}" for name, width in self.dense_widths.items()]
+        return "\n".join(lines) + "\n)"
+
+
+def load_slim(out_dir: str | Path) -> SlimNet:
     """Rebuild the slim network from architecture.json and load model.safetensors into it."""
     out_dir = Path(out_dir)
     spec = read_json(out_dir / "architecture.json")
@@ -68,5 +114,30 @@ def load_slim(out_dir: str | Path) -> nn.Module:
     slim = slim_model(model, _row_masks(model, spec["channels"]), spec["in_channels"])
     shapes = {k: tuple(v.shape) for k, v in slim.state_dict().items()}
     state, _ = load_tensors(out_dir / "model.safetensors", expect=shapes, expect_meta={"format": FORMAT})
+    check_state(out_dir / "model.safetensors", state)
     slim.load_state_dict(state)
-    return slim.eval()
+    dense = dict(model.named_parameters())  # in model order
+    widths = {n.removesuffix(".weight"): p.shape[0] for n, p in dense.items() if n.removesuffix(".weight") in spec["channels"]}
+    return SlimNet(slim, spec, widths).eval()
+
+
+def export_onnx(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mapping, images: torch.Tensor, out_dir: str | Path, atol: float) -> tuple[str, list[str]]:
+    """Write model.onnx + architecture.json for a structured ticket of `kind`: the fast model the
+    bench times (channel-wise: the slim net; group-wise: the slim net with its grouped/sub convs,
+    engines chosen by timing on `images`), checked by onnx.checker and, in ONNX Runtime, against
+    the masked model on `images` (normalised [N, C, H, W]) at `atol` (VerificationError).
+    Returns the engine and the ONNX operator types."""
+    from structlth.speedup.onnxrt import OrtModel, op_types, to_onnx
+
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    if kind not in CHANNEL_KINDS + GROUP_KINDS:
+        raise ArtifactError(f"export: {kind} tickets are unstructured; ONNX export takes channel-wise ({', '.join(CHANNEL_KINDS)}) and group-wise ({', '.join(GROUP_KINDS)}) tickets")
+    model = model.cpu().eval()
+    [(engine, fast)] = fast_models(kind, model, masks, arch["in_channels"], images, 5, 1).items()
+    data = to_onnx(fast.to(memory_format=torch.contiguous_format), images)
+    verify(masked_reference(model, masks, arch["in_channels"]), OrtModel(data, torch.get_num_threads()), images, atol, f"ONNX export ({engine})")
+    ops = op_types(data)
+    write_bytes(out_dir / "model.onnx", data)
+    write_json(out_dir / "architecture.json", {"format": ONNX_FORMAT, **arch, "kind": kind, "engine": engine, "onnx_ops": ops})
+    return engine, ops

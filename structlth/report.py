@@ -11,22 +11,42 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-SUMMARY_COLS = ["method", "round", "sparsity", "unaligned_sparsity", "source_sparsity", "channel_sparsity", "test_acc", "time_saving", "flops_saving", "engine"]
+from structlth.errors import ArtifactError  # noqa: E402
+
+SUMMARY_COLS = ["method", "round", "sparsity", "unaligned_sparsity", "source_sparsity", "channel_sparsity", "test_acc", "time_saving", "ort_time_saving", "flops_saving", "engine"]
 
 
 PRODUCTION_ENGINES = ("slim", "slim+blocks")  # chosen per ticket kind before any timing (speedup.choice)
 
 
+def gather_bench(bench_dir: Path, runs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """bench.csv and bench_layers.csv rows of every (method, round) in `runs`, from the bench
+    stages' bench_dir/<method>/<round>/{timing,layers}.csv."""
+    timing, layers = [], []
+    for method, rnd in runs:
+        d = bench_dir / method / rnd
+        for name, acc in (("timing.csv", timing), ("layers.csv", layers)):
+            if not (d / name).is_file():
+                raise ArtifactError(f"{d / name}: missing; run the bench stage of {method} {rnd} (dvc repro)")
+            try:
+                acc.append(pd.read_csv(d / name))
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+                raise ArtifactError(f"{d / name}: not a bench table ({e})") from None
+    return pd.concat(timing, ignore_index=True), pd.concat(layers, ignore_index=True)
+
+
 def summary(metrics: pd.DataFrame, bench: pd.DataFrame, batch: int) -> pd.DataFrame:
-    """One row per method x round: metrics joined with the production engine's timing at `batch`.
+    """One row per method x round: metrics joined with the production engine's timing at `batch`
+    in PyTorch (time_saving) and in ONNX Runtime (ort_time_saving, where it was timed).
 
     metrics: method, round, sparsity, channel_sparsity, test_acc, ...; bench: bench.csv rows.
     Unstructured imp has no production engine: its masked-dense and CSR rows stay baselines in
     bench.csv, and its time saving here is empty.
     """
     b = bench[(bench["batch"] == batch) & bench["engine"].isin(PRODUCTION_ENGINES)]
-    best = b[["method", "round", "time_saving", "flops_saving", "engine"]]
-    out = metrics.merge(best, on=["method", "round"], how="left")
+    best = b.loc[b["runtime"] == "torch", ["method", "round", "time_saving", "flops_saving", "engine"]]
+    ort = b.loc[b["runtime"] == "onnxruntime", ["method", "round", "time_saving"]].rename(columns={"time_saving": "ort_time_saving"})
+    out = metrics.merge(best, on=["method", "round"], how="left").merge(ort, on=["method", "round"], how="left")
     return out.reindex(columns=SUMMARY_COLS).sort_values(["method", "round"], key=lambda s: s.map(_round_key) if s.name == "round" else s)
 
 
@@ -87,14 +107,14 @@ def paper_vs_run(table: pd.DataFrame, dense_acc: float, tolerance: float, paper)
     return lines + [""]
 
 
-def timing_noise(bench: pd.DataFrame, batch: int) -> float | None:
-    """The run's own timing noise at `batch`, the larger of:
+def timing_noise(bench: pd.DataFrame, batch: int, runtime: str = "torch") -> float | None:
+    """The run's own timing noise at `batch` in `runtime`, the larger of:
     - A/A: the largest |time saving| of imp's masked-dense engine (the same work as dense);
     - the spread of the dense net's timings across rows: every row times the same dense net, so
       twice the median of |t_dense / median(t_dense) - 1| says how far a measurement typically
       strays (rows that stray more than STRAY are re-timed by the bench stage, and listed).
     None where neither can be measured."""
-    b = bench[bench["batch"] == batch]
+    b = bench[(bench["batch"] == batch) & (bench["runtime"] == runtime)]
     parts = [float(b.loc[b["engine"] == "masked_dense", "time_saving"].abs().max())] if (b["engine"] == "masked_dense").any() else []
     if "t_dense_ms" in b and len(b) > 1:
         parts.append(2 * float((b["t_dense_ms"] / b["t_dense_ms"].median() - 1).abs().median()))
@@ -107,19 +127,20 @@ def suspect_rows(bench: pd.DataFrame, noise: float) -> pd.DataFrame:
 
 
 def targets(bench: pd.DataFrame, batch: int) -> dict[str, float | None]:
-    """The speedup measurements at `batch` (None where no ticket qualifies):
+    """The speedup measurements at `batch` in PyTorch (None where no ticket qualifies):
 
-    - timing_noise: see `timing_noise`;
+    - timing_noise, ort_timing_noise: see `timing_noise` (PyTorch, ONNX Runtime);
     - channel_time_per_flop_saving: median of time_saving / flops_saving over slim tickets with
       at least 40% FLOP saving;
     - best_group_time_saving: the best regroup (slim+blocks) time saving;
     - group_time_per_flop_saving: median of time_saving / flops_saving over regroup tickets.
     """
-    b = bench[bench["batch"] == batch]
+    b = bench[(bench["batch"] == batch) & (bench["runtime"] == "torch")]
     big = b[(b["engine"] == "slim") & (b["flops_saving"] >= 0.4)]
     group = b[b["engine"] == "slim+blocks"]
     return {
         "timing_noise": timing_noise(bench, batch),
+        "ort_timing_noise": timing_noise(bench, batch, "onnxruntime"),
         "channel_time_per_flop_saving": float((big["time_saving"] / big["flops_saving"]).median()) if len(big) else None,
         "best_group_time_saving": float(group["time_saving"].max()) if len(group) else None,
         "group_time_per_flop_saving": float((group["time_saving"] / group["flops_saving"]).median()) if len(group) else None,
@@ -146,13 +167,16 @@ def plot_accuracy(table: pd.DataFrame, dense_acc: float, path: Path) -> None:
 
 
 def plot_savings(table: pd.DataFrame, path: Path, noise: float = 0.0) -> None:
-    """Measured time saving and the FLOP limit per method against sparsity; the grey band is the
-    run's timing noise (savings inside it are not results)."""
+    """Measured time saving (PyTorch; ONNX Runtime dashed, where timed) and the FLOP limit per
+    method against sparsity; the grey band is the run's PyTorch timing noise (savings inside it
+    are not results)."""
     fig, ax = plt.subplots(figsize=(7.5, 4))
     for i, (method, rows) in enumerate(table.dropna(subset=["time_saving"]).groupby("method")):
         color = f"C{i}"
         ax.plot(rows["sparsity"] * 100, rows["time_saving"] * 100, marker="o", color=color, label=f"{method} (measured)")
         ax.plot(rows["sparsity"] * 100, rows["flops_saving"] * 100, ls=":", color=color, label=f"{method} (FLOP limit)")
+        if rows["ort_time_saving"].notna().any():
+            ax.plot(rows["sparsity"] * 100, rows["ort_time_saving"] * 100, marker="x", ls="--", color=color, label=f"{method} (ONNX Runtime)")
     if noise:
         ax.axhspan(-noise * 100, noise * 100, color="0.85", zorder=0, label=f"timing noise ±{noise:.1%}")
     ax.axhline(0, color="k", lw=0.5)
@@ -201,6 +225,11 @@ CLAIMS = (
 )
 
 
+def _saving(v: float, noise: float) -> str:
+    """A time saving for the tables: empty where not timed, `~0 (x)` inside the noise."""
+    return "" if pd.isna(v) else (f"{v:.1%}" if abs(v) > noise else f"~0 ({v:.1%})")
+
+
 def markdown(table: pd.DataFrame, dense_acc: float, tolerance: float, heads: dict[str, str], goals: dict, batch: int, threads: int, paper_lines: list[str] = (), suspects: pd.DataFrame | None = None) -> str:
     lines = [
         "# structlth report",
@@ -226,8 +255,10 @@ def markdown(table: pd.DataFrame, dense_acc: float, tolerance: float, heads: dic
             " timings across rows. A time saving counts only above it: smaller ones show as `~0` in the tables.",
             "",
         ]
+    if goals.get("ort_timing_noise") is not None:
+        lines += [f"ONNX Runtime (CPU execution provider, same threads): timing noise {goals['ort_timing_noise']:.1%}, measured the same way.", ""]
     lines += ["| target | measured | goal | met |", "|---|---|---|---|"]
-    noise = goals.get("timing_noise") or 0.0
+    noise, ort_noise = goals.get("timing_noise") or 0.0, goals.get("ort_timing_noise") or 0.0
     for key, what, goal, ok, fmt in TARGET_ROWS:
         v = goals.get(key)
         lines.append(f"| {what} | {'n/a' if v is None else fmt.format(v)} | {goal} | {'n/a' if v is None else ('yes' if ok(v, noise) else 'no')} |")
@@ -236,15 +267,15 @@ def markdown(table: pd.DataFrame, dense_acc: float, tolerance: float, heads: dic
         lines += [f"- {r['method']} {r['round']} batch {r['batch']} {r['engine']}: {r['time_saving']:.1%} time vs {r['flops_saving']:.1%} FLOPs" for _, r in suspects.iterrows()]
     win = winners(table, dense_acc, tolerance)
     for method, rows in table.groupby("method", sort=False):
-        lines += ["", f"## {method}", "", "| round | sparsity | source IMP sparsity | channel sparsity | test acc | winning | time saving | FLOP saving | engine |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"## {method}", "", "| round | sparsity | source IMP sparsity | channel sparsity | test acc | winning | time saving | ONNX Runtime saving | FLOP saving | engine |", "|---|---|---|---|---|---|---|---|---|---|"]
         for _, r in rows.iterrows():
             src = "" if pd.isna(r["source_sparsity"]) else f"{r['source_sparsity']:.2%}"
             sp = f"{r['sparsity']:.2%}" + ("" if pd.isna(r["unaligned_sparsity"]) else f" ({r['unaligned_sparsity']:.2%} before align)")
-            ts = "" if pd.isna(r["time_saving"]) else (f"{r['time_saving']:.1%}" if abs(r["time_saving"]) > noise else f"~0 ({r['time_saving']:.1%})")
+            ts, ots = _saving(r["time_saving"], noise), _saving(r["ort_time_saving"], ort_noise)
             fs = "" if pd.isna(r["flops_saving"]) else f"{r['flops_saving']:.1%}"
             lines.append(
                 f"| {r['round']} | {sp} | {src} | {r['channel_sparsity']:.2%} | {r['test_acc']:.4f} |"
-                f" {'yes' if r.name in win.index else 'no'} | {ts} | {fs} | {r['engine'] if isinstance(r['engine'], str) else ''} |"
+                f" {'yes' if r.name in win.index else 'no'} | {ts} | {ots} | {fs} | {r['engine'] if isinstance(r['engine'], str) else ''} |"
             )
     lines += ["", *paper_lines, "## Plots", "", "![accuracy](accuracy_vs_sparsity.png)", "", "![time saving](time_saving_vs_sparsity.png)", "", "![masks](masks.png)", ""]
     return "\n".join(lines)

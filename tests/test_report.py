@@ -5,10 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from structlth.errors import ArtifactError
 from structlth.paper import paper_table
-from structlth.report import extreme_sparsity, headline, markdown, paper_vs_run, summary, suspect_rows, targets, timing_noise
+from structlth.report import extreme_sparsity, gather_bench, headline, markdown, paper_vs_run, summary, suspect_rows, targets, timing_noise
 
-COLS = ["method", "round", "batch", "engine", "t_dense_ms", "time_saving", "flops_saving"]
+COLS = ["method", "round", "runtime", "batch", "engine", "t_dense_ms", "time_saving", "flops_saving"]
 
 
 def _bench(aa: float = 0.0, dense=(10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0)) -> pd.DataFrame:
@@ -24,7 +25,14 @@ def _bench(aa: float = 0.0, dense=(10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.
         ("regroup", "round2", 64, "slim+blocks", 0.25, 0.4),
         ("regroup", "round2", 1, "slim+blocks", 0.50, 0.4),
     ]
-    return pd.DataFrame([(m, r, b, e, d, t, f) for (m, r, b, e, t, f), d in zip(rows, dense)], columns=COLS)
+    return pd.DataFrame([(m, r, "torch", b, e, d, t, f) for (m, r, b, e, t, f), d in zip(rows, dense)], columns=COLS)
+
+
+def _with_ort(bench: pd.DataFrame, aa: float, refill: tuple[float, float]) -> pd.DataFrame:
+    """bench plus ONNX Runtime rows: imp's A/A and refill's two rounds at batch 64."""
+    ort = [("imp", "round1", "onnxruntime", 64, "masked_dense", 10.0, aa, 0.2)]
+    ort += [("refill", f"round{i + 1}", "onnxruntime", 64, "slim", 10.0, t, f) for i, (t, f) in enumerate(zip(refill, (0.5, 0.6)))]
+    return pd.concat([bench, pd.DataFrame(ort, columns=COLS)], ignore_index=True)
 
 
 def test_targets_follow_their_definitions():
@@ -69,7 +77,7 @@ def test_summary_headline_and_markdown():
     assert headline(table, 0.905, 0.01, noise=0.35) == {}  # 30% is inside a 35% noise
     md = markdown(table, 0.905, 0.01, heads, targets(_bench(), 64), 64, 2)
     assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | 0.80 | ≥ 0.6 | yes |" in md
-    assert "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 | no | 60.0% | 60.0% | slim |" in md
+    assert "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 | no | 60.0% |  | 60.0% | slim |" in md  # no ONNX Runtime row
     noisy = markdown(table, 0.905, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, 2)
     assert "| round1 | 20.00% | 20.00% | 20.00% | 0.9000 | yes | ~0 (30.0%) |" in noisy
 
@@ -106,3 +114,32 @@ def test_block_order_makes_blocks_contiguous():
     p = m[rows][:, cols]
     assert bool(p[:3, :4].all()) and bool(p[3:6, 4:8].all()) and int(p.sum()) == 24
     assert sorted(rows.tolist()) == list(range(8)) and sorted(cols.tolist()) == list(range(10))
+
+
+def test_onnxruntime_savings_sit_beside_pytorch_and_have_their_own_noise():
+    bench = _with_ort(_bench(aa=0.01), aa=-0.12, refill=(0.40, 0.05))
+    t = targets(bench, 64)
+    assert t["timing_noise"] == pytest.approx(0.01) and t["ort_timing_noise"] == pytest.approx(0.12)
+    assert t["best_group_time_saving"] == pytest.approx(0.25)  # targets stay PyTorch's
+    table = summary(_metrics(), bench, 64)
+    refill = table[table["method"] == "refill"]
+    assert refill["time_saving"].tolist() == [0.30, 0.60] and refill["ort_time_saving"].tolist() == [0.40, 0.05]
+    md = markdown(table, 0.905, 0.01, {}, t, 64, 2)
+    assert "| round1 | 20.00% | 20.00% | 20.00% | 0.9000 | yes | 30.0% | 40.0% | 50.0% | slim |" in md
+    assert "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 | no | 60.0% | ~0 (5.0%) | 60.0% | slim |" in md  # inside ORT's 12%
+    assert "timing noise 12.0%" in md
+
+
+def test_gather_bench_concatenates_stage_tables_and_names_a_missing_one(tmp_path):
+    for rnd, saving in (("round1", 0.1), ("round2", 0.2)):
+        d = tmp_path / "refill" / rnd
+        d.mkdir(parents=True)
+        pd.DataFrame([{"method": "refill", "round": rnd, "time_saving": saving}]).to_csv(d / "timing.csv", index=False)
+        pd.DataFrame([{"method": "refill", "round": rnd, "layer": "conv"}]).to_csv(d / "layers.csv", index=False)
+    timing, layers = gather_bench(tmp_path, [("refill", "round1"), ("refill", "round2")])
+    assert timing["time_saving"].tolist() == [0.1, 0.2] and layers["round"].tolist() == ["round1", "round2"]
+    with pytest.raises(ArtifactError, match=r"regroup/round1/timing.csv: missing; run the bench stage of regroup round1"):
+        gather_bench(tmp_path, [("refill", "round1"), ("regroup", "round1")])
+    (tmp_path / "refill" / "round2" / "timing.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ArtifactError, match="not a bench table"):
+        gather_bench(tmp_path, [("refill", "round2")])

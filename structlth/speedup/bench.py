@@ -4,7 +4,9 @@ For each ticket the production engine's fast model (structlth.speedup.choice) is
 against the masked dense reference on real test images (relative max error <= atol, else
 VerificationError), then timed against the dense net of the same architecture (BN folded alike),
 interleaved in random order, median of `repeats` runs after `warmup`, at each batch size, in
-the memory format (channels_last or contiguous) in which the dense net runs faster.
+the memory format (channels_last or contiguous) in which the dense net runs faster. With
+bench.onnxruntime the same dense net and fast model are also exported to ONNX and timed in
+ONNX Runtime the same way (structlth.speedup.onnxrt): rows carry their `runtime`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from structlth.speedup.layout import fold_bn
 from structlth.speedup.timing import Timing, conv_inputs, time_pair, verify
 
 
-def layer_rows(dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int, warmup: int, flops: Mapping[str, tuple[int, int]]) -> list[dict]:
+def layer_rows(dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, flops: Mapping[str, tuple[int, int]], runtime: str = "torch") -> list[dict]:
     """Per conv layer (BN folded, ReLU excluded): dense conv on its dense input vs the fast
-    model's module of the same name on the fast model's input; flops: the layer's (dense,
-    effective) FLOPs (structlth.masks.layer_effective_flops), its physical limit."""
+    model's module of the same name on the fast model's input, each in `runtime` (in ONNX
+    Runtime: each layer exported on its own); flops: the layer's (dense, effective) FLOPs
+    (structlth.masks.layer_effective_flops), its physical limit."""
     d_in = conv_inputs(dense, x)
     f_in = conv_inputs(fast, x, set(d_in))
     d_mods, f_mods = dict(dense.named_modules()), dict(fast.named_modules())
@@ -33,9 +36,11 @@ def layer_rows(dense: nn.Module, fast: nn.Module, x: torch.Tensor, repeats: int,
     for name, inp in d_in.items():
         if name not in f_in:
             continue
-        t = time_pair(d_mods[name], f_mods[name], inp, repeats, warmup, f_in[name])
-        d, k = flops.get(name, (1, 1))
-        rows.append({"layer": name, "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving, "flops_saving": 1 - k / d, "engine": type(f_mods[name]).__name__})
+        d = in_runtime(runtime, d_mods[name], inp, bench.threads)
+        f = in_runtime(runtime, f_mods[name], f_in[name], bench.threads)
+        t = time_pair(d, f, inp, bench.repeats, bench.warmup, f_in[name])
+        dn, k = flops.get(name, (1, 1))
+        rows.append({"layer": name, "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving, "flops_saving": 1 - k / dn, "engine": type(f_mods[name]).__name__})
     return rows
 
 
@@ -46,14 +51,34 @@ def ticket_kind(method: str, params) -> str:
     return params.tickets[method].kind
 
 
+BENCH_COLUMNS = ["method", "round", "runtime", "batch", "threads", "channels_last", "retimed", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "params_saving", "max_abs_err", "sparsity", "test_acc"]
+RUNTIMES = ("torch", "onnxruntime")
+ORT_ENGINES = ("slim", "slim+blocks", "masked_dense")  # exportable to ONNX (torch's sparse CSR is not)
+
+
+def runtimes(bench) -> tuple[str, ...]:
+    """The runtimes a bench times in: PyTorch, plus ONNX Runtime when bench.onnxruntime."""
+    return RUNTIMES if bench.onnxruntime else RUNTIMES[:1]
+
+
+def in_runtime(runtime: str, model: nn.Module, x: torch.Tensor, threads: int):
+    """model as a callable of the runtime: itself, or its ONNX export in ONNX Runtime (traced on x)."""
+    if runtime == "torch":
+        return model
+    from structlth.speedup.onnxrt import ort_model
+
+    return ort_model(model, x, threads)
+
+
 @dataclass(frozen=True)
 class DenseBaseline:
-    """Per batch size: the memory format the dense net runs fastest in, and its median time (ms).
-    Measured once per bench stage (`dense_baseline`) so every ticket is timed in the same format,
-    and a ticket whose dense timing strays from it (another job on the cores) is re-timed."""
+    """Per batch size: the memory format the dense net runs fastest in (PyTorch), and per
+    runtime and batch size its median time (ms). Measured once per bench stage
+    (`dense_baseline`) so every row is timed in the same format, and a row whose dense timing
+    strays from it (another job on the cores) is re-timed."""
 
     formats: dict[int, bool]  # batch -> channels_last
-    t_dense_ms: dict[int, float]
+    t_dense_ms: dict[str, dict[int, float]]  # runtime -> batch -> ms
 
 
 STRAY = 0.25  # a dense timing this far from the baseline's is re-timed (up to RETRIES times)
@@ -62,22 +87,24 @@ RETRIES = 2
 
 def dense_baseline(model: nn.Module, test_x: torch.Tensor, bench) -> DenseBaseline:
     dense = fold_bn(model.cpu().eval())
-    formats, times = {}, {}
+    formats, times = {}, {r: {} for r in runtimes(bench)}
     for b in bench.batch_sizes:
         fmt = fastest_format(dense, test_x[:b], bench.repeats, bench.warmup)
         formats[b] = fmt == torch.channels_last
         dense = dense.to(memory_format=fmt)
-        x = test_x[:b].contiguous(memory_format=fmt)
-        times[b] = time_pair(dense, dense, x, bench.repeats, bench.warmup).t_dense_ms
+        for runtime in times:
+            x = test_x[:b].contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
+            d = in_runtime(runtime, dense, x, bench.threads)
+            times[runtime][b] = time_pair(d, d, x, bench.repeats, bench.warmup).t_dense_ms
     return DenseBaseline(formats, times)
 
 
-def _timed(dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, expected_ms: float | None) -> tuple[Timing, int]:
+def _timed(dense, fast, x: torch.Tensor, bench, expected_ms: float) -> tuple[Timing, int]:
     """time_pair, re-run while the dense median strays from `expected_ms` by more than STRAY;
     the run whose dense time is closest to it is kept. Returns it and the number of re-runs."""
     best = time_pair(dense, fast, x, bench.repeats, bench.warmup)
     tries = 0
-    while expected_ms is not None and abs(best.t_dense_ms / expected_ms - 1) > STRAY and tries < RETRIES:
+    while abs(best.t_dense_ms / expected_ms - 1) > STRAY and tries < RETRIES:
         tries += 1
         t = time_pair(dense, fast, x, bench.repeats, bench.warmup, seed=tries)
         if abs(t.t_dense_ms / expected_ms - 1) < abs(best.t_dense_ms / expected_ms - 1):
@@ -86,11 +113,13 @@ def _timed(dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, expected_m
 
 
 def bench_ticket(method: str, kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], metrics: dict, test_x: torch.Tensor, bench, *, layers: bool, baseline: DenseBaseline | None = None) -> tuple[list[dict], list[dict]]:
-    """Rows for bench.csv (every engine x batch size) and bench_layers.csv (largest batch).
+    """Rows for bench.csv (every runtime x engine x batch size) and bench_layers.csv (largest
+    batch, production engines and csr).
 
     model: the ticket's architecture with its trained weights; test_x: normalised test images
     [N, C, H, W], N >= max(batch sizes); bench: BenchParams; baseline: the stage's dense
-    baseline (measured here when None).
+    baseline (measured here when None). Every fast path, in every runtime, is verified against
+    the masked model on test_x[:max batch] first.
     """
     in_ch = test_x.shape[1]
     model = model.cpu().eval()
@@ -99,25 +128,30 @@ def bench_ticket(method: str, kind: str, model: nn.Module, masks: Mapping[str, t
     dense = fold_bn(model)
     rows, layer_out = [], []
     dense_params = sum(p.numel() for p in model.parameters())
+    check_x = test_x[: max(bench.batch_sizes)]
     for b in bench.batch_sizes:
         fmt = torch.channels_last if baseline.formats[b] else torch.contiguous_format
         dense = dense.to(memory_format=fmt)
-        x = test_x[:b].contiguous(memory_format=fmt)
-        for engine, fast in fast_models(kind, model, masks, in_ch, x, max(5, bench.repeats // 2), 1).items():
+        for engine, fast in fast_models(kind, model, masks, in_ch, test_x[:b].contiguous(memory_format=fmt), max(5, bench.repeats // 2), 1).items():
             fast = fast.to(memory_format=fmt)
-            err = verify(ref, fast, test_x[: max(bench.batch_sizes)], bench.atol, f"{method} {engine}")
-            t, retimed = _timed(dense, fast, x, bench, baseline.t_dense_ms[b])
-            physical = sum(p.numel() for p in fast.parameters()) if engine == "slim" else metrics["params_kept"]
-            rows.append({
-                "method": method, "engine": engine, "batch": b, "threads": torch.get_num_threads(),
-                "channels_last": baseline.formats[b], "retimed": retimed,
-                "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving,
-                "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],
-                "params_saving": 1 - physical / dense_params, "max_abs_err": err,
-                "sparsity": metrics["sparsity"], "test_acc": metrics["test_acc"],
-            })
-            if layers and b == max(bench.batch_sizes) and engine in ("slim", "slim+blocks", "csr"):
-                flops = layer_effective_flops(model, masks, (1, *test_x.shape[1:]))
-                for r in layer_rows(dense, fast, x, bench.repeats, bench.warmup, flops):
-                    layer_out.append({"method": method, "batch": b, **r})
+            for runtime in runtimes(bench):
+                if runtime != "torch" and engine not in ORT_ENGINES:
+                    continue
+                x = test_x[:b].contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
+                d, f = in_runtime(runtime, dense, x, bench.threads), in_runtime(runtime, fast, x, bench.threads)
+                err = verify(ref, f, check_x, bench.atol, f"{method} {engine} ({runtime})")
+                t, retimed = _timed(d, f, x, bench, baseline.t_dense_ms[runtime][b])
+                physical = sum(p.numel() for p in fast.parameters()) if engine == "slim" else metrics["params_kept"]
+                rows.append({
+                    "method": method, "runtime": runtime, "engine": engine, "batch": b, "threads": torch.get_num_threads(),
+                    "channels_last": baseline.formats[b] and runtime == "torch", "retimed": retimed,
+                    "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving,
+                    "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],
+                    "params_saving": 1 - physical / dense_params, "max_abs_err": err,
+                    "sparsity": metrics["sparsity"], "test_acc": metrics["test_acc"],
+                })
+                if layers and b == max(bench.batch_sizes) and engine in ("slim", "slim+blocks", "csr"):
+                    flops = layer_effective_flops(model, masks, (1, *test_x.shape[1:]))
+                    for r in layer_rows(dense, fast, x, bench, flops, runtime):
+                        layer_out.append({"method": method, "runtime": runtime, "batch": b, **r})
     return rows, layer_out

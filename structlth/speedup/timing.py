@@ -7,15 +7,37 @@ differs from the masked reference.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from structlth.errors import VerificationError
+
+
+@contextmanager
+def machine_lock(name: str, on_wait: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold an exclusive lock shared by every process of this user on this machine, so two
+    benches (e.g. under `dvc queue start -j 2`) never time on the same cores at once; on_wait
+    runs once when another process holds it. Released when the process dies."""
+    path = os.path.join(tempfile.gettempdir(), f"structlth-{name}-{os.getuid()}.lock")
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

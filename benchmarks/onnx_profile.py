@@ -1,0 +1,73 @@
+"""Where ONNX Runtime spends the time of the default run's tickets: its own profiler, per
+operator type and per conv node, for the dense net and each ticket of the last ticket round
+(batch 64, bench.threads intra-op threads, the same exported graphs the bench times).
+
+Reads the workspace's params.yaml and artifacts (run `make repro` or `dvc pull` first).
+Per-layer ONNX Runtime rows in bench_layers.csv export each conv on its own, so they include
+the layout conversions (NCHW <-> ONNX Runtime's blocked NCHWc) that a whole graph does once;
+this profile sees every node inside the whole graph instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from structlth.config import load_params
+from structlth.data import load_dataset, normalize
+from structlth.speedup.bench import ticket_kind
+from structlth.speedup.choice import fast_models
+from structlth.speedup.layout import fold_bn
+from structlth.speedup.onnxrt import to_onnx
+from structlth.pipeline import Context, load_round
+
+
+def profile(data: bytes, x: torch.Tensor, threads: int, runs: int) -> dict:
+    """ms per run: in total, per operator type, per node (mean over `runs` after 3 warm-up runs)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as d:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.enable_profiling, opts.profile_file_prefix = True, os.path.join(d, "p")
+        s = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        feed = {"input": x.contiguous().numpy()}
+        for _ in range(3 + runs):
+            s.run(None, feed)
+        events = json.loads(Path(s.end_profiling()).read_text())
+    runs_seen = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][3:]
+    start = runs_seen[0]["ts"]
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start]
+    by_op, by_node = defaultdict(float), defaultdict(float)
+    for e in nodes:
+        by_op[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+        by_node[e["name"].removesuffix("_kernel_time")] += e["dur"] / 1e3 / runs
+    total = sum(e["dur"] for e in runs_seen) / 1e3 / runs
+    return {"total_ms": total, "by_op_ms": dict(sorted(by_op.items(), key=lambda kv: -kv[1])), "by_node_ms": dict(by_node)}
+
+
+def run(runs: int = 30) -> dict:
+    params = load_params("params.yaml")
+    torch.set_num_threads(params.bench.threads)
+    ds = load_dataset("artifacts/data")
+    ctx = Context(params, ds, torch.device("cpu"))
+    x = normalize(ds.test.images[: max(params.bench.batch_sizes)], ds.mean, ds.std)
+    dense = ctx.model()
+    dense.load_state_dict(load_round(ctx, Path("artifacts/imp/round0"), dense)[0])
+    out = {"batch": len(x), "threads": params.bench.threads, "models": {"dense": profile(to_onnx(fold_bn(dense.eval()), x), x, params.bench.threads, runs)}}
+    last = params.rounds_of(next(iter(params.tickets), "imp"))[-1]
+    for method in ["imp_channel", *params.tickets]:
+        model = ctx.model()
+        state, masks = load_round(ctx, Path("artifacts") / method / last, model)
+        model.load_state_dict(state)
+        kind = ticket_kind(method, params)
+        [(engine, fast)] = fast_models(kind, model.eval(), masks, ds.in_channels, x, 5, 1).items()
+        out["models"][f"{method}/{last} ({engine})"] = profile(to_onnx(fast, x), x, params.bench.threads, runs)
+    d = out["models"]["dense"]["total_ms"]
+    out["summary"] = {name: {"total_ms": round(m["total_ms"], 2), "saving": round(1 - m["total_ms"] / d, 3), "top_ops_ms": {k: round(v, 2) for k, v in list(m["by_op_ms"].items())[:5]}} for name, m in out["models"].items()}
+    return out
