@@ -8,6 +8,7 @@ and a rerun with the same inputs writes the same bytes, letting DVC skip everyth
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     """Write through a temp file renamed into place; the file gets the mode an ordinary write
     would (0666 less the umask), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: Ma
     """Write `tensors` (any shapes) and JSON-able `meta` to a safetensors file, atomically."""
     ordered = {k: tensors[k].detach().to("cpu").contiguous() for k in sorted(tensors)}
     header = {META_KEY: json.dumps(meta, sort_keys=True)}
-    _atomic_write(Path(path), save(ordered, metadata=header))
+    write_bytes(Path(path), save(ordered, metadata=header))
 
 
 def load_tensors(
@@ -128,8 +129,25 @@ def check_shapes(
             )
 
 
+def check_state(path: str | Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Weights must be finite float32 (BN's step counters stay int64): ArtifactError naming the file."""
+    for name, v in state.items():
+        if v.is_floating_point() and (v.dtype != torch.float32 or not bool(torch.isfinite(v).all())):
+            raise ArtifactError(f"{path}: {name} is not finite float32 ({v.dtype}{', has nan/inf' if v.dtype == torch.float32 else ''})")
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Content digest of named tensors (names, dtypes, shapes and bytes), independent of order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    _atomic_write(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: str | Path) -> Any:

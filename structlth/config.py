@@ -31,7 +31,11 @@ ARCHS = (
     "resnet50",
 )
 REFILL_CRITERIA = ("magnitude", "remain", "l1", "l2", "saliency")
-ROUND_ID = re.compile(r"^round([0-9]+)$")
+ROUND_ID = re.compile(r"round([0-9]+)")  # fullmatch: "round4\n" is not a round id
+TICKET_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+RESERVED_NAMES = ("imp", "imp_channel", "data", "pretrain", "bench")  # folders of artifacts/ and reports/
+SEED = Field(0, ge=0, lt=2**63, description="a seed (torch generators take < 2^63)")
+FIXED_SIZES = {"fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}  # train, test
 
 
 class Strict(BaseModel):
@@ -52,11 +56,29 @@ class DataParams(Strict):
     val_size: int = Field(5000, ge=1, description="validation images carved from train")
     train_subset: int | None = Field(None, ge=1, description="train images kept (after val)")
     test_subset: int | None = Field(None, ge=1)
-    split_seed: int = 0
+    split_seed: int = SEED
     image_size: int | None = Field(None, ge=8, description="ImageFolder datasets: resize side")
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     augment: Augment = Augment()
+
+    @model_validator(mode="after")
+    def _fits_the_dataset(self) -> DataParams:
+        """Sizes a fixed-size dataset cannot hold (ImageFolder trees are checked when read)."""
+        if self.dataset not in FIXED_SIZES:
+            return self
+        n_train, n_test = FIXED_SIZES[self.dataset]
+        train = self.train_subset or n_train - self.val_size
+        checks = [
+            ("val_size", self.val_size, n_train - 1, f"{n_train} train images"),
+            ("train_subset", self.train_subset or 0, n_train - self.val_size, f"{n_train - self.val_size} train images after data.val_size"),
+            ("test_subset", self.test_subset or 0, n_test, f"{n_test} test images"),
+            ("batch_size", self.batch_size, train, f"{train} train images"),
+        ]
+        for key, value, limit, what in checks:
+            if value > limit:
+                raise ValueError(f"{key}={value} is larger than the dataset: {self.dataset} has {what}")
+        return self
 
 
 class ModelParams(Strict):
@@ -88,7 +110,7 @@ class TrainParams(Strict):
         False, description="weight decay on BN weights and biases too (the reference code decays every parameter)"
     )
     rewind_epoch: int = Field(ge=0, description="snapshot taken after this many epochs")
-    seed: int = 0
+    seed: int = SEED
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainParams:
@@ -99,8 +121,8 @@ class TrainParams(Strict):
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs")
         bad = [m for m in self.milestones if not 0 < m < self.epochs]
-        if bad or self.milestones != sorted(self.milestones):
-            raise ValueError(f"milestones must be increasing epochs inside (0, {self.epochs})")
+        if bad or any(a >= b for a, b in zip(self.milestones, self.milestones[1:])):
+            raise ValueError(f"milestones must be strictly increasing epochs inside (0, {self.epochs}); got {self.milestones}")
         return self
 
 
@@ -140,8 +162,10 @@ def chain_order(rounds: dict[str, RoundLink]) -> list[str]:
     if not rounds:
         raise ValueError("at least one round is needed")
     for rid, link in rounds.items():
-        if not ROUND_ID.match(rid) or rid == "round0":
+        if not ROUND_ID.fullmatch(rid) or rid == "round0":
             raise ValueError(f"round id {rid!r} must look like round1, round2, ...")
+        if link.prev == rid:
+            raise ValueError(f"{rid}.prev = {rid!r}: a round cannot follow itself")
         if link.prev != "round0" and link.prev not in rounds:
             raise ValueError(f"{rid}.prev = {link.prev!r} is neither round0 nor another round")
     successors: dict[str, str] = {}
@@ -191,18 +215,19 @@ class RegroupParams(Strict):
     t2: float = Field(0.5, gt=0, le=1, description="density rule: min share of rows")
     b2: int = Field(4, ge=1, description="density rule: min qualifying columns")
     channel_align: int = Field(1, ge=1, le=64, description="channel granularity: block input channels rounded up to a multiple")
-    seed: int = 0
+    seed: int = SEED
 
 
 TicketParams = Annotated[Union[RefillParams, RegroupParams], Field(discriminator="kind")]
 
 
 class BenchParams(Strict):
-    batch_sizes: list[Annotated[int, Field(ge=1)]] = [1, 64]
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field([1, 64], min_length=1)
     repeats: int = Field(20, ge=1)
     warmup: int = Field(3, ge=0)
     threads: int = Field(2, ge=1)
     atol: float = Field(1e-3, gt=0, description="max |fast - masked| relative to output scale")
+    onnxruntime: bool = Field(True, description="also time dense and tickets exported to ONNX, in ONNX Runtime (the onnx extra)")
 
 
 class ReportParams(Strict):
@@ -228,11 +253,19 @@ class Params(Strict):
     report: ReportParams = ReportParams()
     runtime: RuntimeParams = RuntimeParams()
 
+    @field_validator("tickets")
+    @classmethod
+    def _ticket_names(cls, tickets: dict[str, TicketParams]) -> dict[str, TicketParams]:
+        for name in tickets:
+            if not TICKET_NAME.fullmatch(name) or name in RESERVED_NAMES:
+                raise ValueError(f"name {name[:80]!r} must be lower_snake, at most 64 characters, and none of {', '.join(RESERVED_NAMES)}")
+        return tickets
+
     @model_validator(mode="after")
-    def _ticket_names(self) -> Params:
-        for name in self.tickets:
-            if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in ("imp", "imp_channel"):
-                raise ValueError(f"tickets: name {name!r} must be lower_snake and not imp*")
+    def _bench_fits_the_test_set(self) -> Params:
+        n_test = self.data.test_subset or FIXED_SIZES.get(self.data.dataset, (0, None))[1]
+        if n_test is not None and max(self.bench.batch_sizes) > n_test:
+            raise ValueError(f"bench.batch_sizes: {max(self.bench.batch_sizes)} is larger than the {n_test} test images the bench times on")
         return self
 
     def round_ids(self) -> list[str]:
@@ -261,7 +294,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             e["input"], dict
         ):
             msg += f" (got {e['input']!r})"
-        lines.append(f"  {loc or '<top>'}: {msg}")
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")  # checks across sections name their keys
     return "\n".join(lines)
 
 
@@ -274,12 +307,38 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError(format_validation_error(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key twice in one mapping (where PyYAML keeps the last,
+    and DVC rejects the file)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(text: str) -> Any:
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _read_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     return parse_params(raw, str(path))

@@ -109,11 +109,9 @@ def _cifar(p: DataParams) -> tuple[Split, Split, list[str]]:
     cls = CIFAR10 if p.dataset == "cifar10" else CIFAR100
     try:
         sets = [cls(p.root, train=t, download=p.download) for t in (True, False)]
-    except RuntimeError as err:
-        raise DataError(
-            f"{p.dataset}: not found under data.root={p.root!r} ({err}); set data.download: true"
-            " to fetch it with torchvision's checksum, or point data.root at a local copy"
-        ) from None
+    except (RuntimeError, OSError) as err:  # not found; or the download failed (URLError is an OSError)
+        how = f"the download failed ({type(err).__name__}: {err})" if p.download else f"{err}; set data.download: true to fetch it with torchvision's checksum"
+        raise DataError(f"{p.dataset}: not found under data.root={p.root!r}: {how}, or point data.root at a local copy") from None
 
     def split(s) -> Split:
         images = torch.from_numpy(np.ascontiguousarray(s.data)).permute(0, 3, 1, 2).contiguous()

@@ -12,6 +12,8 @@ import os
 import sys
 
 import torch
+
+from structlth.errors import ParamsError
 import torch.distributed as td
 from torch import nn
 
@@ -89,5 +91,7 @@ def local_device(kind: str) -> torch.device:
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ParamsError("runtime.device: cuda, but torch sees no CUDA device on this machine; use auto or cpu")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from structlth import distributed as dist
-from structlth.artifacts import load_tensors, read_json, save_tensors, staged_dir, write_json
+from structlth.artifacts import check_state, load_tensors, read_json, save_tensors, staged_dir, tensor_digest, write_json
 from structlth.config import Params, RefillParams, RegroupParams, params_hash
 from structlth.data import Dataset, build_dataset, eval_batches, load_dataset, save_dataset
-from structlth.errors import ArtifactError
+from structlth.errors import ArtifactError, ParamsError
 from structlth.masks import Masks, check_masks, density, drop_untrainable, layer_stats, mask_stats, ones_masks, training_masks
 from structlth.models import build_model
 from structlth.pruning import channel_prune, magnitude_prune, regroup_layers
@@ -53,6 +53,22 @@ class Context:
         }
 
 
+def check_runnable(params: Params) -> None:
+    """What validation of params.yaml alone cannot know: the machine, the data folder, layer
+    names. The pipeline's first stage runs it, so a bad edit stops before any stage deletes
+    its outputs."""
+    dist.local_device(params.runtime.device)
+    root = Path(params.data.root)
+    if root.exists() and not root.is_dir():
+        raise ParamsError(f"data.root: {root} is a file, not a folder")
+    layer = params.report.mask_layer
+    if layer is not None:
+        m = params.model
+        names = ones_masks(build_model(m.arch, 10, 3, m.width, m.small_input_stem), params.prune.prunable)
+        if layer not in names:
+            raise ParamsError(f"report.mask_layer: {layer!r} is not a prunable layer of {m.arch}; one of {', '.join(list(names)[:4])}, ...")
+
+
 def setup(params: Params, data_dir: str | Path) -> Context:
     device = dist.local_device(params.runtime.device)
     if device.type == "cpu":
@@ -71,34 +87,51 @@ def prepare(params: Params, out_dir: str | Path) -> Dataset:
 # ---------------------------------------------------------------- round artifacts
 
 
+def round_id(round_dir: Path) -> str:
+    """A round's identity from its folder: '<method>/<round>', e.g. 'imp/round2'."""
+    return f"{round_dir.parent.name}/{round_dir.name}"
+
+
 def save_round(ctx: Context, out_dir: Path, state: State, masks: Masks, metrics: dict, kind: str) -> None:
+    """mask.safetensors and weights.safetensors carry the round's id; the weights also carry the
+    digest of their mask, so a mask that is swapped, copied from another round or edited is
+    refused on load (`load_round`)."""
     if not dist.is_main():
         return
-    meta = {**ctx.model_meta(), "kind": kind}
+    meta = {**ctx.model_meta(), "kind": kind, "round": round_id(out_dir)}
     with staged_dir(out_dir) as d:
         save_tensors(d / "mask.safetensors", masks, meta)
-        save_tensors(d / "weights.safetensors", state, meta)
+        save_tensors(d / "weights.safetensors", state, {**meta, "mask_digest": tensor_digest(masks)})
         write_json(d / "metrics.json", metrics)
         write_json(d / "layers.json", [{"layer": n, **s} for n, s in layer_stats(masks).items()])
 
 
-def load_state(ctx: Context, path: Path, model: nn.Module) -> State:
+def load_state(ctx: Context, path: Path, model: nn.Module, expect_meta: dict | None = None) -> tuple[State, dict]:
+    """A state dict that fits `model`, checked finite float32, and its metadata."""
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    state, _ = load_tensors(path, expect_meta=ctx.model_meta(), expect=shapes)
-    return state
+    state, meta = load_tensors(path, expect_meta={**ctx.model_meta(), **(expect_meta or {})}, expect=shapes)
+    check_state(path, state)
+    return state, meta
 
 
-def load_round(ctx: Context, round_dir: Path, model: nn.Module) -> tuple[State, Masks]:
-    """Trained state and masks of a round; checks they fit `model` and each other."""
-    state = load_state(ctx, round_dir / "weights.safetensors", model)
-    masks, _ = load_tensors(round_dir / "mask.safetensors", expect_meta=ctx.model_meta())
+def load_round(ctx: Context, round_dir: Path, model: nn.Module, *, expect_round: bool = True) -> tuple[State, Masks]:
+    """Trained state and masks of a round; checks they fit `model`, belong to this round (the
+    folder's '<method>/<round>', unless expect_round is False: an exported or moved ticket) and
+    to each other (the mask digest the weights recorded)."""
+    which = {"round": round_id(round_dir)} if expect_round else {}
+    state, meta = load_state(ctx, round_dir / "weights.safetensors", model, which)
+    masks, mask_meta = load_tensors(round_dir / "mask.safetensors", expect_meta={**ctx.model_meta(), **which})
     check_masks(model, masks, str(round_dir / "mask.safetensors"))
     for name, m in masks.items():
         if m.dtype != torch.bool:
             raise ArtifactError(f"{round_dir / 'mask.safetensors'}: mask {name} is {m.dtype}, masks are bool")
-    for name, v in state.items():
-        if v.is_floating_point() and (v.dtype != torch.float32 or not bool(torch.isfinite(v).all())):
-            raise ArtifactError(f"{round_dir / 'weights.safetensors'}: {name} is not finite float32 ({v.dtype})")
+    if mask_meta.get("round") != meta.get("round"):
+        raise ArtifactError(f"{round_dir}: mask.safetensors is from {mask_meta.get('round')}, weights.safetensors from {meta.get('round')}")
+    if tensor_digest(masks) != meta.get("mask_digest"):
+        raise ArtifactError(
+            f"{round_dir / 'mask.safetensors'}: its content differs from the mask weights.safetensors was trained"
+            " with (edited or replaced); rerun the round (dvc repro -f -s <stage>) or restore it (dvc checkout)"
+        )
     for name, m in masks.items():
         if bool((state[name][~m.bool()] != 0).any()):
             raise ArtifactError(
@@ -115,6 +148,21 @@ def file_digest(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def code_digest(root: Path = Path(__file__).resolve().parent) -> str:
+    """Digest of the library's source (*.py under root, bytecode ignored): part of every
+    checkpoint's identity, so a run never resumes from a checkpoint that other code wrote."""
+    return file_digest(*sorted(root.rglob("*.py")))
+
+
+def read_metrics(path: Path, keys: tuple[str, ...]) -> dict:
+    """A metrics.json that holds `keys` (each a number), or an ArtifactError naming what is missing."""
+    metrics = read_json(path)
+    missing = [k for k in keys if not isinstance(metrics, dict) or not isinstance(metrics.get(k), (int, float))]
+    if missing:
+        raise ArtifactError(f"{path}: no number for {', '.join(missing)} (rerun the stage that writes it: dvc repro -f -s <stage>)")
+    return metrics
+
+
 # ---------------------------------------------------------------- training stages
 
 
@@ -128,7 +176,7 @@ def _train(ctx: Context, model: nn.Module, masks: Masks, *, start_epoch: int, re
     result = train(
         model, ctx.data, p.train, p.data.augment, p.data.batch_size // dist.world_size(), tm,
         epochs=p.train.epochs, start_epoch=start_epoch, eval_batch_size=p.data.eval_batch_size,
-        rewind_epoch=rewind_epoch, checkpoint=checkpoint, identity=identity, progress=progress,
+        rewind_epoch=rewind_epoch, checkpoint=checkpoint, identity=identity + code_digest(), progress=progress,
     )
     model.cpu()
     if checkpoint is not None and dist.is_main():
@@ -171,7 +219,7 @@ def _retrain(ctx: Context, masks: Masks, pretrain_dir: Path, checkpoint: Path | 
     model = ctx.model()
     check_masks(model, masks, "new mask")
     dist.check_same_on_all_ranks(masks, "pruning masks")
-    model.load_state_dict(load_state(ctx, pretrain_dir / "rewind.safetensors", model))
+    model.load_state_dict(load_state(ctx, pretrain_dir / "rewind.safetensors", model, {"kind": "rewind"})[0])
     start = p.train.rewind_epoch if p.train.retrain == "rest" else 0
     return model, _train(ctx, model, masks, start_epoch=start, rewind_epoch=None, checkpoint=checkpoint, identity=identity)
 
@@ -217,6 +265,7 @@ def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_
     p = ctx.params
     spec = p.tickets[name]
     model = ctx.model()
+    source = read_metrics(imp_dir / "metrics.json", ("sparsity", "test_acc"))  # every input read before training
     state, masks = load_round(ctx, imp_dir, model)
     new = drop_untrainable(model, ticket_masks(ctx, spec, state, masks), ctx.data.in_channels)
     aligned = {}
@@ -225,7 +274,6 @@ def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_
         aligned["unaligned_sparsity"] = 1 - density(drop_untrainable(model, unaligned, ctx.data.in_channels))
     identity = params_hash(p.data, p.model, p.train, spec) + file_digest(imp_dir / "mask.safetensors", imp_dir / "weights.safetensors")
     model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity)
-    source = read_json(imp_dir / "metrics.json")
     metrics = _metrics(ctx, model, new, result, source_sparsity=source["sparsity"], source_test_acc=source["test_acc"], kind=spec.kind, **aligned)
     save_round(ctx, out_dir, state_of(model), new, metrics, kind=name)
     return metrics
@@ -234,9 +282,9 @@ def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_
 def seed_chain(ctx: Context, pretrain_dir: Path, out_dir: Path) -> dict:
     """Round 0 of a chain: the dense net (pretrain's final weights, all-ones mask)."""
     model = ctx.model()
-    state = load_state(ctx, pretrain_dir / "weights.safetensors", model)
+    state, _ = load_state(ctx, pretrain_dir / "weights.safetensors", model, {"kind": "weights"})
     masks = ones_masks(model, ctx.params.prune.prunable)
-    pre = read_json(pretrain_dir / "metrics.json")
+    pre = read_metrics(pretrain_dir / "metrics.json", ("test_acc", "val_acc", "best_epoch"))
     metrics = {**mask_stats(model, masks, ctx.input_shape), **{k: pre[k] for k in ("test_acc", "val_acc", "best_epoch")}}
     save_round(ctx, out_dir, state, masks, metrics, kind="dense")
     return metrics

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ from structlth.pipeline import Context, load_round, save_round
 from structlth.pruning import magnitude_prune
 from structlth.train import state_of
 
-from conftest import ROOT, synthetic_dataset
+from helpers import ROOT, synthetic_dataset
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -81,13 +80,30 @@ def _round(params, channels: int, rate: float):
 
 def test_mask_and_weights_of_different_rounds_are_rejected(tmp_path, params):
     ctx, model, state, masks = _round(params, 1, 0.5)
-    save_round(ctx, tmp_path / "a", state, masks, {}, kind="imp")
+    r1, r2 = tmp_path / "imp" / "round1", tmp_path / "imp" / "round2"
+    save_round(ctx, r1, state, masks, {}, kind="imp")
     _, _, other_state, other_masks = _round(params, 1, 0.6)
-    save_round(ctx, tmp_path / "b", other_state, other_masks, {}, kind="imp")
-    load_round(ctx, tmp_path / "a", model)  # consistent
-    (tmp_path / "a" / "mask.safetensors").write_bytes((tmp_path / "b" / "mask.safetensors").read_bytes())
-    with pytest.raises(ArtifactError, match=r"a: weights.safetensors has non-zero .* different rounds"):
-        load_round(ctx, tmp_path / "a", model)
+    save_round(ctx, r2, other_state, other_masks, {}, kind="imp")
+    load_round(ctx, r2, model)  # consistent
+    (r2 / "mask.safetensors").write_bytes((r1 / "mask.safetensors").read_bytes())
+    with pytest.raises(ArtifactError, match=r"round2/mask.safetensors: made for round='imp/round1', but round='imp/round2'"):
+        load_round(ctx, r2, model)
+    (r2 / "weights.safetensors").write_bytes((r1 / "weights.safetensors").read_bytes())  # the whole round copied
+    with pytest.raises(ArtifactError, match=r"round2/weights.safetensors: made for round='imp/round1'"):
+        load_round(ctx, r2, model)
+    load_round(ctx, r2, model, expect_round=False)  # a moved ticket folder (export) is still one consistent round
+
+
+def test_a_flipped_mask_bit_is_named_as_an_edited_mask(tmp_path, params):
+    ctx, model, state, masks = _round(params, 1, 0.5)
+    d = tmp_path / "imp" / "round1"
+    save_round(ctx, d, state, masks, {}, kind="imp")
+    edited, meta = load_tensors(d / "mask.safetensors")
+    name = next(iter(edited))
+    edited[name].view(-1)[torch.nonzero(~edited[name].view(-1))[0]] = True  # one pruned weight back (0 -> 1)
+    save_tensors(d / "mask.safetensors", edited, meta)
+    with pytest.raises(ArtifactError, match="differs from the mask weights.safetensors was trained with"):
+        load_round(ctx, d, model)
 
 
 def test_artifacts_for_other_data_channels_are_rejected(tmp_path, params):
@@ -160,3 +176,18 @@ def test_round_artifacts_with_bad_values_are_rejected(tmp_path, params, corrupt,
     save_round(ctx, tmp_path / "r", state, masks, {}, kind="imp")
     with pytest.raises(ArtifactError, match=what):
         load_round(ctx, tmp_path / "r", ctx.model())
+
+
+@pytest.mark.parametrize("failing", ["os.replace", "os.fsync"])
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch, failing):
+    write_json(tmp_path / "m.json", {"old": 1})
+
+    def boom(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(failing, boom)
+    with pytest.raises(OSError, match="No space left"):
+        write_json(tmp_path / "m.json", {"new": 2})
+    monkeypatch.undo()
+    assert read_json(tmp_path / "m.json") == {"old": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]

@@ -8,10 +8,10 @@ import sys
 import pytest
 import yaml
 
-from structlth.config import parse_params
+from structlth.config import load_params, parse_params
 from structlth.errors import ParamsError
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_fixture_params_validate():
@@ -55,6 +55,17 @@ def _bad(raw, edit):
         (lambda r: r["train"].update(lr=float("inf")), "train.lr", "finite number"),
         (lambda r: r["bench"].update(atol=float("inf")), "bench.atol", "finite number"),
         (lambda r: r.update(extra_section={}), "extra_section", "unknown key"),
+        (lambda r: r["train"].update(schedule="multistep", milestones=[1, 1]), "train", "strictly increasing"),
+        (lambda r: r["train"].update(seed=2**63), "train.seed", "less than 9223372036854775808"),
+        (lambda r: r["tickets"]["regroup"].update(seed=-1), "tickets.regroup.seed", "greater than or equal to 0"),
+        (lambda r: r["data"].update(batch_size=10**6, train_subset=None), "data", "batch_size=1000000 is larger than the dataset"),
+        (lambda r: r["bench"].update(batch_sizes=[]), "bench.batch_sizes", "at least 1 item"),
+        (lambda r: r["bench"].update(batch_sizes=[1, 512]), "bench.batch_sizes", "512 is larger than the 128 test images"),
+        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2\n": {"prev": "round1"}}, ticket_rounds=["round1"]), "prune.rounds", "must look like round1"),
+        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2": {"prev": "round2"}}), "prune.rounds", "round2.prev = 'round2': a round cannot follow itself"),
+        (lambda r: r["tickets"].update(data=r["tickets"]["refill"]), "tickets", "none of imp, imp_channel, data, pretrain, bench"),
+        (lambda r: r["tickets"].update(pretrain=r["tickets"]["refill"]), "tickets", "none of imp, imp_channel, data, pretrain, bench"),
+        (lambda r: r["tickets"].update({"t" * 300: r["tickets"]["refill"]}), "tickets", "at most 64 characters"),
         (lambda r: r["runtime"].update(device="tpu"), "runtime.device", "'cuda'"),
         (lambda r: r["model"].update(arch="resnet18", width=0.5), "model", "width must be 1.0 for resnet18"),
     ],
@@ -99,8 +110,8 @@ def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path, raw_params):
     "edit, hint",
     [
         (lambda r: r["data"].update(dataset="tiny_imagenet", root="no/such/dir"), "data.root='no/such/dir' needs train/"),
-        (lambda r: r["data"].update(train_subset=10**6), "data.train_subset=1000000 is larger than the dataset"),
-        (lambda r: r["data"].update(test_subset=10**6), "data.test_subset=1000000 is larger than the dataset"),
+        (lambda r: r["data"].update(train_subset=10**6), "data: train_subset=1000000 is larger than the dataset"),
+        (lambda r: r["data"].update(test_subset=10**6), "data: test_subset=1000000 is larger than the dataset"),
     ],
 )
 def test_prepare_with_unusable_data_params_exits_2_and_writes_nothing(tmp_path, raw_params, edit, hint):
@@ -120,3 +131,37 @@ def test_fashion_mnist_without_a_local_copy_does_not_download_when_download_is_f
     with pytest.raises(data.DataError, match="data.download is false"):
         data.build_dataset(parse_params(raw_params).data)
     assert calls == []
+
+
+@pytest.mark.parametrize(
+    "content, hint",
+    [
+        (b"data:\n  dataset: cifar10\ndata:\n  dataset: fashion_mnist\n", "duplicate key 'data'"),
+        (b"data: \xff\xfe caf\xe9\n", "not UTF-8 text"),
+    ],
+)
+def test_unreadable_params_files_get_one_line(tmp_path, content, hint):
+    (tmp_path / "params.yaml").write_bytes(content)
+    with pytest.raises(ParamsError, match=hint):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_a_params_folder_gets_one_line(tmp_path):
+    (tmp_path / "params.yaml").mkdir()
+    with pytest.raises(ParamsError, match="is a folder"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_params_hash_is_stable_across_processes_and_ignores_runtime(raw_params):
+    from structlth.config import params_hash
+
+    p = parse_params(raw_params)
+    here = params_hash(p.data, p.model, p.train)
+    code = "import sys, yaml; from structlth.config import parse_params, params_hash; p = parse_params(yaml.safe_load(sys.stdin.read())); print(params_hash(p.data, p.model, p.train))"
+    other = subprocess.run([sys.executable, "-c", code], input=yaml.safe_dump(raw_params), capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
+    assert other == here
+    raw_params["runtime"].update(threads=7, device="cpu", progress="always")
+    q = parse_params(raw_params)
+    assert params_hash(q.data, q.model, q.train) == here
+    raw_params["train"]["lr"] = 0.07
+    assert params_hash(parse_params(raw_params).train) != params_hash(p.train)

@@ -7,7 +7,6 @@ structure, and each kind of params edit invalidates exactly the stages that read
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,14 +20,13 @@ import yaml
 from structlth.artifacts import load_tensors
 from structlth.export import is_channel_wise
 
-from conftest import ROOT, tiny_raw
-from test_pruning import _is_union_of_dense_row_groups
+from helpers import ROOT, is_block_mask, tiny_raw, tool_env
 
 pytestmark = pytest.mark.slow
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = tool_env()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, f"{cmd}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -36,7 +34,7 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 def _new_repo(d: Path, raw: dict) -> Path:
     """A git + DVC repo with the project's pipeline and `raw` as params.yaml, committed."""
-    for item in ("dvc.yaml", "stages", "structlth", ".gitignore"):
+    for item in ("dvc.yaml", "stages", "structlth", ".gitignore", ".dvcignore"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, d / item)
     raw["data"]["root"] = str(ROOT / "data" / "raw")
@@ -61,14 +59,14 @@ def repo(tmp_path_factory) -> Path:
     [
         (lambda r: r["train"].update(rewind_epoch=5), "rewind_epoch (5) must be smaller than epochs (2)"),
         (lambda r: r["tickets"]["refill"].update(criterion="l3"), "tickets.refill.criterion"),
-        (lambda r: r["data"].update(train_subset=10**6), "data.train_subset=1000000 is larger than the dataset"),
+        (lambda r: r["data"].update(train_subset=10**6), "data: train_subset=1000000 is larger than the dataset"),
     ],
 )
 def test_bad_params_under_dvc_repro_fail_with_one_message(tmp_path, edit, key):
     raw = tiny_raw()
     edit(raw)
     d = _new_repo(tmp_path, raw)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = tool_env()
     proc = subprocess.run(["dvc", "repro"], cwd=d, capture_output=True, text=True, env=env)
     assert proc.returncode != 0
     assert key in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
@@ -103,22 +101,39 @@ def test_repro_writes_every_round_and_ticket_with_its_structure(repo):
             layers = json.loads((d / "layers.json").read_text())
             assert layers and all(0 <= r["density"] <= 1 for r in layers)
             masks, _ = load_tensors(d / "mask.safetensors")
-            rows = [m.flatten(1) for m in masks.values()]
             if method in ("imp_channel", "refill", "refill_plus"):
                 assert all(is_channel_wise(m) for m in masks.values()), f"{method} not channel-wise"
             if method.startswith("regroup"):
                 min_rows = tiny_raw()["tickets"][method]["min_rows"]
-                assert all(_is_union_of_dense_row_groups(m.bool(), min_rows) for m in masks.values()), f"{method} not blocks"
+                assert all(is_block_mask(m.bool(), min_rows) for m in masks.values()), f"{method} not blocks"
     imp = {r: json.loads((repo / "artifacts/imp" / r / "metrics.json").read_text())["sparsity"] for r in ("round1", "round2")}
     assert abs((1 - imp["round1"]) - 0.8) < 0.01 and abs((1 - imp["round2"]) - 0.64) < 0.01
     bench = (repo / "reports" / "bench.csv").read_text()
-    assert "regroup_channel" in bench and "slim" in bench and "csr" in bench
+    assert "regroup_channel" in bench and "slim" in bench and "csr" in bench and "onnxruntime" in bench
     assert (repo / "reports" / "report.md").read_text().startswith("# structlth report")
 
 
-def test_editing_one_ticket_section_invalidates_only_its_tickets(pristine):
-    _edit(pristine, lambda r: r["tickets"]["regroup"].update(seed=1))
-    assert _changed(pristine) == {"ticket@regroup-round1", "ticket@regroup-round2", "bench", "report"}
+def _ran(out: str) -> set[str]:
+    """Stages `dvc repro` ran, from its output."""
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+
+
+def test_editing_one_ticket_reruns_and_rebenches_only_that_ticket(repo, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    _edit(copy, lambda r: r["tickets"]["refill_plus"].update(refill_rate=0.5))
+    assert _changed(copy) == {"check_params", "ticket@refill_plus-round1", "ticket@refill_plus-round2", "report"}
+    ran = _ran(_run(["dvc", "repro"], copy))
+    assert {s for s in ran if s.startswith("bench")} == {"bench_ticket@refill_plus-round1", "bench_ticket@refill_plus-round2"}
+    assert ran == {"check_params", "ticket@refill_plus-round1", "ticket@refill_plus-round2", "bench_ticket@refill_plus-round1", "bench_ticket@refill_plus-round2", "report"}
+
+
+def test_importing_the_library_with_bytecode_on_leaves_dvc_status_clean(repo):
+    env = {k: v for k, v in tool_env().items() if k != "PYTHONDONTWRITEBYTECODE"}
+    code = "import structlth.pipeline, structlth.speedup.bench, structlth.models, structlth.report"
+    subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True)  # cwd first on sys.path: the repo's copy
+    assert any((repo / "structlth" / "speedup" / "__pycache__").iterdir())
+    assert _changed(repo) == set()
 
 
 def test_appending_a_round_adds_stages_and_recomputes_nothing_earlier(pristine):
@@ -134,12 +149,12 @@ def test_appending_a_round_adds_stages_and_recomputes_nothing_earlier(pristine):
 
 def test_editing_the_rate_invalidates_the_imp_chain(pristine):
     _edit(pristine, lambda r: r["prune"].update(rate=0.3))
-    assert _changed(pristine) == {"imp@round1", "imp@round2"}  # the rest follows from their outs
+    assert _changed(pristine) == {"check_params", "imp@round1", "imp@round2"}  # the rest follows from their outs
 
 
-def test_runtime_section_invalidates_nothing(pristine):
+def test_runtime_section_invalidates_nothing_but_the_params_check(pristine):
     _edit(pristine, lambda r: r["runtime"].update(threads=1, device="cpu"))
-    assert _changed(pristine) == set()
+    assert _changed(pristine) == {"check_params"}  # seconds; its unchanged output reruns nothing else
 
 
 def test_rerun_of_a_round_gives_byte_identical_masks(repo):
@@ -178,26 +193,61 @@ def test_pull_into_a_fresh_clone_recomputes_nothing(published, tmp_path):
     assert (clone / mask).read_bytes() == (repo / mask).read_bytes()
 
 
-def test_corrupted_remote_object_is_detected_on_pull(published, tmp_path):
-    repo, remote = published
-    bad_remote = tmp_path / "remote"
-    shutil.copytree(remote, bad_remote)
+def _corrupt_remote_object(repo: Path, remote: Path, into: Path, target: str) -> str:
+    """A copy of the remote at `into` with target's object corrupted the way it sits in a remote
+    (read-only: DVC trusts read-only objects); returns the object's MD5."""
+    shutil.copytree(remote, into)
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    target = "artifacts/imp/round1/mask.safetensors"
     md5 = next(o["md5"] for s in lock["stages"].values() for o in s.get("outs", []) if o["path"] == target)
-    obj = bad_remote / "files" / "md5" / md5[:2] / md5[2:]
-    obj.chmod(0o644)
+    obj = into / "files" / "md5" / md5[:2] / md5[2:]
+    mode = obj.stat().st_mode
+    obj.chmod(mode | 0o200)
     obj.write_bytes(obj.read_bytes()[:-1] + b"\x00")  # one flipped byte, same size
+    obj.chmod(mode)
+    return md5
 
-    clone = tmp_path / "clone"
+
+def test_corrupted_remote_object_never_passes_unnoticed(published, tmp_path):
+    repo, remote = published
+    target = "artifacts/imp/round1/mask.safetensors"
+    bad_remote = tmp_path / "remote"
+    md5 = _corrupt_remote_object(repo, remote, bad_remote, target)
+    assert not (bad_remote / "files" / "md5" / md5[:2] / md5[2:]).stat().st_mode & 0o222  # read-only, as pushed
+
+    clone = tmp_path / "clone"  # as the README sets a remote up: verify = true
     _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     _run(["dvc", "remote", "modify", "--local", "shared", "url", str(bad_remote)], clone)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(["dvc", "pull"], cwd=clone, capture_output=True, text=True, env=env)
+    _run(["dvc", "remote", "modify", "--local", "shared", "verify", "true"], clone)
+    proc = subprocess.run(["dvc", "pull"], cwd=clone, capture_output=True, text=True, env=tool_env())
     assert proc.returncode != 0
-    assert md5 in proc.stdout + proc.stderr, proc.stderr  # named as missing: its hash did not match
     assert not (clone / target).exists(), "the corrupt object reached the workspace"
     assert (clone / "artifacts/imp/round2/mask.safetensors").exists()  # the intact rest arrived
+
+    trusting = tmp_path / "trusting"  # without verify DVC places it; structlth verify names it
+    _run(["git", "clone", "-q", str(repo), str(trusting)], tmp_path)
+    _run(["dvc", "remote", "modify", "--local", "shared", "url", str(bad_remote)], trusting)
+    subprocess.run(["dvc", "pull", "-q"], cwd=trusting, capture_output=True, env=tool_env())
+    proc = subprocess.run(["structlth", "verify"], cwd=trusting, capture_output=True, text=True, env=tool_env())
+    assert proc.returncode == 1 and f"{target}: content differs from dvc.lock" in proc.stderr, proc.stderr + proc.stdout
+    assert proc.stderr.count("\n") == 1  # only the corrupt file
+
+
+def test_a_rejected_params_edit_deletes_no_output(repo, tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    kept = ["artifacts/pretrain/metrics.json", "artifacts/pretrain/curve.json", "reports/headline.json", "reports/masks.png"]
+    before = {f: (copy / f).read_bytes() for f in kept}
+    for edit, message in [
+        (lambda r: r["train"].update(epochs=0), "train.epochs"),
+        (lambda r: r["report"].update(mask_layer="features.99.weight"), "report.mask_layer: 'features.99.weight' is not a prunable layer"),
+    ]:
+        pristine = (copy / "params.yaml").read_text()
+        _edit(copy, edit)
+        proc = subprocess.run(["dvc", "repro"], cwd=copy, capture_output=True, text=True, env=tool_env())
+        assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+        assert {f: (copy / f).read_bytes() for f in kept} == before
+        (copy / "params.yaml").write_text(pristine)
+    assert _ran(_run(["dvc", "repro"], copy)) == {"check_params"}  # a good params file again: nothing else to redo
 
 
 def test_queued_experiments_run_in_parallel_and_show_their_metrics(published):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _cmd(data_dir: Path, out: str, checkpoint: str | None) -> list[str]:
@@ -54,3 +54,30 @@ def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_pat
     assert clean.returncode == 0, clean.stderr
     for name in ("weights.safetensors", "rewind.safetensors", "mask.safetensors", "metrics.json"):
         assert (tmp_path / "artifacts" / "pretrain" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_a_stage_process_dies_with_its_parent():
+    """Killing dvc (here: a parent process) with SIGKILL must not leave the stage training on."""
+    stage = "from structlth.errors import user_errors\nimport time\nwith user_errors():\n    time.sleep(120)\n"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys, time\np = subprocess.Popen([sys.executable, '-c', {stage!r}])\nprint(p.pid, flush=True)\ntime.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    child = int(parent.stdout.readline())
+    time.sleep(3)  # the child is inside user_errors
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(child):
+        time.sleep(0.2)
+    assert not _running(child), "the stage process outlived its parent"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child nobody has reaped yet)."""
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:"))
+    except (FileNotFoundError, StopIteration):
+        return False
+    return "Z" not in state.split()[1]
