@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -141,6 +142,7 @@ def train(
     if progress is None:
         progress = sys.stderr.isatty()
     steps = max(len(ds.train) // (batch_size * world), 1)
+    began = time.perf_counter()
     for epoch in range(start, epochs):
         bar = _progress(progress and rank == 0, steps, f"epoch {epoch + 1}/{epochs}")
         net.train()
@@ -185,13 +187,20 @@ def train(
         if rank == 0:
             if checkpoint is not None and epoch + 1 < epochs:
                 _save_checkpoint(checkpoint, identity, epoch + 1, model, opt, result)
+            per_epoch = (time.perf_counter() - began) / (epoch + 1 - start)
             log(
                 f"epoch {epoch + 1}/{epochs} loss {row['train_loss']:.4f} train {row['train_acc']:.4f}"
                 f" val {val_acc:.4f} (best {result.val_acc:.4f} @ {result.best_epoch},"
-                f" test {result.test_acc:.4f})"
+                f" test {result.test_acc:.4f}) {per_epoch:.1f} s/epoch, {_duration(per_epoch * (epochs - epoch - 1))} left"
             )
     model.to(memory_format=torch.contiguous_format)
     return result
+
+
+def _duration(seconds: float) -> str:
+    """'1h02m', '3m05s' or '12s'."""
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _save_checkpoint(path: Path, identity: str, epoch: int, model: nn.Module, opt, result: TrainResult) -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from structlth.artifacts import load_tensors, read_json
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from structlth.config import parse_params
 from structlth.models import build_model
 from structlth.presets import DATASET_SHAPES, PRESETS
 
-from conftest import ROOT
+from helpers import ROOT
 
 # name: (weight decay, batch size, epochs, milestones, stem 3x3), from the paper's Table 1 and text;
 # Tiny-ImageNet / ImageNet batch sizes are ours (not in the transcription), marked None.

@@ -8,6 +8,8 @@ import torch
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, refill, refill_count, regroup
 from structlth.pruning.regroup import choose_columns, units
 
+from helpers import is_block_mask
+
 
 def _weights(seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -87,22 +89,13 @@ def test_refill_plus_adds_the_extra_share():
     assert refill_count(mask, 0.5) == 7  # 4 + 6 * 0.5
 
 
-def _is_union_of_dense_row_groups(out: torch.Tensor, min_rows: int) -> bool:
-    rows = out.flatten(1)
-    patterns = {}
-    for r in range(rows.shape[0]):
-        if rows[r].any():
-            patterns.setdefault(tuple(rows[r].tolist()), []).append(r)
-    return all(len(v) >= min_rows for v in patterns.values())
-
-
 def test_regroup_output_is_union_of_dense_blocks_inside_live_rows():
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(64, 16, 3, 3, generator=g) < 0.3
     out = regroup(mask, parts=4, min_rows=8, t2=0.3, b2=4)
     assert out.shape == mask.shape and out.dtype == torch.bool
     assert not torch.equal(out, mask)
-    assert _is_union_of_dense_row_groups(out, 8)
+    assert is_block_mask(out, 8)
     assert not (out.flatten(1).any(1) & ~mask.flatten(1).any(1)).any(), "an empty row got a block"
 
 
@@ -114,7 +107,7 @@ def test_regroup_channel_granularity_blocks_cover_whole_kernels():
     out = regroup(mask, parts=2, min_rows=8, t2=0.5, b2=2, granularity="channel")
     per_channel = out.flatten(2)
     assert ((per_channel.all(2)) | (~per_channel.any(2))).all(), "a block cut through a kernel"
-    assert _is_union_of_dense_row_groups(out, 8)
+    assert is_block_mask(out, 8)
     assert torch.equal(out[:16].flatten(2).all(2).any(0), torch.arange(16) < 6)
     assert torch.equal(out[16:].flatten(2).all(2).any(0), torch.arange(16) >= 10)
 
@@ -162,7 +155,7 @@ def test_budget_regroup_keeps_density_and_is_block_structured():
     mask = torch.rand(64, 16, 3, 3, generator=g) < 0.4
     for granularity in ("column", "channel"):
         out = regroup(mask, parts=4, min_rows=8, column_rule="budget", granularity=granularity)
-        assert _is_union_of_dense_row_groups(out, 8)
+        assert is_block_mask(out, 8)
         unit = 1 if granularity == "column" else 9
         assert 0 <= int(out.sum()) - int(mask.sum()) <= 4 * 16 * unit  # at most one unit per row more
 

@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+from structlth.artifacts import load_tensors, save_tensors
 from structlth.config import BenchParams
 from structlth.errors import ArtifactError, VerificationError
 from structlth.export import export_slim, load_slim
 from structlth.masks import ones_masks
-from structlth.models import build_model
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
 from structlth.speedup.bench import bench_ticket
-from structlth.speedup.choice import fast_models
 from structlth.speedup.engines import CsrConv, GroupedConv, SubConv, masked_reference, row_groups, swap_convs
 from structlth.speedup.layout import fold_bn, fold_layouts
 from structlth.speedup.timing import verify
 from structlth.speedup.slim import slim_model
 
-
-def _randomised(arch: str, width: float, in_ch: int = 3) -> nn.Module:
-    torch.manual_seed(0)
-    m = build_model(arch, 10, in_ch, width).eval()
-    for mod in m.modules():  # non-trivial BN so dead-channel handling matters
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.running_mean.uniform_(-1, 1)
-            mod.running_var.uniform_(0.5, 2)
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.5, 0.5)
-    return m
+from helpers import randomised_model
 
 
 @pytest.mark.parametrize("arch, width", [("resnet20", 0.5), ("vgg16", 0.125), ("mobilenet_v1", 0.125), ("resnet18", 1.0)])
 def test_slim_model_equals_masked_model_and_is_smaller(arch, width):
-    m = _randomised(arch, width)
+    m = randomised_model(arch, width)
     w = dict(m.named_parameters())
     masks = ones_masks(m)
     for _ in range(2):
@@ -83,7 +74,7 @@ def test_grouped_conv_is_one_padded_grouped_conv():
 
 def _vgg_blocks(width: float = 0.25):
     """A randomised VGG-16 whose masks are whole-channel blocks: 2 blocks per layer."""
-    m = _randomised("vgg16", width)
+    m = randomised_model("vgg16", width)
     masks = {}
     for n, v in ones_masks(m).items():
         rows, cols = v.shape[:2]
@@ -109,7 +100,7 @@ def test_fold_layouts_hands_block_order_on_and_equals_the_masked_model():
 
 
 def test_fold_bn_equals_the_unfolded_model_and_removes_every_bn():
-    m = _randomised("resnet20", 0.5, in_ch=1)
+    m = randomised_model("resnet20", 0.5, in_ch=1)
     folded = fold_bn(m)
     assert not any(isinstance(mod, nn.BatchNorm2d) for mod in folded.modules())
     x = torch.randn(3, 1, 28, 28)
@@ -124,7 +115,7 @@ PRESET_ARCHS = sorted({"resnet20", "wrn32_2", "vgg16", "mobilenet_v1", "resnet18
 @pytest.mark.parametrize("kind", ["imp", "imp_channel", "regroup"])
 def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
     """Depthwise and grouped convs take the dense or slim path; every engine is verified."""
-    m = _randomised(arch, 1.0 if arch.startswith("resnet") and arch != "resnet20" else 0.25)
+    m = randomised_model(arch, 1.0 if arch.startswith("resnet") and arch != "resnet20" else 0.25)
     w = dict(m.named_parameters())
     masks = magnitude_prune(w, ones_masks(m), 0.6)
     if kind == "imp_channel":
@@ -132,7 +123,7 @@ def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
     if kind == "regroup":
         masks = {n: regroup(v, parts=parts_for(v.shape[0], 8), min_rows=4, t2=0.3, b2=2, granularity="channel") for n, v in masks.items()}
     metrics = {"flops": 1, "flops_dense": 2, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
-    rows, _ = bench_ticket(kind, kind, m, masks, metrics, torch.randn(2, 3, 32, 32), BenchParams(batch_sizes=[2], repeats=1, warmup=0, atol=1e-4), layers=False)
+    rows, _ = bench_ticket(kind, kind, m, masks, metrics, torch.randn(2, 3, 32, 32), BenchParams(batch_sizes=[2], repeats=1, warmup=0, atol=1e-4, onnxruntime=False), layers=False)
     assert {r["engine"] for r in rows} == {"imp": {"masked_dense", "csr"}, "imp_channel": {"slim"}, "regroup": {"slim+blocks"}}[kind]
 
 
@@ -151,24 +142,43 @@ def test_verify_rejects_a_wrong_fast_path():
         verify(ref, wrong, torch.randn(5, 4), 1e-3, "test")
 
 
-@pytest.mark.parametrize("kind", ["imp", "imp_channel", "regroup"])
-def test_bench_ticket_rows_are_verified(kind):
-    m = _randomised("resnet20", 0.25, in_ch=1)
+def _bench_case(kind: str):
+    m = randomised_model("resnet20", 0.25, in_ch=1)
     w = dict(m.named_parameters())
     masks = magnitude_prune(w, ones_masks(m), 0.5)
     if kind == "imp_channel":
         masks = channel_prune(w, ones_masks(m), 0.5)
     if kind == "regroup":
         masks = {n: regroup(v, parts=parts_for(v.shape[0], 4), min_rows=2, t2=0.3, b2=2) for n, v in masks.items()}
-    metrics = {"flops": 1, "flops_dense": 2, "params_kept": 10, "sparsity": 0.5, "test_acc": 0.9}
+    metrics = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.5, "test_acc": 0.9}
+    return m, masks, metrics
+
+
+@pytest.mark.parametrize("kind", ["imp", "imp_channel", "regroup"])
+def test_bench_ticket_rows_are_verified(kind):
+    m, masks, metrics = _bench_case(kind)
     rows, layers = bench_ticket(kind, kind, m, masks, metrics, torch.randn(4, 1, 28, 28), BenchParams(batch_sizes=[1, 4], repeats=1, warmup=0), layers=True)
-    assert {r["batch"] for r in rows} == {1, 4}
-    assert all(r["max_abs_err"] <= 1e-3 for r in rows)
-    assert layers and all(r["t_dense_ms"] > 0 for r in layers)
+    engines = {"imp": {"masked_dense", "csr"}, "imp_channel": {"slim"}, "regroup": {"slim+blocks"}}[kind]
+    for b in (1, 4):
+        assert {r["engine"] for r in rows if r["batch"] == b and r["runtime"] == "torch"} == engines
+        assert {r["engine"] for r in rows if r["batch"] == b and r["runtime"] == "onnxruntime"} == engines - {"csr"}
+    assert all(r["flops_saving"] == 0.75 for r in rows)  # 1 - flops / flops_dense
+    assert {r["layer"] for r in layers} >= {"conv1", "layers.0.conv1"} and {r["batch"] for r in layers} == {4}
+
+
+@pytest.mark.parametrize("runtime", [True, False])
+def test_bench_ticket_refuses_a_fast_model_that_computes_something_else(monkeypatch, runtime):
+    m, masks, metrics = _bench_case("imp_channel")
+    broken = copy.deepcopy(m)
+    broken.fc.bias.data += 1.0  # every logit off by one
+
+    monkeypatch.setattr("structlth.speedup.bench.fast_models", lambda *a: {"slim": broken})
+    with pytest.raises(VerificationError, match=r"imp_channel slim \(torch\): fast path differs"):
+        bench_ticket("imp_channel", "imp_channel", m, masks, metrics, torch.randn(4, 1, 28, 28), BenchParams(batch_sizes=[4], repeats=1, warmup=0, onnxruntime=runtime), layers=False)
 
 
 def test_export_round_trip_reproduces_outputs(tmp_path):
-    m = _randomised("resnet20", 0.5, in_ch=1)
+    m = randomised_model("resnet20", 0.5, in_ch=1)
     masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.5)
     arch = {"arch": "resnet20", "width": 0.5, "in_channels": 1, "num_classes": 10, "small_input_stem": True, "mean": [0.3], "std": [0.3]}
     slim = export_slim(m, masks, arch, tmp_path)
@@ -177,17 +187,30 @@ def test_export_round_trip_reproduces_outputs(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), slim(x))
         assert torch.allclose(loaded(x), masked_reference(m, masks, 1)(x), atol=1e-5)
+    assert torch.allclose(loaded.normalize(torch.full((1, 1, 2, 2), 0.6)), torch.ones(1, 1, 2, 2))
+
+
+def test_a_loaded_slim_model_prints_its_input_and_channels_not_fx_code(tmp_path):
+    m = randomised_model("resnet20", 0.5, in_ch=1)
+    masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.5)
+    arch = {"arch": "resnet20", "width": 0.5, "in_channels": 1, "num_classes": 10, "small_input_stem": True, "mean": [0.3], "std": [0.3]}
+    export_slim(m, masks, arch, tmp_path)
+    text = repr(load_slim(tmp_path))
+    assert "def forward" not in text and len(text.splitlines()) < 40
+    assert "mean [0.3]) / std [0.3]" in text
+    assert text.splitlines()[3] == "    conv1: 8 / 8"  # model order; the stem keeps its channels
+    assert "    layers.7.conv1: 16 / 32" in text  # half of 32 kept (counts padded to multiples of 8)
 
 
 def test_export_refuses_unstructured_tickets(tmp_path):
-    m = _randomised("resnet20", 0.25, in_ch=1)
+    m = randomised_model("resnet20", 0.25, in_ch=1)
     masks = magnitude_prune(dict(m.named_parameters()), ones_masks(m), 0.5)
     with pytest.raises(ArtifactError, match="not channel-wise"):
         export_slim(m, masks, {"in_channels": 1}, tmp_path)
 
 
 def test_slim_pads_channel_counts_with_dead_channels_and_stays_exact():
-    m = _randomised("vgg16", 0.25)
+    m = randomised_model("vgg16", 0.25)
     masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.4)
     plain, padded = slim_model(m, masks, 3), slim_model(m, masks, 3, align=8)
     widths = [mod.out_channels for mod in padded.modules() if isinstance(mod, nn.Conv2d)]
@@ -197,3 +220,15 @@ def test_slim_pads_channel_counts_with_dead_channels_and_stays_exact():
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(padded(x), masked_reference(m, masks, 3)(x), atol=1e-5, rtol=1e-4)
+
+
+def test_load_slim_refuses_non_finite_weights(tmp_path):
+    m = randomised_model("resnet20", 0.5, in_ch=1)
+    masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.5)
+    arch = {"arch": "resnet20", "width": 0.5, "in_channels": 1, "num_classes": 10, "small_input_stem": True, "mean": [0.3], "std": [0.3]}
+    export_slim(m, masks, arch, tmp_path)
+    state, meta = load_tensors(tmp_path / "model.safetensors")
+    state["fc.weight"][0, 0] = float("nan")
+    save_tensors(tmp_path / "model.safetensors", state, meta)
+    with pytest.raises(ArtifactError, match=r"model.safetensors: fc.weight is not finite float32"):
+        load_slim(tmp_path)
