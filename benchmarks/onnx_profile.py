@@ -1,6 +1,7 @@
 """Where ONNX Runtime spends the time of the default run's tickets: its own profiler, per
 operator type and per conv node, for the dense net and each ticket of the last ticket round
-(batch 64, bench.threads intra-op threads, the same exported graphs the bench times).
+(batch 64, bench.threads intra-op threads, the same exported graphs the bench times), for the
+dense net, the last imp_channel round and every ticket.
 
 Reads the workspace's params.yaml and artifacts (run `make repro` or `dvc pull` first).
 Per-layer ONNX Runtime rows in bench_layers.csv export each conv on its own, so they include
@@ -34,6 +35,7 @@ def profile(data: bytes, x: torch.Tensor, threads: int, runs: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OrtModel
         opts.enable_profiling, opts.profile_file_prefix = True, os.path.join(d, "p")
         s = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         feed = {"input": x.contiguous().numpy()}
@@ -60,14 +62,14 @@ def run(runs: int = 30) -> dict:
     dense = ctx.model()
     dense.load_state_dict(load_round(ctx, Path("artifacts/imp/round0"), dense)[0])
     out = {"batch": len(x), "threads": params.bench.threads, "models": {"dense": profile(to_onnx(fold_bn(dense.eval()), x), x, params.bench.threads, runs)}}
-    last = params.rounds_of(next(iter(params.tickets), "imp"))[-1]
-    for method in ["imp_channel", *params.tickets]:
+    runs_of = [("imp_channel", params.round_ids()[-1])] + [(m, r) for m in params.tickets for r in params.rounds_of(m)]
+    for method, rnd in runs_of:
         model = ctx.model()
-        state, masks = load_round(ctx, Path("artifacts") / method / last, model)
+        state, masks = load_round(ctx, Path("artifacts") / method / rnd, model)
         model.load_state_dict(state)
         kind = ticket_kind(method, params)
         [(engine, fast)] = fast_models(kind, model.eval(), masks, ds.in_channels, x, 5, 1).items()
-        out["models"][f"{method}/{last} ({engine})"] = profile(to_onnx(fast, x), x, params.bench.threads, runs)
+        out["models"][f"{method}/{rnd} ({engine})"] = profile(to_onnx(fast, x), x, params.bench.threads, runs)
     d = out["models"]["dense"]["total_ms"]
     out["summary"] = {name: {"total_ms": round(m["total_ms"], 2), "saving": round(1 - m["total_ms"] / d, 3), "top_ops_ms": {k: round(v, 2) for k, v in list(m["by_op_ms"].items())[:5]}} for name, m in out["models"].items()}
     return out

@@ -14,7 +14,7 @@ from structlth.models import build_model
 from structlth.pruning import magnitude_prune
 from structlth.train import train
 
-from tests.conftest import synthetic_dataset
+from tests.helpers import synthetic_dataset
 
 
 def _plain_loop(model, ds, hp, aug, batch) -> None:

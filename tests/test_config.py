@@ -115,7 +115,7 @@ def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path, raw_params):
     ],
 )
 def test_prepare_with_unusable_data_params_exits_2_and_writes_nothing(tmp_path, raw_params, edit, hint):
-    raw_params["data"]["root"] = str(ROOT / "data" / "raw")
+    raw_params["data"]["root"] = str(tmp_path / "raw")
     edit(raw_params)
     _prepare_fails_cleanly(tmp_path, raw_params, hint)
 

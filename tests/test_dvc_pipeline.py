@@ -37,7 +37,7 @@ def _new_repo(d: Path, raw: dict) -> Path:
     for item in ("dvc.yaml", "stages", "structlth", ".gitignore", ".dvcignore"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, d / item)
-    raw["data"]["root"] = str(ROOT / "data" / "raw")
+    raw["data"]["root"] = str(d / "data" / "raw")  # unpacked inside the temporary repo, not the source tree
     (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     _run(["git", "init", "-q"], d)
     _run(["dvc", "init", "-q"], d)

@@ -81,3 +81,27 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, StopIteration):
         return False
     return "Z" not in state.split()[1]
+
+
+def test_a_kill_inside_the_staging_folder_is_cleaned_by_the_next_run(tmp_path):
+    """SIGKILL while outputs are half written: nothing at the output path, and the next run
+    clears the staging folder and writes whole outputs."""
+    out = tmp_path / "artifacts" / "round1"
+    killed = (
+        "import os, signal\nfrom structlth.artifacts import staged_dir, write_json\n"
+        f"with staged_dir({str(out)!r}) as d:\n"
+        "    write_json(d / 'metrics.json', {'half': True})\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", killed], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    staging = out.parent / ".round1.staging"
+    assert not out.exists() and (staging / "metrics.json").is_file()  # killed mid-write
+
+    from structlth.artifacts import read_json, staged_dir, write_json
+
+    with staged_dir(out) as d:
+        write_json(d / "metrics.json", {"whole": True})
+        write_json(d / "layers.json", [])
+    assert not staging.exists()
+    assert read_json(out / "metrics.json") == {"whole": True} and sorted(p.name for p in out.iterdir()) == ["layers.json", "metrics.json"]

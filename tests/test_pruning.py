@@ -265,3 +265,60 @@ def test_is_channel_wise_allows_dead_input_columns_but_not_partial_rows():
     m[2, 0, 0, 0] = False
     assert not is_channel_wise(m)
     assert is_channel_wise(torch.zeros(3, 2, dtype=torch.bool))
+
+
+def test_weight_scores_by_hand():
+    from structlth.pruning.refill import weight_scores
+
+    w = {"w": torch.tensor([[1.0, -2.0], [3.0, 0.5], [-4.0, 1.0]])}
+    m = {"w": torch.tensor([[True, True], [False, True], [True, False]])}
+    assert weight_scores("magnitude", w, m)["w"].tolist() == [3.0, 0.5, 4.0]  # L1 of survivors
+    assert weight_scores("remain", w, m)["w"].tolist() == [2.0, 1.0, 1.0]  # how many survive
+
+
+def _one_conv_net() -> torch.nn.Module:
+    """conv 1 -> 2 (1x1, weights 2 and -1, no bias) -> flatten -> linear 8 -> 2 (fixed weights)."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1, bias=False), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([2.0, -1.0]).view(2, 1, 1, 1))
+        net[2].weight.copy_(torch.arange(16.0).view(2, 8) / 10)
+        net[2].bias.zero_()
+    return net
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2", "saliency"])
+def test_activation_scores_by_hand_leave_no_hook_and_restore_the_mode(criterion):
+    from structlth.pruning.refill import activation_scores
+
+    net = _one_conv_net().train()
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    y = torch.tensor([1])
+    a = torch.cat([2 * x, -x], 1)  # the conv's output [1, 2, 2, 2]
+    if criterion == "l1":
+        want = [20.0, 10.0]  # sum |a|
+    elif criterion == "l2":
+        want = [2 * 30**0.5, 30**0.5]  # sqrt(sum a^2)
+    else:  # sum |a * dL/da| with dL/da = W_fc^T (softmax(z) - onehot(y)), reshaped like a
+        z = net[2](a.flatten(1))
+        g = (torch.softmax(z, 1) - torch.nn.functional.one_hot(y, 2)) @ net[2].weight
+        want = (a * g.view_as(a)).abs().sum((0, 2, 3)).tolist()
+    got = activation_scores(criterion, net, ["0.weight"], [(x, y)])["0.weight"]
+    assert got.tolist() == pytest.approx(want, rel=1e-5)
+    assert not net[0]._forward_hooks and net.training  # hooks removed, training mode back
+
+
+def test_channel_prune_keeps_at_least_one_channel_per_layer():
+    w = {"w": torch.tensor([[1.0, 1.0], [5.0, 5.0], [0.1, 0.1]]).view(3, 2, 1, 1)}
+    m = {"w": torch.ones(3, 2, 1, 1, dtype=torch.bool)}
+    m["w"][2] = False  # already dead
+    out = channel_prune(w, m, 0.9)["w"]  # round(0.9 * 2 alive) = 2 would leave none
+    assert out.flatten(1).all(1).tolist() == [False, True, False]  # the strongest survives
+
+
+def test_regroup_falls_back_to_the_mask_without_edges_and_clamps_parts():
+    from structlth.pruning.regroup import partition_rows
+
+    diagonal = torch.eye(6).bool().view(6, 6, 1, 1)  # no column is shared: no hyperedge
+    assert partition_rows(diagonal.flatten(1).float(), 3).tolist() == [0, 0, 1, 1, 2, 2]  # balanced, zero cut
+    assert partition_rows(torch.ones(3, 4), parts=10).max() <= 2  # more parts than rows: one row each at most
+    assert torch.equal(regroup(diagonal, parts=2, min_rows=4, t2=0.5, b2=1), diagonal)  # no block: the mask itself

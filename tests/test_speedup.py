@@ -232,3 +232,25 @@ def test_load_slim_refuses_non_finite_weights(tmp_path):
     save_tensors(tmp_path / "model.safetensors", state, meta)
     with pytest.raises(ArtifactError, match=r"model.safetensors: fc.weight is not finite float32"):
         load_slim(tmp_path)
+
+
+@pytest.mark.parametrize("engine", [GroupedConv, SubConv, CsrConv])
+def test_engines_put_interleaved_blocks_back_in_channel_order(engine):
+    torch.manual_seed(1)
+    conv = nn.Conv2d(8, 6, 3, padding=1, bias=True)
+    mask = torch.zeros(6, 8, 3, 3, dtype=torch.bool)
+    mask[0::2, :4] = True  # rows 0, 2, 4: one block on channels 0-3
+    mask[1::2, 4:] = True  # rows 1, 3, 5: another on channels 4-7 (every row live, interleaved)
+    x = torch.randn(2, 8, 5, 5)
+    ref = masked_reference(nn.Sequential(conv), {"0.weight": mask}, 8)
+    with torch.no_grad():
+        assert torch.allclose(engine(conv, mask)(x), ref(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", [SubConv, CsrConv])
+def test_engines_of_a_dead_layer_output_its_bias_only(engine):
+    conv = nn.Conv2d(4, 3, 3, stride=2, padding=1, bias=True)
+    out = engine(conv, torch.zeros(3, 4, 3, 3, dtype=torch.bool))(torch.randn(2, 4, 7, 7))
+    assert out.shape == (2, 3, 4, 4)
+    expect = conv.bias.detach().view(1, 3, 1, 1).expand_as(out) if engine is CsrConv else torch.zeros_like(out)
+    assert torch.allclose(out, expect)

@@ -152,3 +152,36 @@ def test_checkpoint_identity_covers_the_library_code(monkeypatch, params):
         monkeypatch.setattr(pipeline, "code_digest", lambda digest=digest: digest)
         pipeline._train(ctx, model, ones_masks(model), start_epoch=0, rewind_epoch=None, checkpoint=None, identity="params")
     assert seen == ["paramscode-a", "paramscode-b"]
+
+
+def test_resume_before_the_rewind_epoch_keeps_the_same_rewind_point(tmp_path):
+    ds = synthetic_dataset()
+    hp = HP.model_copy(update={"epochs": 3, "rewind_epoch": 2})
+    ref = _model()
+    masks = training_masks(ref, ones_masks(ref), 1)
+    full = train(ref, ds, hp, AUG, 32, masks, epochs=3, rewind_epoch=2, log=lambda s: None)
+    ckpt = tmp_path / "ckpt.safetensors"
+    try:  # killed after epoch 1, before the rewind point (epoch 2) exists
+        train(_model(), ds, hp, AUG, 32, masks, epochs=3, rewind_epoch=2, checkpoint=ckpt, identity="x", log=_kill_after_first_epoch)
+    except Killed:
+        pass
+    resumed = train(_model(), ds, hp, AUG, 32, masks, epochs=3, rewind_epoch=2, checkpoint=ckpt, identity="x", log=lambda s: None)
+    assert resumed.rewind_state is not None
+    assert all(torch.equal(v, resumed.rewind_state[k]) for k, v in full.rewind_state.items())
+
+
+def test_a_truncated_checkpoint_restarts_as_a_fresh_run(tmp_path):
+    ds = synthetic_dataset()
+    m = _model()
+    masks = training_masks(m, ones_masks(m), 1)
+    ckpt = tmp_path / "ckpt.safetensors"
+    try:
+        train(m, ds, HP, AUG, 32, masks, epochs=2, checkpoint=ckpt, identity="x", log=_kill_after_first_epoch)
+    except Killed:
+        pass
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # a half-written file
+    logs, restarted, fresh = [], _model(), _model()
+    train(restarted, ds, HP, AUG, 32, masks, epochs=2, checkpoint=ckpt, identity="x", log=logs.append)
+    assert [line.split()[1] for line in logs] == ["1/2", "2/2"]
+    train(fresh, ds, HP, AUG, 32, masks, epochs=2, log=lambda s: None)
+    assert all(torch.equal(v, state_of(restarted)[k]) for k, v in state_of(fresh).items())
