@@ -55,10 +55,13 @@ def test_ranks_take_disjoint_shares_of_the_single_process_epoch(tree):
     ds = build_dataset(_data_params(tree))
     ds = ds.__class__(ds.train, ds.val, ds.test, ds.classes, [0.0], [1 / 255])  # normalised value = pixel value
     aug = Augment(crop_padding=0, hflip=False)
-    ids = lambda batches: [int(round(float(x[j, 0, 0, 0]))) // 5 for x, _ in batches for j in range(len(x))]  # noqa: E731
-    single = ids(train_batches(ds.train, ds, 6, aug, seed=3))
-    ranks = [ids(train_batches(ds.train, ds, 3, aug, seed=3, rank=r, world=2)) for r in (0, 1)]
-    assert not set(ranks[0]) & set(ranks[1])
-    assert sorted(ranks[0] + ranks[1]) == sorted(single)
+    batches = lambda it: [[int(round(float(v))) // 5 for v in x[:, 0, 0, 0]] for x, _ in it]  # noqa: E731
+    ids = lambda it: [i for b in batches(it) for i in b]  # noqa: E731
+    single = batches(train_batches(ds.train, ds, 6, aug, seed=3))
+    ranks = [batches(train_batches(ds.train, ds, 3, aug, seed=3, rank=r, world=2)) for r in (0, 1)]
+    for step, (a, b) in enumerate(zip(*ranks)):  # each step's global batch is the single-process batch
+        assert not set(a) & set(b) and sorted(a + b) == sorted(single[step]), step
+    assert len(ranks[0]) == len(ranks[1]) == len(single)
+    single = [i for b in single for i in b]
     assert ids(train_batches(ds.train, ds, 6, aug, seed=3)) == single  # the seed fixes the order
     assert ids(train_batches(ds.train, ds, 6, aug, seed=4)) != single

@@ -33,7 +33,7 @@ def _masks() -> dict[str, torch.Tensor]:
     m1[:2] = True  # conv1: output channels 2 and 3 are dead
     m2 = torch.zeros(2, 4, 1, 1, dtype=torch.bool)
     m2[0, 2:] = True  # conv2 row 0 survives but reads only the dead channels 2, 3
-    m2[1, :2] = True  # row 1 reads the live channels 0, 1
+    m2[1, :3] = True  # row 1 reads the live channels 0, 1 and the dead channel 2
     return {"0.weight": m1, "3.weight": m2}
 
 
@@ -43,15 +43,15 @@ def test_flops_count_only_weights_on_live_paths():
     per_layer = layer_effective_flops(_net(), _masks(), (1, 1, 4, 4))
     assert {n: d for n, (d, _) in per_layer.items()} == dense
     assert per_layer["0"][1] == 1152 * 18 // 36  # two live rows of nine weights
-    assert per_layer["3"][1] == 256 * 2 // 8  # row 0 reads dead inputs: only row 1's two weights
+    assert per_layer["3"][1] == 256 * 2 // 8  # row 0 reads dead inputs, row 1 one: only row 1's two live weights
     assert per_layer["8"][1] == 12 * 3 // 6  # the classifier's column for dead channel 0 is dead
     assert effective_flops(_net(), _masks(), (1, 1, 4, 4)) == (1420, 576 + 64 + 6)
 
 
 def test_mask_stats_by_hand():
     s = mask_stats(_net(), _masks(), (1, 1, 4, 4))
-    assert s["sparsity"] == 1 - (18 + 4) / (36 + 8)
-    assert s["params_total"] == 36 + 8 + 8 + 4 + 9 and s["params_kept"] == 65 - (36 - 18) - (8 - 4)
+    assert s["sparsity"] == 1 - (18 + 5) / (36 + 8)  # what the masks keep (drop_untrainable prunes further)
+    assert s["params_total"] == 36 + 8 + 8 + 4 + 9 and s["params_kept"] == 65 - (36 - 18) - (8 - 5)
     assert s["flops"] == 646 and s["flops_dense"] == 1420
 
 
