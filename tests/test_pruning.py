@@ -125,7 +125,6 @@ def test_regroup_is_deterministic_for_a_seed():
     a = regroup(mask, parts=4, min_rows=16, seed=7)
     b = regroup(mask, parts=4, min_rows=16, seed=7)
     assert torch.equal(a, b)
-    assert torch.equal(regroup(mask, parts=4, min_rows=16, seed=7, row_align=8), a)  # tiling only
 
 
 def _planted(holes=0.08, seed=0):
@@ -322,3 +321,18 @@ def test_regroup_falls_back_to_the_mask_without_edges_and_clamps_parts():
     assert partition_rows(diagonal.flatten(1).float(), 3).tolist() == [0, 0, 1, 1, 2, 2]  # balanced, zero cut
     assert partition_rows(torch.ones(3, 4), parts=10).max() <= 2  # more parts than rows: one row each at most
     assert torch.equal(regroup(diagonal, parts=2, min_rows=4, t2=0.5, b2=1), diagonal)  # no block: the mask itself
+
+
+def test_column_rules_choose_exactly_the_units_their_definition_names():
+    part = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 0, 1]], dtype=torch.float)  # unit counts 3, 3, 1, 1
+    assert choose_columns(part, column_rule="density", t2=0.5, b2=2).tolist() == [True, True, False, False]  # count >= 2
+    assert choose_columns(part, column_rule="density", t2=0.8, b2=1) is None  # no unit in 80% of the rows
+    assert choose_columns(part, column_rule="density", t2=0.5, b2=3) is None  # fewer than b2 units
+    assert choose_columns(part, column_rule="budget").tolist() == [True, True, False, False]  # ceil(8 / 4) = 2 best units
+
+
+def test_every_live_row_of_a_formed_part_is_in_its_block():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(64, 16, 3, 3, generator=g) < 0.3
+    out = regroup(mask, parts=4, min_rows=2, t2=0.3, b2=4)
+    assert torch.equal(out.flatten(1).any(1), mask.flatten(1).any(1))  # no live row dropped, no dead row revived

@@ -152,7 +152,6 @@ def regroup(
     *,
     parts: int = 8,
     min_rows: int = 16,
-    row_align: int = 32,
     t1: float = 1.5,
     seed: int = 0,
     column_rule: str = "density",
@@ -163,12 +162,7 @@ def regroup(
     imbalance: float = 0.1,
     channel_align: int = 1,
 ) -> torch.Tensor:
-    """Block-structured bool mask of `mask`'s shape ([C_out, ...], dim 0 = output channels).
-
-    row_align is part of the public signature: kernels may tile a block's rows by it (rows past
-    a multiple form a second block with the same columns), which leaves the mask unchanged.
-    """
-    del row_align
+    """Block-structured bool mask of `mask`'s shape ([C_out, ...], dim 0 = output channels)."""
     u = units(mask, granularity)
     live = torch.nonzero(u.sum(1) > 0).flatten()
     if len(live) < min_rows:
