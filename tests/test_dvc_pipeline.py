@@ -247,7 +247,8 @@ def test_a_rejected_params_edit_deletes_no_output(repo, tmp_path):
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
         assert {f: (copy / f).read_bytes() for f in kept} == before
         (copy / "params.yaml").write_text(pristine)
-    assert _ran(_run(["dvc", "repro"], copy)) == {"check_params"}  # a good params file again: nothing else to redo
+    # a good params file again: at most the check reruns (DVC may restore it from its run cache)
+    assert _ran(_run(["dvc", "repro"], copy)) <= {"check_params"} and _changed(copy) == set()
 
 
 def test_queued_experiments_run_in_parallel_and_show_their_metrics(published):
