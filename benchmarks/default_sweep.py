@@ -31,7 +31,7 @@ from structlth.train import state_of
 
 ROUNDS = 4
 BASE = {
-    "data": {"dataset": "fashion_mnist", "root": "data/raw", "download": False, "val_size": 1000, "train_subset": 12000,
+    "data": {"dataset": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist", "download": False, "val_size": 1000, "train_subset": 12000,
              "test_subset": 2000, "split_seed": 0, "batch_size": 64, "eval_batch_size": 1000,
              "augment": {"crop_padding": 0, "hflip": True}},
     "model": {"arch": "vgg16", "width": 0.25, "small_input_stem": True},
@@ -76,7 +76,7 @@ def _candidate(name: str, params, data_dir: Path, work: Path) -> dict:
     model.load_state_dict(load_state(ctx, work / "pretrain" / "weights.safetensors", model)[0])
     weights = dict(model.named_parameters())
     imp = magnitude_prune(weights, ones_masks(model), 1 - (1 - params.prune.rate) ** ROUNDS)
-    x = normalize(ctx.data.test.images[:64], ctx.data.mean, ctx.data.std)
+    x = normalize(ctx.data.test.head(64), ctx.data.mean, ctx.data.std)
     t0 = time.perf_counter()
     for name_, spec in params.tickets.items():
         masks = drop_untrainable(model, ticket_masks(ctx, spec, state_of(model), imp), ctx.data.in_channels)

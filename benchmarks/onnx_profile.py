@@ -58,7 +58,7 @@ def run(runs: int = 30) -> dict:
     torch.set_num_threads(params.bench.threads)
     ds = load_dataset("artifacts/data")
     ctx = Context(params, ds, torch.device("cpu"))
-    x = normalize(ds.test.images[: max(params.bench.batch_sizes)], ds.mean, ds.std)
+    x = normalize(ds.test.head(max(params.bench.batch_sizes)), ds.mean, ds.std)
     dense = ctx.model()
     dense.load_state_dict(load_round(ctx, Path("artifacts/imp/round0"), dense)[0])
     out = {"batch": len(x), "threads": params.bench.threads, "models": {"dense": profile(to_onnx(fold_bn(dense.eval()), x), x, params.bench.threads, runs)}}

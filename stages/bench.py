@@ -31,7 +31,7 @@ if __name__ == "__main__":
         torch.set_num_threads(params.bench.threads)
         ds = load_dataset(args.data)
         ctx = Context(params, ds, torch.device("cpu"))
-        x = normalize(ds.test.images[: max(params.bench.batch_sizes)], ds.mean, ds.std)
+        x = normalize(ds.test.head(max(params.bench.batch_sizes)), ds.mean, ds.std)
         d = Path(args.artifacts) / args.method / args.round
         metrics = read_json(d / "metrics.json")
         model = ctx.model()

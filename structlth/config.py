@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from structlth.errors import ParamsError
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "tiny_imagenet", "imagenet")
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "tiny_imagenet", "imagenet", "imagefolder")
+IMAGE_FOLDERS = ("tiny_imagenet", "imagenet", "imagefolder")  # trees of image files under data.root
 ARCHS = (
     "resnet20",
     "resnet32",
@@ -45,8 +46,15 @@ class Strict(BaseModel):
 
 
 class Augment(Strict):
-    crop_padding: int = Field(2, ge=0, le=32, description="random crop after zero padding")
+    crop_padding: int = Field(2, ge=0, le=32, description="random crop after padding with the mean")
     hflip: bool = True
+    random_resized_crop: bool = Field(False, description="ImageNet's RandomResizedCrop (streamed ImageFolder data only)")
+
+    @model_validator(mode="after")
+    def _one_crop(self) -> Augment:
+        if self.random_resized_crop and self.crop_padding:
+            raise ValueError("random_resized_crop and crop_padding are two crops: set crop_padding: 0")
+        return self
 
 
 class DataParams(Strict):
@@ -58,9 +66,25 @@ class DataParams(Strict):
     test_subset: int | None = Field(None, ge=1)
     split_seed: int = SEED
     image_size: int | None = Field(None, ge=8, description="ImageFolder datasets: resize side")
+    loader: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory: decode once into tensors; stream: read files every epoch; auto: stream ImageFolder trees"
+    )
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     augment: Augment = Augment()
+
+    @property
+    def streams(self) -> bool:
+        """Whether training reads image files every epoch instead of prepared tensors."""
+        return self.loader == "stream" or (self.loader == "auto" and self.dataset in IMAGE_FOLDERS)
+
+    @model_validator(mode="after")
+    def _loader_fits_the_dataset(self) -> DataParams:
+        if self.loader == "stream" and self.dataset not in IMAGE_FOLDERS:
+            raise ValueError(f"loader=stream reads image files: {self.dataset} has none; use auto or memory")
+        if self.augment.random_resized_crop and not self.streams:
+            raise ValueError("augment.random_resized_crop needs the original images: an ImageFolder dataset with loader auto or stream")
+        return self
 
     @model_validator(mode="after")
     def _fits_the_dataset(self) -> DataParams:
@@ -240,6 +264,8 @@ class RuntimeParams(Strict):
     threads: int = Field(2, ge=1)
     nproc_per_node: int = Field(1, ge=1, description="training stages re-run themselves under torchrun")
     progress: Literal["auto", "always", "never"] = "auto"
+    loader_workers: int = Field(4, ge=0, le=64, description="processes reading streamed images (0: the training process)")
+    decode: Literal["auto", "workers", "device"] = Field("auto", description="streamed JPEGs: decoded by the workers or on the training device (auto: on CUDA)")
 
 
 class Params(Strict):

@@ -16,8 +16,8 @@ from torch import nn
 
 from structlth import distributed as dist
 from structlth.artifacts import check_state, load_tensors, read_json, save_tensors, staged_dir, tensor_digest, write_json
-from structlth.config import Params, RefillParams, RegroupParams, params_hash
-from structlth.data import Dataset, build_dataset, eval_batches, load_dataset, save_dataset
+from structlth.config import IMAGE_FOLDERS, Params, RefillParams, RegroupParams, params_hash
+from structlth.data import Dataset, eval_batches, load_dataset, prepare_data
 from structlth.errors import ArtifactError, ParamsError
 from structlth.masks import Masks, check_masks, density, drop_untrainable, layer_stats, mask_stats, ones_masks, training_masks
 from structlth.models import build_model
@@ -36,7 +36,7 @@ class Context:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (1, *self.data.train.images.shape[1:])
+        return (1, *self.data.train.image_shape)
 
     def model(self) -> nn.Module:
         """A fresh model of params.model for this dataset, deterministically initialised."""
@@ -61,6 +61,11 @@ def check_runnable(params: Params) -> None:
     root = Path(params.data.root)
     if root.exists() and not root.is_dir():
         raise ParamsError(f"data.root: {root} is a file, not a folder")
+    if params.data.dataset in IMAGE_FOLDERS and not all((root / sub).is_dir() for sub in ("train", "val")):
+        raise ParamsError(f"data.root: {params.data.dataset} reads an ImageFolder tree with train/ and val/ under {str(root)!r}; none there")
+    if not root.is_dir() and not params.data.download:
+        hint = "install dataset-fashion-mnist (make setup does)" if params.data.dataset == "fashion_mnist" else "point it at a local copy"
+        raise ParamsError(f"data.root: {str(root)!r} does not exist and data.download is false: {hint}, or set data.download: true")
     layer = params.report.mask_layer
     if layer is not None:
         m = params.model
@@ -75,13 +80,13 @@ def setup(params: Params, data_dir: str | Path) -> Context:
         torch.set_num_threads(params.runtime.threads)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
     dist.init(device)
-    return Context(params, load_dataset(data_dir).to(device), device)
+    return Context(params, load_dataset(data_dir, params.runtime.loader_workers, params.runtime.decode).to(device), device)
 
 
-def prepare(params: Params, out_dir: str | Path) -> Dataset:
-    ds = build_dataset(params.data)
-    save_dataset(ds, out_dir, {"dataset": params.data.dataset, "params_hash": params_hash(params.data)})
-    return ds
+def prepare(params: Params, out_dir: str | Path) -> dict:
+    """The prepared dataset in out_dir; returns its summary (prepare's DVC metrics)."""
+    meta = {"dataset": params.data.dataset, "params_hash": params_hash(params.data)}
+    return prepare_data(params.data, out_dir, meta, params.runtime.loader_workers)
 
 
 # ---------------------------------------------------------------- round artifacts

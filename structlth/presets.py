@@ -65,7 +65,7 @@ class Preset:
         return {
             "data": {
                 "dataset": self.dataset,
-                "root": "data/raw" if self.dataset == "fashion_mnist" else f"data/{self.dataset}",
+                "root": "/usr/share/datasets/fashion-mnist" if self.dataset == "fashion_mnist" else f"data/{self.dataset}",
                 "download": cifar,  # torchvision's checked download; ImageFolder roots are local
                 "val_size": 5000 if small else 10000,
                 "train_subset": None,
@@ -74,7 +74,12 @@ class Preset:
                 "image_size": None if small else side,
                 "batch_size": self.batch_size,
                 "eval_batch_size": 1000 if side <= 64 else 250,
-                "augment": {"crop_padding": side // 8, "hflip": True},
+                "loader": "auto",  # ImageFolder trees stream from disk; small datasets sit in memory
+                "augment": (  # ImageNet: the reference's RandomResizedCrop; otherwise pad side/8 and crop
+                    {"crop_padding": 0, "hflip": True, "random_resized_crop": True}
+                    if self.dataset == "imagenet"
+                    else {"crop_padding": side // 8, "hflip": True, "random_resized_crop": False}
+                ),
             },
             "model": {"arch": self.arch, "width": 1.0, "small_input_stem": self.small_input_stem},
             "train": {
@@ -93,7 +98,7 @@ class Preset:
             "tickets": {k: dict(v) for k, v in PAPER_TICKETS.items()},
             "bench": {"batch_sizes": [1, 64], "repeats": 15, "warmup": 3, "threads": 2, "atol": 0.001},
             "report": {"tolerance": 0.01, "mask_layer": None},
-            "runtime": {"device": "auto", "threads": 2, "nproc_per_node": 1, "progress": "auto"},
+            "runtime": {"device": "auto", "threads": 2, "nproc_per_node": 1, "progress": "auto", "loader_workers": 4 if small else 8, "decode": "auto"},
         }
 
 

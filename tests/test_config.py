@@ -93,7 +93,7 @@ def _prepare_fails_cleanly(tmp_path, raw: dict, hint: str) -> None:
     """The prepare stage run on `raw` exits 2 with `hint`, no traceback, nothing written."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "prepare.py"), "--out", "artifacts/data"],
+        [sys.executable, str(ROOT / "stages" / "prepare.py"), "--out", "artifacts/data", "--metrics", "artifacts/data_metrics.json"],
         cwd=tmp_path, capture_output=True, text=True,
     )
     assert proc.returncode == 2, proc.stderr

@@ -65,3 +65,18 @@ def test_ranks_take_disjoint_shares_of_the_single_process_epoch(tree):
     single = [i for b in single for i in b]
     assert ids(train_batches(ds.train, ds, 6, aug, seed=3)) == single  # the seed fixes the order
     assert ids(train_batches(ds.train, ds, 6, aug, seed=4)) != single
+
+
+def test_fashion_mnist_is_read_in_place_from_a_folder_of_its_gz_files(tmp_path):
+    """data.root may be Debian's read-only folder itself: prepare reads it and writes nothing there."""
+    from structlth.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
+
+    root = tmp_path / "gz"
+    root.mkdir()
+    for f in FASHION_MNIST_FILES:
+        (root / f"{f}.gz").symlink_to(DEBIAN_FASHION_MNIST / f"{f}.gz")
+    raw = copy.deepcopy(tiny_raw())
+    raw["data"]["root"] = str(root)
+    ds = build_dataset(parse_params(raw).data)
+    assert len(ds.train) == raw["data"]["train_subset"] and ds.classes[0] == "T-shirt/top"
+    assert sorted(p.name for p in root.iterdir()) == sorted(f"{f}.gz" for f in FASHION_MNIST_FILES)
