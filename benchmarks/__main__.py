@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import channel_align, default_sweep, onnx_profile, regroup_parts, regroup_time, speedup_scale, train_throughput
+from benchmarks import channel_align, default_sweep, loader, onnx_profile, regroup_parts, regroup_time, speedup_scale, train_throughput
 from structlth.artifacts import write_json
 
 OUT = Path("reports/benchmarks")
@@ -21,6 +21,7 @@ ALL = {
     "default_sweep": default_sweep.run,
     "regroup_parts": regroup_parts.run,
     "onnx_profile": onnx_profile.run,
+    "loader": loader.run,
 }
 
 if __name__ == "__main__":

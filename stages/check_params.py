@@ -18,5 +18,8 @@ if __name__ == "__main__":
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     with user_errors():
-        check_runnable(load_params(args.params))
+        params = load_params(args.params)
+        check_runnable(params)
+        if params.data.download:  # torchvision downloads into it; DVC hashes it as prepare's dependency
+            Path(params.data.root).mkdir(parents=True, exist_ok=True)
         write_bytes(Path(args.out), b"params.yaml: ok\n")

@@ -19,6 +19,7 @@ import yaml
 
 from structlth.artifacts import load_tensors
 from structlth.export import is_channel_wise
+from structlth.imagefolder import write_tree
 
 from helpers import ROOT, is_block_mask, tiny_raw, tool_env
 
@@ -37,7 +38,6 @@ def _new_repo(d: Path, raw: dict) -> Path:
     for item in ("dvc.yaml", "stages", "structlth", ".gitignore", ".dvcignore"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, d / item)
-    raw["data"]["root"] = str(d / "data" / "raw")  # unpacked inside the temporary repo, not the source tree
     (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     _run(["git", "init", "-q"], d)
     _run(["dvc", "init", "-q"], d)
@@ -164,6 +164,26 @@ def test_rerun_of_a_round_gives_byte_identical_masks(repo):
     assert mask.read_bytes() == before
     w = load_tensors(repo / "artifacts" / "imp" / "round1" / "weights.safetensors")[0]
     assert all(t.dtype in (torch.float32, torch.int64) for t in w.values())
+
+
+def test_imagenet_preset_streams_a_jpeg_tree_and_reruns_prepare_when_an_image_changes(tmp_path):
+    tree = write_tree(tmp_path / "imagenet", classes=3, per_class=12, val_per_class=3, side=40)
+    raw = yaml.safe_load((ROOT / "configs" / "imagenet_resnet50.yaml").read_text())
+    raw["data"].update(root=str(tree), image_size=32, val_size=6, batch_size=8, eval_batch_size=16)  # tiny: CPU seconds
+    raw["train"].update(epochs=2, rewind_epoch=1, milestones=[1])
+    raw["runtime"].update(device="cpu", loader_workers=2)
+    (tmp_path / "repo").mkdir()
+    d = _new_repo(tmp_path / "repo", raw)
+    assert _ran(_run(["dvc", "repro", "pretrain"], d)) == {"check_params", "prepare", "pretrain"}
+    data = d / "artifacts" / "data"
+    assert [f.name for f in data.iterdir()] == ["index.json"] and (data / "index.json").stat().st_size < 10_000
+    metrics = json.loads((d / "artifacts" / "pretrain" / "metrics.json").read_text())
+    assert 0 <= metrics["test_acc"] <= 1 and len(json.loads((d / "artifacts" / "pretrain" / "curve.json").read_text())) == 2
+    assert json.loads((d / "artifacts" / "data_metrics.json").read_text())["train_images"] == 30
+    image = next((tree / "train" / "class001").iterdir())
+    image.write_bytes((tree / "train" / "class002" / "00000.JPEG").read_bytes())  # one image edited in place
+    assert _changed(d) >= {"prepare"} and "check_params" not in _changed(d)
+    assert _ran(_run(["dvc", "repro", "pretrain"], d)) == {"prepare", "pretrain"}
 
 
 def _git(repo: Path, *args: str) -> str:
