@@ -8,6 +8,7 @@ weights.safetensors (trained parameters and BN buffers), metrics.json (headline 
 from __future__ import annotations
 
 import hashlib
+from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,7 +261,7 @@ def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State,
         model = ctx.model()
         model.load_state_dict(state)
         model.to(ctx.device)
-        batches = list(eval_batches(ctx.data.train, ctx.data, ctx.params.data.batch_size))[: spec.score_batches]
+        batches = list(islice(eval_batches(ctx.data.train, ctx.data, ctx.params.data.batch_size), spec.score_batches))  # not a streamed epoch
         scores = activation_scores(spec.criterion, model, masks, batches)
     return refill_masks(masks, scores, spec.refill_rate, spec.count, spec.channel_align)
 

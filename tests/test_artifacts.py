@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 
 import pytest
 import torch
+import yaml
 
 from structlth.artifacts import load_tensors, read_json, save_tensors, staged_dir, write_json
 from structlth.errors import ArtifactError
@@ -191,3 +193,26 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypa
     monkeypatch.undo()
     assert read_json(tmp_path / "m.json") == {"old": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+
+
+def test_verify_checks_each_file_of_a_folder_output_against_dvcs_listing(tmp_path):
+    from structlth.verify import verify_outputs
+
+    (tmp_path / "artifacts" / "data").mkdir(parents=True)
+    files = {"index.json": b"{}\n", "sub/x.bin": b"\x00\x01"}
+    listing = []
+    for rel, data in files.items():
+        (tmp_path / "artifacts" / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "artifacts" / "data" / rel).write_bytes(data)
+        listing.append({"md5": hashlib.md5(data).hexdigest(), "relpath": rel})
+    cache = tmp_path / ".dvc" / "cache" / "files" / "md5" / "ab"
+    cache.mkdir(parents=True)
+    (cache / "cdef.dir").write_text(json.dumps(listing))
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"prepare": {"outs": [{"path": "artifacts/data", "md5": "abcdef.dir"}]}}}))
+    assert verify_outputs(tmp_path / "dvc.lock") == (2, [])
+    (tmp_path / "artifacts" / "data" / "sub" / "x.bin").write_bytes(b"\x00\x02")
+    n, bad = verify_outputs(tmp_path / "dvc.lock")
+    assert n == 2 and len(bad) == 1 and bad[0].startswith("artifacts/data/sub/x.bin: content differs")
+    (cache / "cdef.dir").unlink()
+    with pytest.raises(ArtifactError, match=r"artifacts/data: its listing .* is not readable"):
+        verify_outputs(tmp_path / "dvc.lock")

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from structlth.artifacts import load_tensors, read_json
+from structlth.imagefolder import write_tree
 
 from helpers import ROOT
 
@@ -29,8 +30,9 @@ def _distance(a: dict, b: dict) -> float:
     return (num / sum(float(a[k].pow(2).sum()) for k in keys)) ** 0.5
 
 
-def test_torchrun_two_processes_match_one_process(tmp_path, raw_params, data_dir):
-    raw_params["data"]["augment"] = {"crop_padding": 0, "hflip": False}
+def _pretrain_single_ddp_and_other_seed(tmp_path: Path, raw_params: dict, data_dir: Path) -> tuple[float, float]:
+    """Pretrain in one process, under torchrun with two ranks, and with another seed; the
+    relative weight distances (single, ddp) and (single, other seed)."""
     raw_params["runtime"]["threads"] = 1
     variants = {
         "single": {},
@@ -43,10 +45,27 @@ def test_torchrun_two_processes_match_one_process(tmp_path, raw_params, data_dir
     w = {n: load_tensors(tmp_path / n / "pretrain" / "weights.safetensors")[0] for n in variants}
     assert w["ddp"].keys() == w["single"].keys()
     assert all(w["ddp"][k].shape == w["single"][k].shape for k in w["single"])
-    close, apart = _distance(w["single"], w["ddp"]), _distance(w["single"], w["other_seed"])
-    assert close < 0.1 and close < apart / 10, (close, apart)  # measured: 0.045 vs 1.14; per-rank BN
     # (test accuracy is no check at this scale: 256 images, 2 epochs give 0.33-0.80 across seeds)
     assert all(0 <= read_json(tmp_path / n / "pretrain" / "metrics.json")["test_acc"] <= 1 for n in variants)
+    return _distance(w["single"], w["ddp"]), _distance(w["single"], w["other_seed"])
+
+
+def test_torchrun_streams_an_image_folder_like_one_process(tmp_path, raw_params):
+    """Each rank's DataLoader reads its DistributedSampler share of the one seeded epoch."""
+    tree = write_tree(tmp_path / "tree", classes=3, per_class=24, val_per_class=4, side=20)
+    raw_params["data"].update(dataset="imagefolder", root=str(tree), image_size=16, val_size=8, train_subset=None, test_subset=None, batch_size=16)
+    raw_params["data"]["augment"] = {"crop_padding": 0, "hflip": False}
+    raw_params["runtime"]["loader_workers"] = 1
+    (tmp_path / "prepare.yaml").write_text(yaml.safe_dump(raw_params))
+    _stage("prepare.py", tmp_path, "prepare.yaml", "--out", "data", "--metrics", "data_metrics.json")
+    close, apart = _pretrain_single_ddp_and_other_seed(tmp_path, raw_params, tmp_path / "data")
+    assert close < 0.1 and close < apart / 10, (close, apart)
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path, raw_params, data_dir):
+    raw_params["data"]["augment"] = {"crop_padding": 0, "hflip": False}
+    close, apart = _pretrain_single_ddp_and_other_seed(tmp_path, raw_params, data_dir)
+    assert close < 0.1 and close < apart / 10, (close, apart)  # measured: 0.045 vs 1.14; per-rank BN
 
     # pruning under torchrun: every rank derives the same mask (checked in the run) and rank 0
     # writes exactly the mask one process derives from the same trained weights
