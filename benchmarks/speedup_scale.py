@@ -52,9 +52,9 @@ def run() -> dict:
             m, metrics = ticket_of(model, masks, (1, 3, 32, 32))
             out, lay = bench_ticket(method, kind, m, masks, metrics, x, bench, layers=True, baseline=baseline)
             case = {"arch": arch, "source_density": density}
-            rows += [{**case, **{k: r[k] for k in ("method", "engine", "batch", "channels_last", "retimed", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "sparsity", "max_abs_err")}} for r in out]
+            rows += [{**case, **{k: r[k] for k in ("method", "engine", "runtime", "batch", "channels_last", "retimed", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "sparsity", "max_abs_err")}} for r in out]
             layers += [{**case, **r} for r in lay]
-            print(arch, density, method, [f"b{r['batch']}: {r['time_saving']:.1%} of {r['flops_saving']:.1%}" for r in out], flush=True)
+            print(arch, density, method, [f"{r['runtime']} b{r['batch']}: {r['time_saving']:.1%} of {r['flops_saving']:.1%}" for r in out], flush=True)
     return {"threads": 2, "rows": rows, "layers": layers, "summary": summary(rows)}
 
 
