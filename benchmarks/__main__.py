@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import channel_align, default_sweep, loader, onnx_profile, regroup_parts, regroup_time, speedup_scale, train_throughput
+from benchmarks import channel_align, default_sweep, loader, onnx_profile, regroup_parts, regroup_time, speedup_gpu, speedup_scale, train_throughput
 from structlth.artifacts import write_json
 
 OUT = Path("reports/benchmarks")
@@ -22,11 +22,13 @@ ALL = {
     "regroup_parts": regroup_parts.run,
     "onnx_profile": onnx_profile.run,
     "loader": loader.run,
+    "speedup_gpu": speedup_gpu.run,
 }
+NEEDS_CUDA = {"speedup_gpu"}
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    wanted = sys.argv[1:] or list(ALL)
+    wanted = sys.argv[1:] or [n for n in ALL if n not in NEEDS_CUDA or torch.cuda.is_available()]
     unknown = sorted(set(wanted) - set(ALL))
     if unknown:
         sys.exit(f"unknown benchmark(s) {unknown}; have {sorted(ALL)}")

@@ -5,7 +5,8 @@ against the masked model, time it against the dense net, BN folded in both) on w
 with masks made by the library from a freshly initialised model whose BN statistics are
 randomised (so outputs depend on the input and verification can fail): global magnitude masks
 (IMP-like) post-processed into refill (channel-wise) and regroup (group-wise, whole input
-channels, budget and density column rules) tickets. Weights are untrained: speed, not accuracy.
+channels: overlapping blocks by the budget and density column rules, and disjoint blocks)
+tickets. Weights are untrained: speed, not accuracy.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ CASES = [("vgg16", 0.2), ("vgg16", 0.4), ("resnet18", 0.2), ("resnet18", 0.4)]  
 REGROUP = {"rows_per_part": 32, "min_rows": 8, "granularity": "channel"}
 
 
-def _tickets(model: nn.Module, density: float) -> dict[str, tuple[str, dict]]:
+def tickets(model: nn.Module, density: float) -> dict[str, tuple[str, dict]]:
     weights = dict(model.named_parameters())
     imp = magnitude_prune(weights, ones_masks(model), 1 - density)
     return {  # imp's engines (masked dense, CSR) are left out: CSR runs 10-30x slower than dense here
         "refill": ("refill", refill_masks(imp, weight_scores("magnitude", weights, imp), 0.0)),
         "regroup_budget": ("regroup", regroup_layers(imp, column_rule="budget", **REGROUP)),
         "regroup_density": ("regroup", regroup_layers(imp, column_rule="density", t2=0.5, b2=2, **REGROUP)),
+        "regroup_disjoint": ("regroup", regroup_layers(imp, inputs="disjoint", **REGROUP)),
     }
 
 
@@ -48,7 +50,7 @@ def run() -> dict:
         model = build_model(arch, 10, 3, 1.0).eval()
         randomise_bn(model)
         baseline = dense_baseline(model, x, bench)
-        for method, (kind, masks) in _tickets(model, density).items():
+        for method, (kind, masks) in tickets(model, density).items():
             m, metrics = ticket_of(model, masks, (1, 3, 32, 32))
             out, lay = bench_ticket(method, kind, m, masks, metrics, x, bench, layers=True, baseline=baseline)
             case = {"arch": arch, "source_density": density}

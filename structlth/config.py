@@ -239,7 +239,19 @@ class RegroupParams(Strict):
     t2: float = Field(0.5, gt=0, le=1, description="density rule: min share of rows")
     b2: int = Field(4, ge=1, description="density rule: min qualifying columns")
     channel_align: int = Field(1, ge=1, le=64, description="channel granularity: block input channels rounded up to a multiple")
+    max_pins: int | None = Field(
+        50_000, ge=1000, description="the hypergraph partitioned is a seeded sample of its hyperedges with at most this many pins (null: all of it, the paper; slow)"
+    )
+    inputs: Literal["overlap", "disjoint"] = Field(
+        "overlap", description="overlap: blocks choose their input channels (the paper); disjoint: blocks split the input channels (no gather; not in the paper)"
+    )
     seed: int = SEED
+
+    @model_validator(mode="after")
+    def _disjoint_needs_channels(self) -> RegroupParams:
+        if self.inputs == "disjoint" and self.granularity != "channel":
+            raise ValueError("inputs: disjoint needs granularity: channel (a block owns whole input channels)")
+        return self
 
 
 TicketParams = Annotated[Union[RefillParams, RegroupParams], Field(discriminator="kind")]

@@ -336,3 +336,63 @@ def test_every_live_row_of_a_formed_part_is_in_its_block():
     mask = torch.rand(64, 16, 3, 3, generator=g) < 0.3
     out = regroup(mask, parts=4, min_rows=2, t2=0.3, b2=4)
     assert torch.equal(out.flatten(1).any(1), mask.flatten(1).any(1))  # no live row dropped, no dead row revived
+
+
+def test_hyperedges_merge_identical_edges_and_sample_down_to_the_pin_budget():
+    from structlth.pruning.regroup import hyperedges
+
+    u = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.float)  # units 0 and 1 join rows {0, 1}
+    edges, weights = hyperedges(u)
+    assert (edges, weights) == ([[0, 1], [1, 2], [0, 2]], [2, 1, 1])  # unit order, duplicates counted
+    big = (torch.rand(64, 400, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    full, _ = hyperedges(big)
+    sample, w = hyperedges(big, max_pins=2000, seed=3)
+    assert 1000 < sum(map(len, sample)) <= 2000 and set(map(tuple, sample)) < set(map(tuple, full))
+    assert hyperedges(big, max_pins=2000, seed=3) == (sample, w)  # seeded
+    assert hyperedges(big, max_pins=2000, seed=4)[0] != sample
+    assert hyperedges(big, max_pins=10**9) == hyperedges(big)  # under budget: all of it
+
+
+def test_regroup_with_a_pin_budget_is_deterministic_and_under_budget_changes_nothing():
+    mask = torch.rand(64, 32, 3, 3, generator=torch.Generator().manual_seed(1)) < 0.4
+    opts = dict(parts=4, min_rows=8, granularity="channel", hypergraph="column", column_rule="budget")
+    assert torch.equal(regroup(mask, max_pins=10**9, **opts), regroup(mask, **opts))
+    a, b = regroup(mask, max_pins=1000, **opts), regroup(mask, max_pins=1000, **opts)
+    assert torch.equal(a, b)
+
+
+def test_balanced_assign_respects_capacity_and_takes_the_best_pairs_first():
+    from structlth.pruning.regroup import balanced_assign
+
+    score = torch.tensor([[5.0, 1.0], [4.0, 0.0], [3.0, 2.0], [0.0, 1.0]])
+    assert balanced_assign(score, 2).tolist() == [0, 0, 1, 1]  # item 2 wants part 0 but it is full
+    assert balanced_assign(score, 4).tolist() == [0, 0, 0, 1]
+
+
+def test_disjoint_blocks_split_rows_and_input_channels():
+    """Every live row and every used input channel belongs to exactly one block; the block count
+    follows the layer's density (0.25 -> 4 blocks), so the ticket keeps about its density."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(64, 32, 3, 3, generator=g) < 0.25
+    mask[7] = False  # a dead row stays dead
+    out = regroup(mask, parts=4, min_rows=8, granularity="channel", inputs="disjoint")
+    rows = out.flatten(2).any(2)  # [C_out, C_in] channel use
+    patterns = torch.unique(rows[rows.any(1)], dim=0)
+    assert len(patterns) == 4 and bool((patterns.sum(0) == 1).all())  # disjoint, covering every channel
+    assert not out[7].any() and bool(out.flatten(1).any(1).sum() == 63)
+    assert bool((out.flatten(2).all(2) == rows).all())  # whole input channels
+    assert abs(float(out.float().mean()) - 63 / 64 / 4) < 0.03
+    assert torch.equal(out, regroup(mask, parts=4, min_rows=8, granularity="channel", inputs="disjoint"))
+    from structlth.pruning.regroup import layer_parts
+
+    assert layer_parts(mask, rows_per_part=8, min_rows=8, inputs="disjoint") == 4
+    assert layer_parts(mask, rows_per_part=8, min_rows=32, inputs="disjoint") == 1  # 63 rows hold one block of >= 32
+
+
+def test_disjoint_blocks_need_channel_granularity():
+    from structlth.config import RegroupParams
+
+    with pytest.raises(ValueError, match="granularity 'channel'"):
+        regroup(torch.ones(16, 4, 3, 3, dtype=torch.bool), parts=2, min_rows=2, inputs="disjoint")
+    with pytest.raises(ValueError, match="needs granularity: channel"):
+        RegroupParams(kind="regroup", granularity="column", inputs="disjoint")

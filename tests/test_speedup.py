@@ -16,7 +16,7 @@ from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
 from structlth.speedup.bench import bench_ticket
 from structlth.speedup.engines import CsrConv, GroupedConv, SubConv, masked_reference, row_groups, swap_convs
-from structlth.speedup.layout import fold_bn, fold_layouts
+from structlth.speedup.layout import FEEDER_GROWTH, feeders, fold_bn, fold_layouts
 from structlth.speedup.timing import verify
 from structlth.speedup.slim import slim_model
 
@@ -97,6 +97,38 @@ def test_fold_layouts_hands_block_order_on_and_equals_the_masked_model():
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(fast(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet20"])
+def test_disjoint_blocks_lose_their_gather_to_a_plain_feeder(arch):
+    """A grouped conv fed by a dense conv reads its input ready gathered (the feeder emits its
+    rows in gather order) exactly when its gather is at most FEEDER_GROWTH x its input channels:
+    always for disjoint blocks, not for overlapping blocks that repeat channels. Both equal the
+    masked model."""
+    m = randomised_model(arch, 0.25 if arch == "vgg16" else 1.0)  # >= 16 channels: 2 blocks of >= 8 (ALIGN) inputs
+    imp = magnitude_prune(dict(m.named_parameters()), ones_masks(m), 0.7)
+    x = torch.randn(3, 3, 32, 32)
+    for inputs, parts in (("disjoint", 2), ("overlap", 4)):
+        masks = {n: regroup(v, parts=parts, min_rows=2, granularity="channel", column_rule="budget", inputs=inputs) if v.shape[0] >= 16 else v for n, v in imp.items()}
+        ref = masked_reference(m, masks, 3)
+        folded = fold_bn(ref)
+        feeds, order = feeders(folded), list(dict(folded.named_modules()))
+        grouped = []
+        for n in sorted(masks, key=lambda n: order.index(n.removesuffix(".weight"))):  # a feeder comes first
+            feeder = feeds.get(n.removesuffix(".weight"))
+            if feeder and f"{feeder}.weight" not in grouped and masks[n].flatten(1).any(1).sum() >= 16:
+                grouped.append(n)
+        originals = dict(folded.named_modules())
+        short = [len(GroupedConv(originals[n.removesuffix(".weight")], masks[n].bool()).gather) <= FEEDER_GROWTH * masks[n].shape[1] for n in grouped]
+        fast = fold_layouts(swap_convs(folded, masks, {n.removesuffix(".weight"): "grouped" if n in grouped else "dense" for n in masks}))
+        mods = dict(fast.named_modules())
+        assert [mods[n.removesuffix(".weight")].skip_gather for n in grouped] == short
+        assert all(short) if inputs == "disjoint" else not all(short)
+        for n in grouped if inputs == "disjoint" else ():
+            g, feeder = mods[n.removesuffix(".weight")], mods[feeds[n.removesuffix(".weight")]]
+            assert feeder.out_channels == feeder.weight.shape[0] == g.conv.in_channels == len(g.gather)
+        with torch.no_grad():
+            assert torch.allclose(fast(x), ref(x), atol=1e-4, rtol=1e-4)
 
 
 def test_fold_bn_equals_the_unfolded_model_and_removes_every_bn():

@@ -33,6 +33,7 @@ from collections.abc import Mapping
 
 import mtkahypar
 import torch
+from torch.nn import functional as F
 
 from structlth.errors import StructlthError
 
@@ -66,14 +67,42 @@ def expand_units(block: torch.Tensor, shape: torch.Size, granularity: str = "col
     return block.reshape(shape).clone()
 
 
-def partition_rows(u: torch.Tensor, parts: int, imbalance: float = 0.1, seed: int = 0) -> torch.Tensor:
-    """int64 [R]: part of each row of the unit-share matrix u [R, U] (all rows non-empty)."""
+def hyperedges(u: torch.Tensor, max_pins: int | None = None, seed: int = 0) -> tuple[list[list[int]], list[int]]:
+    """The row hypergraph of unit shares u [R, U]: one hyperedge per unit joining the rows whose
+    share is >= 1/2 (units with fewer than 2 such rows are left out), and its weight.
+
+    Identical hyperedges are merged into one whose weight is their count: km1 is unchanged.
+    When more than `max_pins` pins remain, a seeded uniform sample of the merged hyperedges
+    (first in a seeded order until the next would pass the budget, at least one) stands in for
+    them: partitioning time grows with pins, and km1 over a uniform sample estimates the whole.
+    Returns (edges, weights), edges in unit order.
+    """
+    merged: dict[tuple[int, ...], int] = {}
+    for c in u.t() >= 0.5:
+        if int(c.sum()) >= 2:
+            e = tuple(torch.nonzero(c).flatten().tolist())
+            merged[e] = merged.get(e, 0) + 1
+    edges = list(merged)
+    if max_pins is not None and sum(map(len, edges)) > max_pins:
+        order = torch.randperm(len(edges), generator=torch.Generator().manual_seed(seed)).tolist()
+        kept, pins = [], 0
+        for i in order:
+            if kept and pins + len(edges[i]) > max_pins:
+                break
+            kept.append(i)
+            pins += len(edges[i])
+        edges = [edges[i] for i in sorted(kept)]
+    return [list(e) for e in edges], [merged[e] for e in edges]
+
+
+def partition_rows(u: torch.Tensor, parts: int, imbalance: float = 0.1, seed: int = 0, max_pins: int | None = None) -> torch.Tensor:
+    """int64 [R]: part of each row of the unit-share matrix u [R, U] (all rows non-empty);
+    max_pins: the hypergraph's pin budget (`hyperedges`), None for all of it."""
     rows = u.shape[0]
     parts = max(1, min(parts, rows))
     if parts == 1:
         return torch.zeros(rows, dtype=torch.long)
-    cols = u.t() >= 0.5
-    edges = [torch.nonzero(c).flatten().tolist() for c in cols if int(c.sum()) >= 2]
+    edges, weights = hyperedges(u, max_pins, seed)
     if not edges:  # nothing connects rows: any balanced split has zero cut
         return torch.arange(rows) * parts // rows
     mk = _kahypar()
@@ -82,7 +111,7 @@ def partition_rows(u: torch.Tensor, parts: int, imbalance: float = 0.1, seed: in
         ctx = mk.context_from_preset(mtkahypar.PresetType.DETERMINISTIC)
         ctx.logging = False
         ctx.set_partitioning_parameters(parts, imbalance, mtkahypar.Objective.KM1)
-        hg = mk.create_hypergraph(ctx, rows, len(edges), edges)
+        hg = mk.create_hypergraph(ctx, rows, len(edges), edges, [1] * rows, weights)
         result = hg.partition(ctx)
         return torch.tensor([result.block_id(v) for v in range(rows)], dtype=torch.long)
     except Exception as err:  # the binding raises its own error types
@@ -147,6 +176,45 @@ def merge_small_parts(u: torch.Tensor, assignment: torch.Tensor, min_rows: int) 
     return out
 
 
+def balanced_assign(score: torch.Tensor, capacity: int) -> torch.Tensor:
+    """int64 [N]: a part for each item of score [N, k] (an item's gain in each part), at most
+    `capacity` items per part (capacity * k >= N): pairs taken greedily by descending score
+    (ties: lower item, then lower part)."""
+    n, k = score.shape
+    order = torch.sort(score.flatten(), descending=True, stable=True).indices.tolist()
+    out, load, left = [-1] * n, [0] * k, n
+    for idx in order:
+        i, p = divmod(idx, k)
+        if out[i] < 0 and load[p] < capacity:
+            out[i], load[p], left = p, load[p] + 1, left - 1
+            if not left:
+                break
+    return torch.tensor(out, dtype=torch.long)
+
+
+def disjoint_parts(u: torch.Tensor, min_rows: int, channel_align: int = 1) -> int:
+    """Block count for disjoint blocks of unit shares u [R, C] (live rows, used channels): the
+    one whose block density 1/k is nearest u's density, at most R // min_rows blocks and
+    C // channel_align blocks, at least one."""
+    k = round(1 / max(float(u.mean()), 1e-9))
+    return max(1, min(k, u.shape[0] // min_rows, u.shape[1] // channel_align))
+
+
+def disjoint_blocks(u: torch.Tensor, rows: torch.Tensor, passes: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row parts [R] and channel parts [C] (k = rows.max() + 1 parts) such that the blocks
+    (part-p rows x part-p channels) keep as much of u [R, C] (used channels only) as greedy
+    balanced assignment finds: channels go to the part whose rows use them most (at most
+    ceil(C / k) per part); then `passes` times rows go to the part whose channels they use most
+    (at most ceil(R / k)) and channels are reassigned."""
+    k = int(rows.max()) + 1
+    r_cap, c_cap = -(-u.shape[0] // k), -(-u.shape[1] // k)
+    chans = balanced_assign(u.t() @ F.one_hot(rows, k).float(), c_cap)
+    for _ in range(passes):
+        rows = balanced_assign(u @ F.one_hot(chans, k).float(), r_cap)
+        chans = balanced_assign(u.t() @ F.one_hot(rows, k).float(), c_cap)
+    return rows, chans
+
+
 def regroup(
     mask: torch.Tensor,
     *,
@@ -161,14 +229,32 @@ def regroup(
     hypergraph: str = "channel",
     imbalance: float = 0.1,
     channel_align: int = 1,
+    max_pins: int | None = None,
+    inputs: str = "overlap",
 ) -> torch.Tensor:
-    """Block-structured bool mask of `mask`'s shape ([C_out, ...], dim 0 = output channels)."""
+    """Block-structured bool mask of `mask`'s shape ([C_out, ...], dim 0 = output channels).
+
+    inputs: "overlap" (the paper: each block chooses its units by `column_rule`, blocks may share
+    input channels) or "disjoint" (channel granularity only: `parts` blocks whose row sets and
+    input-channel sets both partition the layer's, `disjoint_blocks`; the column rule is unused).
+    """
+    if inputs not in ("overlap", "disjoint"):
+        raise ValueError(f"inputs must be overlap or disjoint, got {inputs!r}")
+    if inputs == "disjoint" and granularity != "channel":
+        raise ValueError("disjoint blocks need granularity 'channel' (a block owns whole input channels)")
     u = units(mask, granularity)
     live = torch.nonzero(u.sum(1) > 0).flatten()
     if len(live) < min_rows:
         return mask.bool().clone()
     edges = units(mask, hypergraph)[live]
-    assignment = merge_small_parts(u[live], partition_rows(edges, parts, imbalance, seed), min_rows)
+    if inputs == "disjoint":
+        used = torch.nonzero(u.sum(0) > 0).flatten()
+        shares = u[live][:, used]
+        rows, chans = disjoint_blocks(shares, partition_rows(edges, parts, imbalance, seed, max_pins))
+        out = torch.zeros_like(u, dtype=torch.bool)
+        out[live[:, None], used[None, :]] = rows[:, None] == chans[None, :]
+        return expand_units(out, mask.shape, granularity)
+    assignment = merge_small_parts(u[live], partition_rows(edges, parts, imbalance, seed, max_pins), min_rows)
     out = torch.zeros_like(u, dtype=torch.bool)
     formed = False
     for p in range(int(assignment.max()) + 1):
@@ -192,10 +278,20 @@ def parts_for(rows: int, rows_per_part: int) -> int:
     return max(1, rows // rows_per_part)
 
 
+def layer_parts(mask: torch.Tensor, rows_per_part: int, min_rows: int, inputs: str = "overlap", channel_align: int = 1) -> int:
+    """Part count of one layer: parts_for(its live rows, rows_per_part) for overlapping blocks,
+    disjoint_parts of its channel shares for disjoint ones."""
+    if inputs == "disjoint":
+        u = units(mask, "channel")
+        return disjoint_parts(u[u.sum(1) > 0][:, u.sum(0) > 0], min_rows, channel_align)
+    return parts_for(int(mask.flatten(1).any(1).sum()), rows_per_part)
+
+
 def regroup_layers(masks: Mapping[str, torch.Tensor], *, rows_per_part: int, **options) -> dict[str, torch.Tensor]:
-    """`regroup` on every layer's mask, each with parts_for(its live rows, rows_per_part) parts;
-    options: regroup's keyword arguments (min_rows, column rule, granularity, seed, ...)."""
+    """`regroup` on every layer's mask, each with its `layer_parts`; options: regroup's keyword
+    arguments (min_rows, column rule, granularity, inputs, seed, ...)."""
+    keys = {k: options[k] for k in ("inputs", "channel_align") if k in options}
     return {
-        n: regroup(m, parts=parts_for(int(m.flatten(1).any(1).sum()), rows_per_part), **options)
+        n: regroup(m, parts=layer_parts(m, rows_per_part, options.get("min_rows", 16), **keys), **options)
         for n, m in masks.items()
     }

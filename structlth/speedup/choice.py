@@ -16,10 +16,10 @@ import copy
 from collections.abc import Mapping
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-from structlth.speedup.engines import ALIGN, engine_candidates, masked_reference, swap_convs
-from structlth.speedup.layout import fold_bn, fold_layouts
+from structlth.speedup.engines import ALIGN, engine_candidates, masked_reference, swap_convs, take_channels
+from structlth.speedup.layout import feeders, fold_bn, fold_layouts, moves_gather
 from structlth.speedup.slim import slim_model
 from structlth.speedup.timing import conv_inputs, time_pair
 
@@ -37,19 +37,28 @@ def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int)
 
 
 def choose_engines(reference: nn.Module, masks: Mapping[str, torch.Tensor], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, str]:
-    """Per masked conv, the fastest engine on its real input (the dense conv when nothing wins)."""
+    """Per masked conv, in the model's module order, the fastest engine on its real input (the
+    dense conv when nothing wins). A grouped conv whose feeder (structlth.speedup.layout.feeders)
+    runs dense is timed without its gather when the feeder will emit its input gathered
+    (structlth.speedup.layout.moves_gather)."""
     inputs = conv_inputs(reference, x)
     modules = dict(reference.named_modules())
+    feed = feeders(reference) if isinstance(reference, fx.GraphModule) else {}
+    order = {n: i for i, n in enumerate(modules)}
     choice = {}
-    for pname, mask in masks.items():
+    for pname, mask in sorted(masks.items(), key=lambda kv: order[kv[0].removesuffix(".weight")]):
         name = pname.removesuffix(".weight")
         conv = modules[name]
         best, best_t = "dense", None
         for engine in engine_candidates(mask):
             if engine == "dense":
                 continue
-            layer = swap_convs(nn.Sequential(conv), {"0.weight": mask}, {"0": engine})
-            t = time_pair(conv, layer, inputs[name], repeats, warmup)
+            layer = swap_convs(nn.Sequential(copy.deepcopy(conv).to("cpu", torch.float32)), {"0.weight": mask.cpu()}, {"0": engine}).to(x.device, x.dtype)
+            x_fast = None
+            if engine == "grouped" and name in feed and choice.get(feed[name], "dense") == "dense" and moves_gather(layer[0], inputs[name].shape[1]):
+                x_fast = take_channels(inputs[name], layer[0].gather)
+                layer[0].skip_gather = True
+            t = time_pair(conv, layer, inputs[name], repeats, warmup, x_fast)
             if t.t_ticket_ms < t.t_dense_ms and (best_t is None or t.t_ticket_ms < best_t):
                 best, best_t = engine, t.t_ticket_ms
         choice[name] = best
@@ -73,14 +82,15 @@ def slim_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels:
 
 
 def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, x: torch.Tensor, repeats: int, warmup: int) -> dict[str, nn.Module]:
-    """engine name -> fast model for a ticket of this kind (model carries its trained weights);
-    x: a batch in the memory format the models will run in (engines are chosen on it)."""
+    """engine name -> fast model (on the CPU, fp32) for a ticket of this kind (model: on the CPU,
+    with its trained weights); x: a batch on the device, in the dtype and memory format the models
+    will run in (engines are chosen by timings on it)."""
     if kind in CHANNEL_KINDS:
         return {"slim": fold_bn(slim_model(model, masks, in_channels, ALIGN))}
     if kind in GROUP_KINDS:
         slim = fold_bn(slim_model(model, masks, in_channels, ALIGN))
         plain = slim_masks(model, masks, in_channels)
-        choice = choose_engines(slim, plain, x, repeats, warmup)
+        choice = choose_engines(copy.deepcopy(slim).to(x.device, x.dtype), plain, x, repeats, warmup)
         return {"slim+blocks": fold_layouts(swap_convs(slim, plain, choice))}
     ref = fold_bn(masked_reference(model, masks, in_channels))
     plain = {n: m for n, m in masks.items() if getattr(ref.get_submodule(n.removesuffix(".weight")), "groups", 0) == 1}

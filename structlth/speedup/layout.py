@@ -2,8 +2,10 @@
 
 - `fold_bn`: BatchNorm folded into the conv before it (torch.fx's conv-BN fusion), applied to
   the dense net and the ticket alike so the comparison stays fair.
-- `fold_layouts`: a grouped conv (engines.GroupedConv) computes its output channels in block
-  order. Where the graph allows, the block order is handed on instead of restored: through
+- `feeders` / `fold_layouts`: a grouped conv (engines.GroupedConv) that is the only reader of a
+  plain conv's output (through channel-wise modules) has that conv emit its rows in the grouped
+  conv's gather order, so the gather disappears (disjoint blocks: a permutation). A grouped conv
+  computes its output channels in block order. Where the graph allows, the block order is handed on instead of restored: through
   channel-wise modules (ReLU, pooling, dropout) into the next conv, whose input gather (grouped)
   or weight columns (dense) absorb the permutation. Anything else (a residual add of tensors in
   different orders, flatten, the classifier, the output) gets an explicit `Reorder` first.
@@ -64,8 +66,61 @@ def _absorb(mod: nn.Module, layout: torch.Tensor) -> bool:
     return False
 
 
+def _order_free(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], ORDER_FREE_MODULES)
+    return node.op == "call_function" and node.target in ORDER_FREE_FUNCTIONS
+
+
+def feeders(gm: fx.GraphModule) -> dict[str, str]:
+    """conv module name -> the plain conv (groups=1) whose output only it reads, through
+    channel-wise modules and functions that nothing else reads: that conv's output rows can be
+    put in any order the reader wants."""
+    modules = dict(gm.named_modules())
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], (nn.Conv2d, GroupedConv)):
+            continue
+        src = node.args[0]
+        while isinstance(src, fx.Node) and len(src.users) == 1 and _order_free(src, modules):
+            src = src.args[0]
+        if isinstance(src, fx.Node) and len(src.users) == 1 and src.op == "call_module":
+            feeder = modules[src.target]
+            if type(feeder) is nn.Conv2d and feeder.groups == 1:
+                out[node.target] = src.target
+    return out
+
+
+FEEDER_GROWTH = 1.25  # a feeder computes a gather (repeats included) of at most this many times its rows
+
+
+def moves_gather(grouped: GroupedConv, channels: int) -> bool:
+    """Whether a feeder of `channels` rows should compute `grouped`'s gather: it is no longer than
+    FEEDER_GROWTH x channels (disjoint blocks: a permutation plus padding; overlapping blocks
+    repeat channels, and recomputing those rows costs more than the copy it saves)."""
+    return not grouped.skip_gather and len(grouped.gather) <= FEEDER_GROWTH * channels
+
+
+def _gather_in_feeders(gm: fx.GraphModule) -> None:
+    """Each grouped conv with a feeder (`feeders`) whose gather it `moves_gather` reads its input
+    already gathered: the feeder computes the rows gather[j] in order j ([k*c] rows)."""
+    modules = dict(gm.named_modules())
+    for name, src in feeders(gm).items():
+        grouped, conv = modules[name], modules[src]
+        if not isinstance(grouped, GroupedConv) or not moves_gather(grouped, conv.out_channels):
+            continue
+        idx = grouped.gather
+        conv.weight = nn.Parameter(conv.weight.detach()[idx], requires_grad=False)
+        if conv.bias is not None:
+            conv.bias = nn.Parameter(conv.bias.detach()[idx], requires_grad=False)
+        conv.out_channels = len(idx)
+        grouped.gather, grouped.skip_gather = torch.arange(len(idx)), True
+
+
 def fold_layouts(gm: fx.GraphModule) -> fx.GraphModule:
-    """Hand grouped convs' block order on wherever the next consumer can absorb it (in place)."""
+    """Gathers moved into feeders, and grouped convs' block order handed on wherever the next
+    consumer can absorb it (in place)."""
+    _gather_in_feeders(gm)
     modules = dict(gm.named_modules())
     layout: dict[fx.Node, tuple[torch.Tensor, int]] = {}  # node -> (layout, channels) when not in order
     restored: dict[fx.Node, fx.Node] = {}
