@@ -38,13 +38,13 @@ TARGET_S = 15.0  # a ResNet-18 round, every kind, 2 cores
 
 
 def specs(p) -> dict[str, RegroupParams]:
-    """params.yaml's regroup tickets, and each of them at every kind not already among them."""
+    """params.yaml's regroup tickets, and each of them at every other kind it allows."""
     out = {}
     for name, t in p.tickets.items():
         if isinstance(t, RegroupParams):
             out[name] = t
             for g, h in KINDS:
-                if (t.granularity, t.hypergraph) != (g, h):
+                if (t.granularity, t.hypergraph) != (g, h) and (t.inputs == "overlap" or g == "channel"):  # disjoint blocks own whole channels
                     out[f"{name}[{g}x{h}]"] = t.model_copy(update={"granularity": g, "hypergraph": h})
     return out
 
@@ -56,10 +56,16 @@ def run() -> dict:
         for name, spec in specs(p).items()
         for arch, width, density in ((p.model.arch, p.model.width, 0.8**3), ("resnet18", 1.0, 0.5), ("resnet18", 1.0, 0.2))
     ]
-    default = max(r["total_s"] for r in results if r["arch"] == p.model.arch)
+    return {"results": results, **summarise(results, p.model.arch, set(p.tickets))}
+
+
+def summarise(results: list[dict], default_arch: str, tickets: set[str]) -> dict:
+    """The default model's slowest round over params.yaml's own tickets (target 2 s) and a
+    ResNet-18 round's time per ticket and kind, the slowest against TARGET_S."""
+    default = max(r["total_s"] for r in results if r["arch"] == default_arch and r["ticket"] in tickets)
     r18 = {f"{r['ticket']}@{r['density']}": round(r["total_s"], 2) for r in results if r["arch"] == "resnet18"}
     worst = max(r18.values())
     return {
-        "results": results, "resnet18_round_s": r18, "resnet18_worst_round_s": worst,
-        "summary": f"default model all layers <= {default:.3f}s (target <= 2s); resnet18 round, every kind <= {worst:.2f}s (target <= {TARGET_S:.0f}s)",
+        "resnet18_round_s": r18, "resnet18_worst_round_s": worst,
+        "summary": f"default model, params.yaml's tickets: all layers <= {default:.3f}s (target <= 2s); resnet18 round, every kind <= {worst:.2f}s (target <= {TARGET_S:.0f}s)",
     }

@@ -28,7 +28,10 @@ class AlignedAdd(nn.Module):
         self.n = n
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        out = a.new_zeros(a.shape[0], self.n, *a.shape[2:])
+        """In a's memory format: a channels_last stream stays channels_last for the convs that
+        read it (a contiguous sum made every one of them convert its input)."""
+        fmt = torch.channels_last if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous() else torch.contiguous_format
+        out = torch.empty(a.shape[0], self.n, *a.shape[2:], dtype=a.dtype, device=a.device, memory_format=fmt).zero_()
         out.index_add_(1, self.idx_a, a)
         return out.index_add_(1, self.idx_b, b)
 
