@@ -48,16 +48,19 @@ def run(device: str = "cuda", cases: list[tuple[str, float]] = CASES, batches: l
         dense = _on(fold_bn(model), dev, dtype)
         for method, (kind, masks) in tickets(model, density).items():
             ticket, metrics = ticket_of(model, masks, (1, 3, image, image))
-            ref = masked_reference(ticket, masks, 3)
+            ref = _on(masked_reference(ticket, masks, 3), dev, torch.float32)  # verification runs in fp32
             for b in batches:
                 x = torch.randn(b, 3, image, image, generator=torch.Generator().manual_seed(b)).to(dev).contiguous(memory_format=torch.channels_last)
-                for engine, fast in fast_models(kind, ticket, masks, 3, x.to(dtype), 9, 2).items():
+                xt = x.to(dtype)
+                for engine, fast in fast_models(kind, ticket, masks, 3, xt, 9, 2).items():
                     torch.backends.cudnn.allow_tf32 = False
-                    err = verify(_on(ref, dev, torch.float32), _on(fast, dev, torch.float32), x, ATOL, f"{arch} {method} {engine}")
-                    torch.backends.cudnn.allow_tf32 = True
+                    try:
+                        err = verify(ref, _on(fast, dev, torch.float32), x, ATOL, f"{arch} {method} {engine}")
+                    finally:
+                        torch.backends.cudnn.allow_tf32 = True
                     f = _on(fast, dev, dtype)
-                    t = time_pair(dense, f, x.to(dtype), REPEATS, WARMUP)
-                    aa = time_pair(dense, dense, x.to(dtype), REPEATS, WARMUP, seed=1)
+                    t = time_pair(dense, f, xt, REPEATS, WARMUP)
+                    aa = time_pair(dense, dense, xt, REPEATS, WARMUP, seed=1)
                     rows.append({
                         "arch": arch, "image": image, "source_density": density, "method": method, "engine": engine, "batch": b, "dtype": str(dtype).removeprefix("torch."),
                         "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving, "aa_noise": abs(aa.saving),
@@ -66,7 +69,7 @@ def run(device: str = "cuda", cases: list[tuple[str, float]] = CASES, batches: l
                     print(arch, image, density, method, engine, b, f"{t.saving:+.1%} of {rows[-1]['flops_saving']:.1%} (A/A {aa.saving:+.1%})", flush=True)
                     if b == max(batches):
                         flops = layer_effective_flops(ticket, masks, (1, 3, image, image))
-                        layers += [{"arch": arch, "image": image, "source_density": density, "method": method, "batch": b, **r} for r in layer_rows(dense, f, x.to(dtype), per_layer, flops)]
+                        layers += [{"arch": arch, "image": image, "source_density": density, "method": method, "batch": b, **r} for r in layer_rows(dense, f, xt, per_layer, flops)]
     best = max((r for r in rows if r["method"].startswith("regroup") and r["batch"] == max(batches)), key=lambda r: r["time_saving"])
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__, "rows": rows, "layers": layers,
