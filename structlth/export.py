@@ -26,7 +26,7 @@ from structlth.speedup.engines import ALIGN, masked_reference
 from structlth.speedup.slim import kept_channels, slim_model
 from structlth.speedup.timing import verify
 
-FORMAT = "structlth-slim-1"
+FORMAT = "structlth-slim-2"  # 2: channels in slim.channel_orders order (1: sorted)
 ONNX_FORMAT = "structlth-onnx-1"
 
 

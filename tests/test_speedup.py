@@ -18,7 +18,7 @@ from structlth.speedup.bench import bench_ticket
 from structlth.speedup.engines import CsrConv, GroupedConv, SubConv, masked_reference, row_groups, swap_convs
 from structlth.speedup.layout import FEEDER_GROWTH, feeders, fold_bn, fold_layouts
 from structlth.speedup.timing import verify
-from structlth.speedup.slim import slim_model
+from structlth.speedup.slim import StreamAdd, add_segments, slim_model
 
 from helpers import randomised_model
 
@@ -36,6 +36,41 @@ def test_slim_model_equals_masked_model_and_is_smaller(arch, width):
     with torch.no_grad():
         assert torch.allclose(slim(x), ref(x), atol=1e-5, rtol=1e-4)
     assert sum(p.numel() for p in slim.parameters()) < 0.6 * sum(p.numel() for p in m.parameters())
+
+
+def test_a_sum_of_different_channel_sets_is_the_scatter_into_their_union_in_any_order():
+    """b's channels first, in b's order, then a's others; channels_last stays channels_last."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a = torch.randperm(12, generator=g)[: int(torch.randint(1, 12, (1,), generator=g))].tolist()
+        b = torch.randperm(12, generator=g)[: int(torch.randint(1, 12, (1,), generator=g))].tolist()
+        union, segments = add_segments(a, b)
+        assert union[: len(b)] == b and sorted(union) == sorted(set(a) | set(b))
+        xa = torch.randn(2, len(a), 3, 3).contiguous(memory_format=torch.channels_last)
+        xb = torch.randn(2, len(b), 3, 3).contiguous(memory_format=torch.channels_last)
+        pos = {c: i for i, c in enumerate(union)}
+        want = torch.zeros(2, len(union), 3, 3)
+        want[:, [pos[c] for c in a]] += xa
+        want[:, [pos[c] for c in b]] += xb
+        got = StreamAdd(segments)(xa, xb)
+        assert torch.allclose(got, want)
+        assert got.is_contiguous(memory_format=torch.channels_last) or max(len(a), len(b)) == 1  # one channel: both formats
+
+
+def test_residual_streams_are_ordered_so_each_block_joins_in_few_stretches():
+    """Planned channel orders (slim.channel_orders): a ResNet-18 block's conv writes the channels
+    it shares with the stream in at most 2 stretches (sorted orders need 14-87 here)."""
+    m = randomised_model("resnet18", 1.0)
+    w = dict(m.named_parameters())
+    masks = ones_masks(m)
+    for _ in range(2):
+        masks = channel_prune(w, masks, 0.4)
+    slim = slim_model(m, masks, 3, align=8)
+    shared = [sum(sb is not None and sa is not None for sb, sa, _ in mod.segments) for mod in slim.modules() if isinstance(mod, StreamAdd)]
+    assert len(shared) == 8 and max(shared) <= 2
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.allclose(slim(x), masked_reference(m, masks, 3)(x), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("engine", [GroupedConv, SubConv, CsrConv])

@@ -36,14 +36,14 @@ def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int)
     return torch.channels_last if t.t_ticket_ms < t.t_dense_ms else torch.contiguous_format
 
 
-def choose_engines(reference: nn.Module, masks: Mapping[str, torch.Tensor], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, str]:
+def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, str]:
     """Per masked conv, in the model's module order, the fastest engine on its real input (the
     dense conv when nothing wins). A grouped conv whose feeder (structlth.speedup.layout.feeders)
     runs dense is timed without its gather when the feeder will emit its input gathered
     (structlth.speedup.layout.moves_gather)."""
     inputs = conv_inputs(reference, x)
     modules = dict(reference.named_modules())
-    feed = feeders(reference) if isinstance(reference, fx.GraphModule) else {}
+    feed = feeders(reference)
     order = {n: i for i, n in enumerate(modules)}
     choice = {}
     for pname, mask in sorted(masks.items(), key=lambda kv: order[kv[0].removesuffix(".weight")]):

@@ -38,10 +38,15 @@ def row_groups(mask: torch.Tensor) -> list[torch.Tensor]:
     return sorted(groups, key=lambda g: int(g[0]))
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """x [B, C, H, W] is laid out channels_last (and not also contiguous, as when C or H*W is 1)."""
+    return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def take_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x[:, index] for x [B, C, H, W]: advanced indexing on channels_last tensors (3-4x faster
     there than index_select, measured at 64-256 channels, batch 64), index_select otherwise."""
-    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if is_channels_last(x):
         return x[:, index]
     return x.index_select(1, index)
 

@@ -5,9 +5,9 @@
 - `feeders` / `fold_layouts`: a grouped conv (engines.GroupedConv) that is the only reader of a
   plain conv's output (through channel-wise modules) has that conv emit its rows in the grouped
   conv's gather order, so the gather disappears (disjoint blocks: a permutation). A grouped conv
-  computes its output channels in block order. Where the graph allows, the block order is handed on instead of restored: through
-  channel-wise modules (ReLU, pooling, dropout) into the next conv, whose input gather (grouped)
-  or weight columns (dense) absorb the permutation. Anything else (a residual add of tensors in
+  computes its output channels in block order. Where the graph allows, the block order is
+  handed on instead of restored: through channel-wise modules (ReLU, pooling, dropout) into the
+  next conv, whose input gather (grouped) or weight columns (dense) absorb the permutation. Anything else (a residual add of tensors in
   different orders, flatten, the classifier, the output) gets an explicit `Reorder` first.
 """
 

@@ -2,38 +2,86 @@
 
 Dead channels (structlth.graph) are removed: a conv keeps its live output channels and reads
 only the live channels its input tensor still carries; BN and the classifier shrink with
-them; a residual add of tensors with different live sets becomes an index_add into their
-union. The slim network equals the masked one up to float summation order.
+them. The slim network equals the masked one up to float summation order.
+
+A residual add of tensors carrying different channel sets (`StreamAdd`) is slices and one
+concat, never a scatter: the sum carries the stream's channels in the stream's order, then the
+other operand's new ones. Each residual stream's channel order is planned (`channel_orders`)
+so that every conv writing into it emits, in a few contiguous stretches, the channels it shares
+with the stream: a conv's output rows may come in any order, since its readers' weights are
+sliced in that order.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import fx, nn
 
 from structlth.graph import ADD_OPS, liveness
+from structlth.speedup.engines import is_channels_last
 from structlth.masks import training_masks, apply_masks
 
+Segment = tuple[int | None, int | None, int]  # (start in b or None, start in a or None, length)
 
-class AlignedAdd(nn.Module):
-    """a + b where a carries channels idx_a and b idx_b of an n-channel union (index buffers)."""
 
-    def __init__(self, idx_a: torch.Tensor, idx_b: torch.Tensor, n: int) -> None:
+def _runs(pairs: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(i, j) pairs, sorted by i, as maximal runs (i0, j0, n) where both advance by one."""
+    runs: list[tuple[int, int, int]] = []
+    for i, j in pairs:
+        if runs and runs[-1][0] + runs[-1][2] == i and runs[-1][1] + runs[-1][2] == j:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((i, j, 1))
+    return runs
+
+
+def add_segments(a: Sequence[int], b: Sequence[int]) -> tuple[list[int], list[Segment]]:
+    """The channel order of a + b for tensors carrying channels `a` and `b` (in those orders):
+    b's channels in b's order, then a's other channels in a's order; and that sum as stretches
+    of the output, in order: (b start, a start, length), None where the stretch lacks that operand."""
+    pos_b = {c: i for i, c in enumerate(b)}
+    segments: list[Segment] = []
+    cursor = 0
+    for i, j, n in _runs(sorted((pos_b[c], j) for j, c in enumerate(a) if c in pos_b)):
+        if i > cursor:
+            segments.append((cursor, None, i - cursor))
+        segments.append((i, j, n))
+        cursor = i + n
+    if cursor < len(b):
+        segments.append((cursor, None, len(b) - cursor))
+    tail = [j for j, c in enumerate(a) if c not in pos_b]
+    segments += [(None, j, n) for _, j, n in _runs([(j, j) for j in tail])]
+    return list(b) + [a[j] for j in tail], segments
+
+
+class StreamAdd(nn.Module):
+    """a + b where a and b carry different channel sets: each output stretch (`add_segments`)
+    is a slice of b, of a, or the sum of one of each; one concat joins them (in the inputs'
+    memory format)."""
+
+    def __init__(self, segments: Sequence[Segment]) -> None:
         super().__init__()
-        self.register_buffer("idx_a", idx_a)
-        self.register_buffer("idx_b", idx_b)
-        self.n = n
+        self.segments = [tuple(s) for s in segments]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """In a's memory format: a channels_last stream stays channels_last for the convs that
-        read it (a contiguous sum made every one of them convert its input)."""
-        fmt = torch.channels_last if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous() else torch.contiguous_format
-        out = torch.empty(a.shape[0], self.n, *a.shape[2:], dtype=a.dtype, device=a.device, memory_format=fmt).zero_()
-        out.index_add_(1, self.idx_a, a)
-        return out.index_add_(1, self.idx_b, b)
+        parts = []
+        for sb, sa, n in self.segments:
+            if sb is None:
+                parts.append(a.narrow(1, sa, n))
+            elif sa is None:
+                parts.append(b.narrow(1, sb, n))
+            else:
+                parts.append(b.narrow(1, sb, n) + a.narrow(1, sa, n))
+        out = torch.cat(parts, 1)  # in the parts' format, contiguous when a part is ambiguous (one channel)
+        if (is_channels_last(a) or is_channels_last(b)) and not is_channels_last(out):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"segments={self.segments}"
 
 
 class Gather(nn.Module):
@@ -52,8 +100,14 @@ def _set(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
-def _slim_conv(conv: nn.Conv2d, keep_in: torch.Tensor, keep_out: torch.Tensor) -> nn.Module:
-    depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
+def _is_depthwise(conv: nn.Conv2d) -> bool:
+    return conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
+
+
+def _slim_conv(conv: nn.Conv2d, keep_in: list[int], keep_out: list[int]) -> nn.Module:
+    """conv reading channels keep_in (in that order) and computing keep_out (in that order); a
+    depthwise conv's keep_out follows its input's order (`slim_model`)."""
+    depthwise = _is_depthwise(conv)
     if conv.groups > 1 and not depthwise:
         raise NotImplementedError("slimming grouped (non-depthwise) convs is not supported")
     new = nn.Conv2d(
@@ -64,20 +118,20 @@ def _slim_conv(conv: nn.Conv2d, keep_in: torch.Tensor, keep_out: torch.Tensor) -
     new.weight.data.copy_(w if depthwise else w[:, keep_in])
     if conv.bias is not None:
         new.bias.data.copy_(conv.bias.detach()[keep_out])
-    if depthwise and not torch.equal(keep_in, keep_out):
-        pos = torch.searchsorted(keep_in, keep_out)
-        return nn.Sequential(Gather(pos), new)
+    if depthwise and keep_in != keep_out:
+        pos = {c: i for i, c in enumerate(keep_in)}
+        return nn.Sequential(Gather(torch.tensor([pos.get(c, 0) for c in keep_out])), new)
     return new
 
 
-def _slim_bn(bn: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
+def _slim_bn(bn: nn.BatchNorm2d, keep: list[int]) -> nn.BatchNorm2d:
     new = nn.BatchNorm2d(len(keep), bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
     sd = {k: (v[keep] if v.ndim == 1 else v) for k, v in bn.state_dict().items()}
     new.load_state_dict(sd)
     return new
 
 
-def _slim_linear(lin: nn.Linear, keep_in: torch.Tensor) -> nn.Linear:
+def _slim_linear(lin: nn.Linear, keep_in: list[int]) -> nn.Linear:
     new = nn.Linear(len(keep_in), lin.out_features, bias=lin.bias is not None)
     new.weight.data.copy_(lin.weight.detach()[:, keep_in])
     if lin.bias is not None:
@@ -86,8 +140,9 @@ def _slim_linear(lin: nn.Linear, keep_in: torch.Tensor) -> nn.Linear:
 
 
 def kept_channels(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, align: int = 1) -> dict[str, list[int]]:
-    """Output channels each conv keeps: its live ones (one dead channel where none is live), for
-    plain convs padded with the lowest dead channels up to a multiple of `align` (at most C_out).
+    """Output channels each conv keeps (sorted): its live ones (one dead channel where none is
+    live), for plain convs padded with the lowest dead channels up to a multiple of `align` (at
+    most C_out).
 
     Dead channels are exactly zero, so padding changes no output; it keeps channel counts on
     the CPU kernels' blocks (oneDNN computes 8/16 channels at a time: measured here, a 64 -> 61
@@ -107,46 +162,144 @@ def kept_channels(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channe
     return out
 
 
+def _is_add(node: fx.Node) -> bool:
+    """A sum of two tensors (slim_model joins their channel sets)."""
+    return node.op == "call_function" and node.target in ADD_OPS and sum(isinstance(a, fx.Node) for a in node.args) == 2
+
+
+def _origin(node: fx.Node, modules: Mapping[str, nn.Module]) -> fx.Node:
+    """The node whose channel order `node` carries: back through channel-wise nodes to a conv,
+    a linear layer, a sum of two tensors or the input."""
+    while node.op in ("call_function", "call_method") and not _is_add(node) or node.op == "call_module" and not isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
+        srcs = [a for a in node.args if isinstance(a, fx.Node)]
+        if not srcs:
+            break
+        node = srcs[0]
+    return node
+
+
+def _gray_sorted(channels: Sequence[int], later: Sequence[set[int]]) -> list[int]:
+    """`channels` by the reflected Gray code of their membership in the sets `later` (the first
+    most significant), then by index: the first set's members come last and the second's form
+    one stretch; set i's form at most 2^(i-1) stretches (i >= 1, 0-based)."""
+    def rank(c: int) -> int:
+        r = bit = 0
+        for s in later:
+            bit ^= c in s
+            r = 2 * r + bit
+        return r
+
+    return sorted(channels, key=lambda c: (rank(c), c))
+
+
+def channel_orders(gm: fx.GraphModule, keep: Mapping[str, list[int]]) -> dict[str, list[int]]:
+    """An output channel order for plain convs that write into residual streams (the others
+    keep `keep`'s sorted order), so that each sum joins its operands in few stretches
+    (`add_segments`).
+
+    gm: the model's fx trace; keep: conv name -> kept channels (`kept_channels`). Sums are
+    followed along their stream: the operand that is an earlier sum (through channel-wise
+    nodes), the second operand at a chain's first sum. The conv the stream starts from orders
+    its channels by `_gray_sorted` over the convs writing into the chain; each writer emits
+    the channels it shares with the stream in the stream's order, then its new ones Gray-sorted
+    over the writers after it.
+    """
+    modules = dict(gm.named_modules())
+
+    def plain(node: fx.Node) -> bool:
+        return node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d) and modules[node.target].groups == 1
+
+    roles: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}  # sum -> (stream origin, writer origin)
+    nxt: dict[fx.Node, fx.Node] = {}  # sum -> the next sum on its stream
+    starts = []
+    for node in gm.graph.nodes:
+        if not _is_add(node):
+            continue
+        oa, ob = (_origin(a, modules) for a in node.args if isinstance(a, fx.Node))
+        going_on = [o for o in (ob, oa) if o in roles and o not in nxt]
+        stream = going_on[0] if going_on else ob
+        roles[node] = (stream, oa if stream is ob else ob)
+        if going_on:
+            nxt[stream] = node
+        else:
+            starts.append(node)
+
+    order: dict[str, list[int]] = {}
+    sums: dict[fx.Node, list[int]] = {}
+
+    def emitted(node: fx.Node) -> list[int] | None:
+        if plain(node):
+            return order.get(node.target, keep[node.target])
+        return sums.get(node)
+
+    for first in starts:
+        chain = [first]
+        while chain[-1] in nxt:
+            chain.append(nxt[chain[-1]])
+        writers = [set(keep[w.target]) if plain(w) else set() for w in (roles[n][1] for n in chain)]
+        stream = roles[first][0]
+        if plain(stream) and stream.target not in order:
+            order[stream.target] = _gray_sorted(keep[stream.target], writers)
+        u = emitted(stream)
+        for i, node in enumerate(chain):
+            writer = roles[node][1]
+            if u is not None and plain(writer) and writer.target not in order:
+                pos = {c: j for j, c in enumerate(u)}
+                shared = sorted((c for c in keep[writer.target] if c in pos), key=pos.__getitem__)
+                order[writer.target] = shared + _gray_sorted([c for c in keep[writer.target] if c not in pos], writers[i + 1:])
+            a = emitted(writer)
+            if u is None or a is None:
+                break
+            u = sums[node] = add_segments(a, u)[0]
+    return order
+
+
 @torch.no_grad()
 def slim_model(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, align: int = 1) -> fx.GraphModule:
     """A physically slimmed copy of `model` with `masks` (and dead-channel BN masks) applied.
 
     model: any registry network; masks: param name -> bool weight mask. Returns an fx
-    GraphModule in eval mode with the same input/output shapes.
+    GraphModule in eval mode with the same input/output shapes. Inside it a tensor carries its
+    kept channels in the order `channel_orders` plans (a function of the kept channel sets and
+    the graph alone, so `structlth.export.load_slim` rebuilds the same net).
     """
     model = copy.deepcopy(model).cpu().eval()
     apply_masks(model, training_masks(model, masks, in_channels))
-    live = liveness(model, masks, in_channels)
-    gm = live.graph
+    gm = liveness(model, masks, in_channels).graph
     gm_modules = dict(gm.named_modules())
-    keep_out = {n: torch.tensor(v) for n, v in kept_channels(model, masks, in_channels, align).items()}
-    present: dict[str, torch.Tensor] = {}  # fx node -> channel indices the slim tensor carries
+    keep = kept_channels(model, masks, in_channels, align)
+    orders = channel_orders(gm, keep)
+    present: dict[str, list[int]] = {}  # fx node -> the channels the slim tensor carries, in order
     for node in list(gm.graph.nodes):
         args = [a for a in node.args if isinstance(a, fx.Node) and a.name in present]
         if node.op == "placeholder":
-            present[node.name] = torch.arange(in_channels)
+            present[node.name] = list(range(in_channels))
         elif node.op == "call_module":
             mod, src = gm_modules[node.target], present[args[0].name]
             if isinstance(mod, nn.Conv2d):
-                _set(gm, node.target, _slim_conv(mod, src, keep_out[node.target]))
-                present[node.name] = keep_out[node.target]
+                out = orders.get(node.target, keep[node.target])
+                if _is_depthwise(mod):
+                    kept = set(out)
+                    out = [c for c in src if c in kept] + sorted(kept.difference(src))
+                _set(gm, node.target, _slim_conv(mod, src, out))
+                present[node.name] = out
             elif isinstance(mod, nn.BatchNorm2d):
                 _set(gm, node.target, _slim_bn(mod, src))
                 present[node.name] = src
             elif isinstance(mod, nn.Linear):
                 _set(gm, node.target, _slim_linear(mod, src))
-                present[node.name] = torch.arange(mod.out_features)
+                present[node.name] = list(range(mod.out_features))
             else:
                 present[node.name] = src
         elif node.op in ("call_function", "call_method") and args:
             if node.target in ADD_OPS and len(args) == 2:
                 a, b = present[args[0].name], present[args[1].name]
-                if torch.equal(a, b):
+                if a == b:
                     present[node.name] = a
                     continue
-                union = torch.unique(torch.cat([a, b]))
-                name = f"aligned_add_{node.name}"
-                gm.add_submodule(name, AlignedAdd(torch.searchsorted(union, a), torch.searchsorted(union, b), len(union)))
+                union, segments = add_segments(a, b)
+                name = f"stream_add_{node.name}"
+                gm.add_submodule(name, StreamAdd(segments))
                 with gm.graph.inserting_after(node):
                     new = gm.graph.call_module(name, (args[0], args[1]))
                 node.replace_all_uses_with(new)

@@ -57,12 +57,18 @@ def median(v) -> float:
     return v[len(v) // 2]
 
 
+def _synced_clock() -> float:
+    """perf_counter once the CUDA kernels queued so far have finished."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 @torch.inference_mode()
 def time_pair(dense: Callable, fast: Callable, x: torch.Tensor, repeats: int, warmup: int, x_fast: torch.Tensor | None = None, seed: int = 0) -> Timing:
     """Median ms of dense(x) and fast(x_fast or x): `repeats` pairs, each pair in random order
     (on CUDA each call is timed to the end of its kernels)."""
     xf = x if x_fast is None else x_fast
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    clock = _synced_clock if x.is_cuda else time.perf_counter
     for _ in range(warmup):
         dense(x)
         fast(xf)
@@ -72,11 +78,9 @@ def time_pair(dense: Callable, fast: Callable, x: torch.Tensor, repeats: int, wa
         pair = [(dense, td, x), (fast, tf, xf)]
         order.shuffle(pair)
         for fn, acc, inp in pair:
-            sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             fn(inp)
-            sync()
-            acc.append((time.perf_counter() - t0) * 1e3)
+            acc.append((clock() - t0) * 1e3)
     return Timing(median(td), median(tf))
 
 
