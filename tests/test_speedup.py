@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -267,6 +268,18 @@ def test_a_loaded_slim_model_prints_its_input_and_channels_not_fx_code(tmp_path)
     assert "mean [0.3]) / std [0.3]" in text
     assert text.splitlines()[3] == "    conv1: 8 / 8"  # model order; the stem keeps its channels
     assert "    layers.7.conv1: 16 / 32" in text  # half of 32 kept (counts padded to multiples of 8)
+
+
+def test_load_slim_refuses_an_export_of_another_format(tmp_path):
+    """A structlth-slim-1 export kept its channels sorted: loaded as today's order it would run, permuted."""
+    m = randomised_model("resnet20", 0.5, in_ch=1)
+    masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.5)
+    arch = {"arch": "resnet20", "width": 0.5, "in_channels": 1, "num_classes": 10, "small_input_stem": True, "mean": [0.3], "std": [0.3]}
+    export_slim(m, masks, arch, tmp_path)
+    spec = json.loads((tmp_path / "architecture.json").read_text())
+    (tmp_path / "architecture.json").write_text(json.dumps({**spec, "format": "structlth-slim-1"}))
+    with pytest.raises(ArtifactError, match="not a structlth-slim-2 export"):
+        load_slim(tmp_path)
 
 
 def test_export_refuses_unstructured_tickets(tmp_path):
