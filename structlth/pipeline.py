@@ -1,8 +1,10 @@
 """What each pipeline stage does, as library functions the thin stage scripts call.
 
 Layout of one round or ticket directory: mask.safetensors (bool masks of prunable weights),
-weights.safetensors (trained parameters and BN buffers), metrics.json (headline numbers only, so
-`dvc metrics show/diff` fit a terminal), layers.json (per-layer densities, a DVC plot).
+weights.safetensors (trained parameters and BN buffers), predictions.safetensors (the predicted
+class of every test image at the reported epoch, and the labels: paired tests between any two
+runs need nothing else), metrics.json (headline numbers only, so `dvc metrics show/diff` fit a
+terminal), layers.json (per-layer densities, a DVC plot).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from torch import nn
 
 from structlth import distributed as dist
 from structlth.artifacts import check_state, load_tensors, read_json, save_tensors, staged_dir, tensor_digest, write_json
-from structlth.config import IMAGE_FOLDERS, Params, RefillParams, RegroupParams, params_hash
+from structlth.config import IMAGE_FOLDERS, Params, RefillParams, RegroupParams, TorchPruningParams, params_hash
 from structlth.data import Dataset, eval_batches, load_dataset, prepare_data
 from structlth.errors import ArtifactError, ParamsError
-from structlth.masks import Masks, check_masks, density, drop_untrainable, layer_stats, mask_stats, ones_masks, training_masks
+from structlth.masks import Masks, check_masks, density, drop_untrainable, effective_flops, layer_stats, mask_stats, ones_masks, training_masks
 from structlth.models import build_model
 from structlth.pruning import channel_prune, magnitude_prune, regroup_layers
+from structlth.pruning.baseline import match_flops
 from structlth.pruning.refill import activation_scores, refill_masks, weight_scores
 from structlth.train import State, TrainResult, state_of, train
 
@@ -98,7 +101,33 @@ def round_id(round_dir: Path) -> str:
     return f"{round_dir.parent.name}/{round_dir.name}"
 
 
-def save_round(ctx: Context, out_dir: Path, state: State, masks: Masks, metrics: dict, kind: str) -> None:
+def test_set_meta(ctx: Context) -> dict:
+    """What identifies the test set a predictions file belongs to (two files pair only when equal)."""
+    d = ctx.params.data
+    labels = ctx.data.test.labels.cpu()
+    return {"dataset": d.dataset, "test_subset": d.test_subset, "test_images": len(labels), "labels_digest": tensor_digest({"target": labels})}
+
+
+def save_predictions(ctx: Context, path: Path, pred: torch.Tensor | None, meta: dict) -> None:
+    """predictions.safetensors: pred int16 [N_test] (predicted class per test image, in test-set
+    order) and target int16 [N_test] (the labels)."""
+    if pred is None:
+        raise ArtifactError(f"{path}: training kept no test predictions (no epoch was evaluated)")
+    target = ctx.data.test.labels.cpu().to(torch.int16)
+    if pred.shape != target.shape:
+        raise ArtifactError(f"{path}: {pred.numel()} predictions for {target.numel()} test images")
+    save_tensors(path, {"pred": pred.to(torch.int16), "target": target}, {**meta, **test_set_meta(ctx)})
+
+
+def load_predictions(path: Path) -> tuple[torch.Tensor, dict]:
+    """Per-image results of a round: bool [N_test] (prediction == label) and the file's metadata."""
+    t, meta = load_tensors(path)
+    if set(t) != {"pred", "target"} or t["pred"].shape != t["target"].shape or t["pred"].ndim != 1:
+        raise ArtifactError(f"{path}: not a predictions file (pred and target, one entry per test image)")
+    return t["pred"] == t["target"], meta
+
+
+def save_round(ctx: Context, out_dir: Path, state: State, masks: Masks, metrics: dict, kind: str, test_pred: torch.Tensor | None) -> None:
     """mask.safetensors and weights.safetensors carry the round's id; the weights also carry the
     digest of their mask, so a mask that is swapped, copied from another round or edited is
     refused on load (`load_round`)."""
@@ -108,6 +137,7 @@ def save_round(ctx: Context, out_dir: Path, state: State, masks: Masks, metrics:
     with staged_dir(out_dir) as d:
         save_tensors(d / "mask.safetensors", masks, meta)
         save_tensors(d / "weights.safetensors", state, {**meta, "mask_digest": tensor_digest(masks)})
+        save_predictions(ctx, d / "predictions.safetensors", test_pred, meta)
         write_json(d / "metrics.json", metrics)
         write_json(d / "layers.json", [{"layer": n, **s} for n, s in layer_stats(masks).items()])
 
@@ -214,18 +244,20 @@ def pretrain(ctx: Context, out_dir: Path, checkpoint: Path | None = None) -> dic
             save_tensors(d / "rewind.safetensors", result.rewind_state, {**meta, "kind": "rewind"})
             save_tensors(d / "weights.safetensors", state_of(model), {**meta, "kind": "weights"})
             save_tensors(d / "mask.safetensors", masks, {**meta, "kind": "mask"})
+            save_predictions(ctx, d / "predictions.safetensors", result.test_pred, {**meta, "kind": "predictions"})
             write_json(d / "metrics.json", metrics)
             write_json(d / "curve.json", result.history)
     return metrics
 
 
-def _retrain(ctx: Context, masks: Masks, pretrain_dir: Path, checkpoint: Path | None, identity: str) -> tuple[nn.Module, TrainResult]:
-    """Rewind every parameter and buffer to the rewind point, apply `masks`, retrain."""
+def _retrain(ctx: Context, masks: Masks, pretrain_dir: Path, checkpoint: Path | None, identity: str, start_from: str = "rewind") -> tuple[nn.Module, TrainResult]:
+    """Set every parameter and buffer to pretrain's `start_from` state (rewind: the rewind
+    point; weights: the trained dense net), apply `masks`, retrain for the round's budget."""
     p = ctx.params
     model = ctx.model()
     check_masks(model, masks, "new mask")
     dist.check_same_on_all_ranks(masks, "pruning masks")
-    model.load_state_dict(load_state(ctx, pretrain_dir / "rewind.safetensors", model, {"kind": "rewind"})[0])
+    model.load_state_dict(load_state(ctx, pretrain_dir / f"{start_from}.safetensors", model, {"kind": start_from})[0])
     start = p.train.rewind_epoch if p.train.retrain == "rest" else 0
     return model, _train(ctx, model, masks, start_epoch=start, rewind_epoch=None, checkpoint=checkpoint, identity=identity)
 
@@ -247,7 +279,7 @@ def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_
     identity = params_hash(p.data, p.model, p.train, p.prune, section) + file_digest(prev_dir / "mask.safetensors", prev_dir / "weights.safetensors")
     model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity)
     metrics = _metrics(ctx, model, new, result)
-    save_round(ctx, out_dir, state_of(model), new, metrics, kind=chain)
+    save_round(ctx, out_dir, state_of(model), new, metrics, kind=chain, test_pred=result.test_pred)
     return metrics
 
 
@@ -266,22 +298,51 @@ def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State,
     return refill_masks(masks, scores, spec.refill_rate, spec.count, spec.channel_align)
 
 
+def baseline_masks(ctx: Context, spec: TorchPruningParams, state: State, masks: Masks, pretrain_dir: Path) -> tuple[Masks, dict]:
+    """Torch-Pruning's channel masks of the trained dense net at the FLOPs of ticket
+    `spec.match` made from this IMP round (state, masks); and what the metrics record of it."""
+    model = ctx.model()
+    flops_of = lambda m: effective_flops(model, m, ctx.input_shape)[1]  # noqa: E731
+    target = flops_of(drop_untrainable(model, ticket_masks(ctx, ctx.params.tickets[spec.match], state, masks), ctx.data.in_channels))
+    model.load_state_dict(load_state(ctx, pretrain_dir / "weights.safetensors", model, {"kind": "weights"})[0])
+    example = torch.zeros(ctx.input_shape)
+    gradients = None
+    if spec.importance == "taylor":
+        batches = list(islice(eval_batches(ctx.data.train, ctx.data, ctx.params.data.batch_size), spec.score_batches))
+
+        def gradients(net: nn.Module) -> None:
+            net.zero_grad()
+            for x, y in batches:
+                nn.functional.cross_entropy(net(x.cpu()), y.cpu()).backward()
+
+    ones = ones_masks(model, ctx.params.prune.prunable)
+    new, ratio = match_flops(model, ones, example, spec.importance, spec.round_to, target, lambda m: flops_of(drop_untrainable(model, m, ctx.data.in_channels)), gradients)
+    return drop_untrainable(model, new, ctx.data.in_channels), {"matched": spec.match, "matched_flops": target, "pruning_ratio": ratio, "start": spec.start}
+
+
 def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> dict:
-    """A structured ticket from IMP round k: post-process its mask, rewind, retrain."""
+    """A structured ticket from IMP round k: post-process its mask (or, for a torch_pruning
+    ticket, prune the dense net to the FLOPs of the matched ticket), rewind, retrain."""
     p = ctx.params
-    spec = p.tickets[name]
+    spec = p.ticket_spec(name)
     model = ctx.model()
     source = read_metrics(imp_dir / "metrics.json", ("sparsity", "test_acc"))  # every input read before training
     state, masks = load_round(ctx, imp_dir, model)
-    new = drop_untrainable(model, ticket_masks(ctx, spec, state, masks), ctx.data.in_channels)
-    aligned = {}
-    if spec.channel_align > 1:  # what alignment gave back: the sparsity the ticket had before it
+    extra, start_from = {}, "rewind"
+    if isinstance(spec, TorchPruningParams):
+        new, extra = baseline_masks(ctx, spec, state, masks, pretrain_dir)
+        start_from = "weights" if spec.start == "finetune" else "rewind"
+    else:
+        new = drop_untrainable(model, ticket_masks(ctx, spec, state, masks), ctx.data.in_channels)
+    if getattr(spec, "channel_align", 1) > 1:  # what alignment gave back: the sparsity the ticket had before it
         unaligned = ticket_masks(ctx, spec.model_copy(update={"channel_align": 1}), state, masks)
-        aligned["unaligned_sparsity"] = 1 - density(drop_untrainable(model, unaligned, ctx.data.in_channels))
+        extra["unaligned_sparsity"] = 1 - density(drop_untrainable(model, unaligned, ctx.data.in_channels))
     identity = params_hash(p.data, p.model, p.train, spec) + file_digest(imp_dir / "mask.safetensors", imp_dir / "weights.safetensors")
-    model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity)
-    metrics = _metrics(ctx, model, new, result, source_sparsity=source["sparsity"], source_test_acc=source["test_acc"], kind=spec.kind, **aligned)
-    save_round(ctx, out_dir, state_of(model), new, metrics, kind=name)
+    if isinstance(spec, TorchPruningParams):
+        identity += params_hash(p.tickets[spec.match])
+    model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity, start_from)
+    metrics = _metrics(ctx, model, new, result, source_sparsity=source["sparsity"], source_test_acc=source["test_acc"], kind=spec.kind, **extra)
+    save_round(ctx, out_dir, state_of(model), new, metrics, kind=name, test_pred=result.test_pred)
     return metrics
 
 
@@ -291,7 +352,8 @@ def seed_chain(ctx: Context, pretrain_dir: Path, out_dir: Path) -> dict:
     state, _ = load_state(ctx, pretrain_dir / "weights.safetensors", model, {"kind": "weights"})
     masks = ones_masks(model, ctx.params.prune.prunable)
     pre = read_metrics(pretrain_dir / "metrics.json", ("test_acc", "val_acc", "best_epoch"))
+    preds, _ = load_tensors(pretrain_dir / "predictions.safetensors", expect_meta=test_set_meta(ctx))
     metrics = {**mask_stats(model, masks, ctx.input_shape), **{k: pre[k] for k in ("test_acc", "val_acc", "best_epoch")}}
-    save_round(ctx, out_dir, state, masks, metrics, kind="dense")
+    save_round(ctx, out_dir, state, masks, metrics, kind="dense", test_pred=preds["pred"])
     return metrics
 

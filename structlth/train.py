@@ -35,6 +35,7 @@ class TrainResult:
     best_epoch: int = 0
     val_acc: float = -1.0
     test_acc: float = 0.0
+    test_pred: torch.Tensor | None = None  # int16 [N_test]: predicted class per test image at best_epoch
     rewind_state: State | None = None
 
 
@@ -55,15 +56,24 @@ def state_of(model: nn.Module) -> State:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, ds: Dataset, batch_size: int) -> float:
+def predict(model: nn.Module, split: Split, ds: Dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted class and label of every image of `split`, in its order: two int64 [N] (CPU)."""
     was = model.training
     model.eval()
-    correct = 0
+    preds, labels = [], []
     for x, y in eval_batches(split, ds, batch_size):
         with _autocast(x.device):
-            correct += int((model(_fmt(x, model)).argmax(1) == y).sum())
+            preds.append(model(_fmt(x, model)).argmax(1).cpu())
+        labels.append(y.cpu())
     model.train(was)
-    return correct / max(len(split), 1)
+    if not preds:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, split: Split, ds: Dataset, batch_size: int) -> float:
+    pred, label = predict(model, split, ds, batch_size)
+    return float((pred == label).sum()) / max(len(label), 1)
 
 
 def memory_format(model: nn.Module) -> torch.memory_format:
@@ -179,7 +189,9 @@ def train(
         }
         if val_acc > result.val_acc:  # ties keep the earlier epoch
             result.val_acc, result.best_epoch = val_acc, epoch + 1
-            result.test_acc = evaluate(model, ds.test, ds, eval_batch_size)
+            pred, label = predict(model, ds.test, ds, eval_batch_size)
+            result.test_acc = float((pred == label).sum()) / max(len(label), 1)
+            result.test_pred = pred.to(torch.int16)
         row["test_acc_at_best_val"] = result.test_acc
         result.history.append(row)
         if rewind_epoch is not None and epoch + 1 == rewind_epoch:
@@ -213,6 +225,8 @@ def _save_checkpoint(path: Path, identity: str, epoch: int, model: nn.Module, op
                 tensors[f"momentum.{names[id(p)]}"] = buf
     for k, v in (result.rewind_state or {}).items():
         tensors[f"rewind.{k}"] = v
+    if result.test_pred is not None:
+        tensors["test_pred"] = result.test_pred
     meta = {
         "identity": identity, "epoch": epoch, "history": result.history,
         "best_epoch": result.best_epoch, "val_acc": result.val_acc, "test_acc": result.test_acc,
@@ -235,6 +249,7 @@ def _resume(path: Path, identity: str, model: nn.Module, opt, result: TrainResul
             opt.state[p]["momentum_buffer"] = v.to(p.device).clone()
     rewind = {k[7:]: v for k, v in tensors.items() if k.startswith("rewind.")}
     result.rewind_state = rewind or result.rewind_state
+    result.test_pred = tensors.get("test_pred")
     result.history = meta["history"]
     result.best_epoch, result.val_acc, result.test_acc = meta["best_epoch"], meta["val_acc"], meta["test_acc"]
     return int(meta["epoch"])

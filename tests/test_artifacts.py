@@ -83,9 +83,9 @@ def _round(params, channels: int, rate: float):
 def test_mask_and_weights_of_different_rounds_are_rejected(tmp_path, params):
     ctx, model, state, masks = _round(params, 1, 0.5)
     r1, r2 = tmp_path / "imp" / "round1", tmp_path / "imp" / "round2"
-    save_round(ctx, r1, state, masks, {}, kind="imp")
+    save_round(ctx, r1, state, masks, {}, kind="imp", test_pred=ctx.data.test.labels)
     _, _, other_state, other_masks = _round(params, 1, 0.6)
-    save_round(ctx, r2, other_state, other_masks, {}, kind="imp")
+    save_round(ctx, r2, other_state, other_masks, {}, kind="imp", test_pred=ctx.data.test.labels)
     load_round(ctx, r2, model)  # consistent
     (r2 / "mask.safetensors").write_bytes((r1 / "mask.safetensors").read_bytes())
     with pytest.raises(ArtifactError, match=r"round2/mask.safetensors: made for round='imp/round1', but round='imp/round2'"):
@@ -99,7 +99,7 @@ def test_mask_and_weights_of_different_rounds_are_rejected(tmp_path, params):
 def test_a_flipped_mask_bit_is_named_as_an_edited_mask(tmp_path, params):
     ctx, model, state, masks = _round(params, 1, 0.5)
     d = tmp_path / "imp" / "round1"
-    save_round(ctx, d, state, masks, {}, kind="imp")
+    save_round(ctx, d, state, masks, {}, kind="imp", test_pred=ctx.data.test.labels)
     edited, meta = load_tensors(d / "mask.safetensors")
     name = next(iter(edited))
     edited[name].view(-1)[torch.nonzero(~edited[name].view(-1))[0]] = True  # one pruned weight back (0 -> 1)
@@ -110,7 +110,7 @@ def test_a_flipped_mask_bit_is_named_as_an_edited_mask(tmp_path, params):
 
 def test_artifacts_for_other_data_channels_are_rejected(tmp_path, params):
     ctx1, _, state, masks = _round(params, 1, 0.5)
-    save_round(ctx1, tmp_path / "r", state, masks, {}, kind="imp")
+    save_round(ctx1, tmp_path / "r", state, masks, {}, kind="imp", test_pred=ctx1.data.test.labels)
     ctx3, model3, _, _ = _round(params, 3, 0.5)
     with pytest.raises(ArtifactError, match=r"weights\.safetensors: made for in_channels=1, but in_channels=3"):
         load_round(ctx3, tmp_path / "r", model3)
@@ -175,7 +175,7 @@ def test_round_artifacts_with_bad_values_are_rejected(tmp_path, params, corrupt,
     state = {k: v.clone() for k, v in model.state_dict().items()}
     masks = ones_masks(model)
     corrupt(state, masks)
-    save_round(ctx, tmp_path / "r", state, masks, {}, kind="imp")
+    save_round(ctx, tmp_path / "r", state, masks, {}, kind="imp", test_pred=ctx.data.test.labels)
     with pytest.raises(ArtifactError, match=what):
         load_round(ctx, tmp_path / "r", ctx.model())
 
@@ -216,3 +216,24 @@ def test_verify_checks_each_file_of_a_folder_output_against_dvcs_listing(tmp_pat
     (cache / "cdef.dir").unlink()
     with pytest.raises(ArtifactError, match=r"artifacts/data: its listing .* is not readable"):
         verify_outputs(tmp_path / "dvc.lock")
+
+
+def test_round_predictions_round_trip_and_name_a_mismatch(tmp_path, params):
+    from structlth.pipeline import load_predictions
+
+    ctx = Context(params, synthetic_dataset(), torch.device("cpu"))
+    model = ctx.model()
+    state, masks = {k: v.clone() for k, v in model.state_dict().items()}, ones_masks(model)
+    labels = ctx.data.test.labels
+    pred = labels.clone()
+    pred[:10] = (pred[:10] + 1) % 4  # the first ten images wrong
+    save_round(ctx, tmp_path / "r", state, masks, {}, kind="imp", test_pred=pred)
+    correct, meta = load_predictions(tmp_path / "r" / "predictions.safetensors")
+    assert correct.tolist() == [False] * 10 + [True] * (len(labels) - 10)
+    assert meta["test_images"] == len(labels) and meta["round"] == f"{tmp_path.name}/r"
+    with pytest.raises(ArtifactError, match=f"5 predictions for {len(labels)} test images"):
+        save_round(ctx, tmp_path / "s", state, masks, {}, kind="imp", test_pred=pred[:5])
+    with pytest.raises(ArtifactError, match="no test predictions"):
+        save_round(ctx, tmp_path / "s", state, masks, {}, kind="imp", test_pred=None)
+    with pytest.raises(ArtifactError, match="not a predictions file"):
+        load_predictions(tmp_path / "r" / "mask.safetensors")

@@ -76,8 +76,8 @@ def _round_dir(d: Path) -> tuple[Context, Path]:
     model = ctx.model()
     masks = magnitude_prune({k: v.detach() for k, v in model.named_parameters()}, ones_masks(model), 0.5)
     state = {k: (v * masks[k] if k in masks else v) for k, v in state_of(model).items()}
-    save_round(ctx, d / "imp" / "round1", state, masks, {"sparsity": 0.5, "test_acc": 0.9}, kind="imp")
-    save_round(ctx, d / "imp" / "round2", state, masks, {"sparsity": 0.5, "test_acc": 0.9}, kind="imp")
+    save_round(ctx, d / "imp" / "round1", state, masks, {"sparsity": 0.5, "test_acc": 0.9}, kind="imp", test_pred=ctx.data.test.labels)
+    save_round(ctx, d / "imp" / "round2", state, masks, {"sparsity": 0.5, "test_acc": 0.9}, kind="imp", test_pred=ctx.data.test.labels)
     return ctx, d / "imp" / "round2"
 
 
