@@ -10,7 +10,7 @@ import torch
 from structlth.artifacts import read_json
 from structlth.config import load_params
 from structlth.data import load_dataset, normalize
-from structlth.errors import ParamsError, user_errors
+from structlth.errors import user_errors
 from structlth.pipeline import Context, load_round
 from structlth.speedup.bench import BENCH_COLUMNS, bench_ticket, dense_baseline, ticket_kind
 from structlth.speedup.timing import machine_lock
@@ -26,8 +26,8 @@ if __name__ == "__main__":
     args = ap.parse_args()
     with user_errors():
         params = load_params(args.params)
-        if args.method not in ("imp", "imp_channel", *params.tickets):
-            raise ParamsError(f"tickets.{args.method}: no such ticket (have {sorted(params.tickets)})")
+        if args.method not in params.methods:
+            params.ticket_spec(args.method)  # names the tickets and baselines there are
         torch.set_num_threads(params.bench.threads)
         ds = load_dataset(args.data)
         ctx = Context(params, ds, torch.device("cpu"))

@@ -1,17 +1,18 @@
-"""DVC stage: a structured ticket (refill | regroup kind) from one IMP round, retrained."""
+"""DVC stage: a structured ticket (refill | regroup kind) from one IMP round, or a Torch-Pruning
+baseline at the FLOPs of one, retrained."""
 
 import argparse
 from pathlib import Path
 
 from structlth import distributed as dist
 from structlth.config import load_params
-from structlth.errors import ParamsError, user_errors
+from structlth.errors import user_errors
 from structlth.pipeline import make_ticket, setup
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--name", required=True, help="an entry of params.yaml's tickets section")
+    ap.add_argument("--name", required=True, help="an entry of params.yaml's tickets or baselines section")
     ap.add_argument("--data", required=True)
     ap.add_argument("--pretrain", required=True)
     ap.add_argument("--imp", required=True, help="the IMP round's directory")
@@ -21,8 +22,7 @@ if __name__ == "__main__":
     with user_errors():
         params = load_params(args.params)
         dist.relaunch_under_torchrun(params.runtime.nproc_per_node)
-        if args.name not in params.tickets:
-            raise ParamsError(f"tickets.{args.name}: no such ticket (have {sorted(params.tickets)})")
+        params.ticket_spec(args.name)
         ctx = setup(params, args.data)
         m = make_ticket(ctx, args.name, Path(args.imp), Path(args.pretrain), Path(args.out),
                         Path(args.checkpoint) if args.checkpoint else None)

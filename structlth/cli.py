@@ -100,7 +100,7 @@ def export(
         n_dense = sum(t.numel() for t in model.parameters())
         if fmt is ExportFormat.onnx:
             method = load_tensors(ticket_dir / "mask.safetensors")[1].get("kind", "")
-            kind = ticket_kind(method, p) if method in ("imp", "imp_channel", *p.tickets) else method
+            kind = ticket_kind(method, p) if method in p.methods else method
             images = normalize(ds.test.head(max(p.bench.batch_sizes)), ds.mean, ds.std)
             engine, ops = export_onnx(kind, model, masks, arch, images, out, p.bench.atol)
             typer.echo(f"exported {ticket_dir} -> {out / 'model.onnx'}: {kind} ticket as {engine} ({', '.join(ops)}), verified in ONNX Runtime")

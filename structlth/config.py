@@ -34,7 +34,7 @@ ARCHS = (
 REFILL_CRITERIA = ("magnitude", "remain", "l1", "l2", "saliency")
 ROUND_ID = re.compile(r"round([0-9]+)")  # fullmatch: "round4\n" is not a round id
 TICKET_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-RESERVED_NAMES = ("imp", "imp_channel", "data", "pretrain", "bench")  # folders of artifacts/ and reports/
+RESERVED_NAMES = ("imp", "imp_channel", "data", "pretrain", "bench", "stats")  # folders of artifacts/ and reports/
 SEED = Field(0, ge=0, lt=2**63, description="a seed (torch generators take < 2^63)")
 FIXED_SIZES = {"fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000)}  # train, test
 
@@ -254,7 +254,29 @@ class RegroupParams(Strict):
         return self
 
 
+class TorchPruningParams(Strict):
+    """The field's structured baseline: Torch-Pruning (DepGraph, global channel importance)
+    prunes the trained dense net to the FLOPs of another ticket of the same IMP round."""
+
+    kind: Literal["torch_pruning"]
+    match: str = Field(description="a refill or regroup ticket of the tickets section: its FLOPs at each round are the target")
+    importance: Literal["l1", "bn_scale", "taylor"] = Field(
+        "l1", description="l1: filter L1 magnitude; bn_scale: |BN weight| (network slimming); taylor: |weight x gradient|"
+    )
+    start: Literal["finetune", "rewind"] = Field(
+        "finetune", description="finetune: the trained dense weights; rewind: the rewind point (as every ticket)"
+    )
+    round_to: int = Field(8, ge=1, le=64, description="kept channels per layer rounded to a multiple (Torch-Pruning's round_to)")
+    score_batches: int = Field(1, ge=1, description="train batches for the taylor importance's gradients")
+
+
 TicketParams = Annotated[Union[RefillParams, RegroupParams], Field(discriminator="kind")]
+
+
+class ReplicateParams(Strict):
+    seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(
+        default_factory=list, description="more training seeds: the whole chain again per seed (train.seed is the first, and the benched one)"
+    )
 
 
 class BenchParams(Strict):
@@ -287,6 +309,8 @@ class Params(Strict):
     prune: PruneParams
     imp_channel: ChannelPruneParams = ChannelPruneParams()
     tickets: dict[str, TicketParams]
+    baselines: dict[str, TorchPruningParams] = Field(default_factory=dict, description="Torch-Pruning tickets at the FLOPs of a ticket, made at the same rounds")
+    replicates: ReplicateParams = ReplicateParams()
     bench: BenchParams = BenchParams()
     report: ReportParams = ReportParams()
     runtime: RuntimeParams = RuntimeParams()
@@ -300,11 +324,48 @@ class Params(Strict):
         return tickets
 
     @model_validator(mode="after")
+    def _replicate_seeds_are_new(self) -> Params:
+        seeds = self.replicates.seeds
+        if len(set(seeds)) != len(seeds) or self.train.seed in seeds:
+            raise ValueError(f"replicates.seeds: {seeds} must be distinct seeds other than train.seed ({self.train.seed})")
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        """Every training seed of the run: train.seed first, then replicates.seeds."""
+        return [self.train.seed, *self.replicates.seeds]
+
+    def with_seed(self, seed: int) -> Params:
+        """These params with train.seed = seed (a replicate's params)."""
+        return self.model_copy(update={"train": self.train.model_copy(update={"seed": seed})})
+
+    @model_validator(mode="after")
+    def _baselines_match_tickets(self) -> Params:
+        for name, b in self.baselines.items():
+            if not TICKET_NAME.fullmatch(name) or name in RESERVED_NAMES or name in self.tickets:
+                raise ValueError(f"baselines: name {name[:80]!r} must be lower_snake, at most 64 characters, no ticket's name, and none of {', '.join(RESERVED_NAMES)}")
+            if b.match not in self.tickets:
+                raise ValueError(f"baselines.{name}.match: {b.match!r} is not a ticket of the tickets section ({', '.join(self.tickets) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
     def _bench_fits_the_test_set(self) -> Params:
         n_test = self.data.test_subset or FIXED_SIZES.get(self.data.dataset, (0, None))[1]
         if n_test is not None and max(self.bench.batch_sizes) > n_test:
             raise ValueError(f"bench.batch_sizes: {max(self.bench.batch_sizes)} is larger than the {n_test} test images the bench times on")
         return self
+
+    @property
+    def methods(self) -> list[str]:
+        """Every method with artifacts: the two pruning chains, the tickets, the baselines (params order)."""
+        return ["imp", "imp_channel", *self.tickets, *self.baselines]
+
+    def ticket_spec(self, name: str) -> RefillParams | RegroupParams | TorchPruningParams:
+        """The tickets or baselines entry called `name` (ParamsError naming both when neither has it)."""
+        spec = self.tickets.get(name) or self.baselines.get(name)
+        if spec is None:
+            raise ParamsError(f"tickets.{name}: no such ticket or baseline (have {sorted([*self.tickets, *self.baselines])})")
+        return spec
 
     def round_ids(self) -> list[str]:
         return chain_order(self.prune.rounds)

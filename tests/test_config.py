@@ -68,6 +68,10 @@ def _bad(raw, edit):
         (lambda r: r["tickets"].update({"t" * 300: r["tickets"]["refill"]}), "tickets", "at most 64 characters"),
         (lambda r: r["runtime"].update(device="tpu"), "runtime.device", "'cuda'"),
         (lambda r: r["model"].update(arch="resnet18", width=0.5), "model", "width must be 1.0 for resnet18"),
+        (lambda r: r["baselines"]["tp_l1"].update(match="refil"), "baselines.tp_l1.match", "'refil' is not a ticket of the tickets section (refill, refill_plus"),
+        (lambda r: r["baselines"]["tp_l1"].update(importance="hessian"), "baselines.tp_l1.importance", "'taylor'"),
+        (lambda r: r["baselines"]["tp_l1"].update(start="scratch"), "baselines.tp_l1.start", "'finetune'"),
+        (lambda r: r["baselines"].update(refill=r["baselines"]["tp_l1"]), "baselines", "no ticket's name"),
     ],
 )
 def test_bad_params_name_key_and_allowed_values(raw_params, edit, key, hint):

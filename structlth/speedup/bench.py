@@ -21,7 +21,7 @@ from structlth.masks import layer_effective_flops
 from structlth.speedup.choice import fast_models, fastest_format
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.layout import fold_bn
-from structlth.speedup.timing import Timing, conv_inputs, time_pair, verify
+from structlth.speedup.timing import Timing, conv_inputs, machine_name, time_pair, verify
 
 
 def layer_rows(dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, flops: Mapping[str, tuple[int, int]], runtime: str = "torch") -> list[dict]:
@@ -45,13 +45,13 @@ def layer_rows(dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, flops:
 
 
 def ticket_kind(method: str, params) -> str:
-    """imp -> unstructured; imp_channel -> channel; tickets.<name> -> its kind."""
+    """imp -> unstructured; imp_channel -> channel; tickets.<name> or baselines.<name> -> its kind."""
     if method in ("imp", "imp_channel"):
         return method
-    return params.tickets[method].kind
+    return params.ticket_spec(method).kind
 
 
-BENCH_COLUMNS = ["method", "round", "runtime", "batch", "threads", "channels_last", "retimed", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "params_saving", "max_abs_err", "sparsity", "test_acc"]
+BENCH_COLUMNS = ["method", "round", "machine", "runtime", "batch", "threads", "channels_last", "retimed", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "params_saving", "max_abs_err", "sparsity", "test_acc"]
 RUNTIMES = ("torch", "onnxruntime")
 ORT_ENGINES = ("slim", "slim+blocks", "masked_dense")  # exportable to ONNX (torch's sparse CSR is not)
 
@@ -143,7 +143,7 @@ def bench_ticket(method: str, kind: str, model: nn.Module, masks: Mapping[str, t
                 t, retimed = _timed(d, f, x, bench, baseline.t_dense_ms[runtime][b])
                 physical = sum(p.numel() for p in fast.parameters()) if engine == "slim" else metrics["params_kept"]
                 rows.append({
-                    "method": method, "runtime": runtime, "engine": engine, "batch": b, "threads": torch.get_num_threads(),
+                    "method": method, "runtime": runtime, "engine": engine, "batch": b, "machine": machine_name(), "threads": torch.get_num_threads(),
                     "channels_last": baseline.formats[b] and runtime == "torch", "retimed": retimed,
                     "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving,
                     "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],

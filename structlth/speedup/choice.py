@@ -23,7 +23,7 @@ from structlth.speedup.layout import feeders, fold_bn, fold_layouts, moves_gathe
 from structlth.speedup.slim import slim_model
 from structlth.speedup.timing import conv_inputs, time_pair
 
-CHANNEL_KINDS = ("refill", "imp_channel")
+CHANNEL_KINDS = ("refill", "imp_channel", "torch_pruning")
 GROUP_KINDS = ("regroup",)
 
 

@@ -1,0 +1,71 @@
+"""The field's structured baseline: Torch-Pruning (DepGraph) channel pruning, as masks.
+
+Torch-Pruning finds the coupled channels of a network (a conv's outputs, its BN, the next
+conv's inputs, residual streams) and removes whole channels by a global importance ranking.
+Here its choice is read back as masks on the unpruned architecture: rows of the dropped output
+channels are zero, and `structlth.masks.drop_untrainable` removes what they fed. The ticket then
+trains, benches, exports and is compared exactly like every other ticket.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+Masks = dict[str, torch.Tensor]
+
+IMPORTANCE: dict[str, Callable[[], object]] = {
+    "l1": lambda: tp.importance.MagnitudeImportance(p=1),  # filter L1 norm (Li et al. 2017)
+    "bn_scale": tp.importance.BNScaleImportance,  # |gamma| of the following BN (network slimming)
+    "taylor": tp.importance.TaylorImportance,  # |weight x gradient| (Molchanov et al. 2019)
+}
+OUT_CHANNEL_HANDLERS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
+
+
+def channel_masks(
+    model: nn.Module, prunable: Mapping[str, torch.Tensor], example: torch.Tensor, importance: str, ratio: float, round_to: int,
+    gradients: Callable[[nn.Module], None] | None = None,
+) -> Masks:
+    """Masks of `prunable`'s keys (conv weight names; shapes of the model's weights): all ones
+    except the output-channel rows Torch-Pruning removes at global `ratio` (its pruning_ratio)
+    with `importance` (a key of IMPORTANCE). Convs outside `prunable` (the stem) and the
+    classifier keep their output channels. gradients(net): runs a backward pass on the copy
+    Torch-Pruning scores (the taylor importance needs one). `model` is left unchanged."""
+    net = copy.deepcopy(model)
+    names = {mod: name for name, mod in net.named_modules()}
+    keep_whole = [m for m, n in names.items() if isinstance(m, nn.Conv2d) and f"{n}.weight" not in prunable]
+    keep_whole += [m for m in net.modules() if isinstance(m, nn.Linear)][-1:]
+    if gradients is not None:
+        gradients(net)
+    pruner = tp.pruner.MetaPruner(
+        net, example, importance=IMPORTANCE[importance](), global_pruning=True, pruning_ratio=ratio,
+        ignored_layers=keep_whole, round_to=round_to,
+    )
+    out = {k: torch.ones_like(v, dtype=torch.bool) for k, v in prunable.items()}
+    for group in pruner.step(interactive=True):  # choose only: the groups are read, never pruned
+        for dep, idxs in group:
+            key = f"{names.get(dep.target.module)}.weight"
+            if dep.handler in OUT_CHANNEL_HANDLERS and key in out:
+                out[key][torch.as_tensor(list(idxs), dtype=torch.long)] = False
+    return out
+
+
+def match_flops(
+    model: nn.Module, prunable: Mapping[str, torch.Tensor], example: torch.Tensor, importance: str, round_to: int,
+    target: float, flops_of: Callable[[Masks], float], gradients: Callable[[nn.Module], None] | None = None, steps: int = 16,
+) -> tuple[Masks, float]:
+    """The masks of the smallest global ratio (bisection over [0, 0.95], `steps` halvings)
+    whose FLOPs (flops_of(masks)) do not exceed `target`, and that ratio. FLOPs fall as the
+    ratio grows; where even 0.95 stays above the target, 0.95's masks are returned."""
+    lo, hi = 0.0, 0.95
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if flops_of(channel_masks(model, prunable, example, importance, mid, round_to, gradients)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return channel_masks(model, prunable, example, importance, hi, round_to, gradients), hi
