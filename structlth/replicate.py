@@ -1,0 +1,104 @@
+"""Replicates: the whole run again under another training seed.
+
+One replicate (one DVC stage per seed) trains what the per-round stages train for train.seed:
+the dense net, both pruning chains, every ticket and baseline at the ticket rounds, with the same
+data split and test images, and writes them in the same layout under its own folder
+(artifacts/seeds/seed<S>/<method>/<round>/). The report pairs each round with the dense net of
+its own seed and folds the spread over seeds into its intervals. Replicates are not benched:
+speed does not depend on the training seed.
+
+A replicate keeps every finished unit (pretrain, a round, a ticket) in a cache folder outside
+the DVC outputs, stamped with the identity of what made it (the params sections it reads, the
+units it reads, the library's code). A rerun after a params edit, or after an interrupt, copies
+the units whose identity still holds and trains only the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from structlth.artifacts import read_json, staged_dir
+from structlth.config import Params, params_hash
+from structlth.pipeline import file_digest, imp_round, make_ticket, pretrain, seed_chain, setup
+
+STAMP = "identity.txt"
+LIBRARY = Path(__file__).resolve().parent
+# what training reads (the replicate stage's code dependencies in dvc.yaml): a change here, and
+# only here, retrains cached units
+TRAINING_CODE = ("artifacts.py", "config.py", "data.py", "distributed.py", "graph.py", "imagefolder.py", "masks.py", "models", "pipeline.py", "pruning", "replicate.py", "train.py")
+
+
+def training_code_digest() -> str:
+    """Digest of the library files training reads (TRAINING_CODE)."""
+    files = sorted(f for name in TRAINING_CODE for f in ([LIBRARY / name] if name.endswith(".py") else (LIBRARY / name).rglob("*.py")))
+    return file_digest(*files)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def units(p: Params) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """The replicate's units in training order: (method, round, identity, reads), where reads
+    names the units ('method/round', 'pretrain') it is made from. Identities chain: a changed
+    unit changes every unit made from it."""
+    ident = {"pretrain": _digest(params_hash(p.data, p.model, p.train), training_code_digest())}
+    out = []
+
+    def add(method: str, rnd: str, reads: tuple[str, ...], *sections) -> None:
+        ident[f"{method}/{rnd}"] = _digest(*(ident[r] for r in reads), params_hash(*sections) if sections else "")
+        out.append((method, rnd, ident[f"{method}/{rnd}"], reads))
+
+    for chain, section in (("imp", p.prune), ("imp_channel", p.imp_channel)):
+        add(chain, "round0", ("pretrain",), p.prune.prunable)
+        for rnd in p.round_ids():
+            add(chain, rnd, (f"{chain}/{p.prune.rounds[rnd].prev}", "pretrain"), p.prune, section)
+    for name, spec in p.tickets.items():
+        for rnd in p.prune.ticket_rounds:
+            add(name, rnd, (f"imp/{rnd}", "pretrain"), spec)
+    for name, spec in p.baselines.items():
+        for rnd in p.prune.ticket_rounds:
+            add(name, rnd, (f"imp/{rnd}", "pretrain"), spec, p.tickets[spec.match])
+    return [("pretrain", "", ident["pretrain"], ())] + out
+
+
+def _cached(d: Path, identity: str) -> bool:
+    stamp = d / STAMP
+    return stamp.is_file() and stamp.read_text() == identity
+
+
+def run_replicate(params: Params, seed: int, data_dir: Path, out_dir: Path, cache: Path, log: Callable[[str], None] = print) -> dict:
+    """Train (or take from `cache`) every unit of `params` under training seed `seed`; write them
+    to out_dir/<method>/<round>/ (pretrain: out_dir/pretrain/). Returns {'seed', 'units',
+    'trained', 'test_acc': {'method/round': acc}}."""
+    p = params.with_seed(seed)
+    ctx = setup(p, data_dir)
+    trained = 0
+    for method, rnd, identity, _ in units(p):
+        d = cache / method / rnd if rnd else cache / "pretrain"
+        if _cached(d, identity):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        ckpt = cache / "_checkpoints" / f"{method}_{rnd or 'dense'}.safetensors"
+        log(f"seed {seed}: training {method} {rnd}".rstrip())
+        if method == "pretrain":
+            pretrain(ctx, d, ckpt)
+        elif rnd == "round0":
+            seed_chain(ctx, cache / "pretrain", d)
+        elif method in ("imp", "imp_channel"):
+            imp_round(ctx, method, cache / method / p.prune.rounds[rnd].prev, cache / "pretrain", d, ckpt)
+        else:
+            make_ticket(ctx, method, cache / "imp" / rnd, cache / "pretrain", d, ckpt)
+        (d / STAMP).write_text(identity)
+        trained += 1
+    accs = {}
+    with staged_dir(out_dir) as staged:
+        for method, rnd, _, _ in units(p):
+            src = cache / method / rnd if rnd else cache / "pretrain"
+            dst = staged / method / rnd if rnd else staged / "pretrain"
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(STAMP, "curve.json"))
+            accs[f"{method}/{rnd}".rstrip("/")] = read_json(src / "metrics.json")["test_acc"]
+    return {"seed": seed, "units": len(accs), "trained": trained, "test_acc": accs}
