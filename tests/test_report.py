@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from structlth.errors import ArtifactError
+from structlth.evidence import versus_dense
 from structlth.paper import paper_table
-from structlth.report import extreme_sparsity, gather_bench, headline, markdown, paper_vs_run, summary, suspect_rows, targets, timing_noise
+from structlth.report import extreme_sparsity, gather_bench, headline, markdown, method_colors, paper_vs_run, summary, suspect_rows, targets, timing_noise
 
 COLS = ["method", "round", "runtime", "batch", "engine", "t_dense_ms", "time_saving", "flops_saving"]
 
@@ -67,37 +69,61 @@ def _metrics() -> pd.DataFrame:
     ])
 
 
+N = 1000
+DENSE = np.arange(N) < 905  # per-image results of 1000 test images: dense gets the first 905 right
+CORRECT = {("refill", "round1"): np.arange(N) < 900, ("refill", "round2"): np.arange(N) < 850, ("imp", "round1"): np.arange(N) < 910}
+DENSE_INFO = {"acc": 0.905, "low": 0.886, "high": 0.921, "n": N, "seeds": [0]}
+
+
+def _table(bench: pd.DataFrame | None = None, margin: float = 0.01) -> pd.DataFrame:
+    """The summary of _metrics() with its evidence against DENSE (refill round1: 5 images worse,
+    inside a 1-point margin; round2: 55 worse; imp round1: 5 better)."""
+    return versus_dense(summary(_metrics(), _bench() if bench is None else bench, 64), {0: CORRECT}, {0: DENSE}, margin)
+
+
 def test_summary_headline_and_markdown():
-    table = summary(_metrics(), _bench(), 64)
+    table = _table()
     refill = table[table["method"] == "refill"]
     assert refill["time_saving"].tolist() == [0.30, 0.60]
     assert table.loc[table["method"] == "imp", "time_saving"].isna().all()  # no headline for unstructured imp
-    heads = headline(table, dense_acc=0.905, tolerance=0.01)
-    assert heads == {"refill": "30.00% time saving at 20.00% sparsity (test acc 0.9000)"}  # round2 loses
-    assert headline(table, 0.905, 0.01, noise=0.35) == {}  # 30% is inside a 35% noise
-    md = markdown(table, 0.905, 0.01, heads, targets(_bench(), 64), 64, 2)
+    assert table["method"].tolist() == ["refill", "refill", "imp"]  # the metrics' method order, rounds in chain order
+    heads = headline(table)
+    assert list(heads) == ["refill"]  # round2 loses: round1 is refill's sparsest winning ticket
+    assert heads["refill"].startswith("30.00% time saving at 20.00% sparsity (50.0% FLOP saving), round1: test acc 0.9000, -0.50% vs dense [-0.94%, -0.06%]")
+    assert headline(table, noise=0.35)["refill"].startswith("~0 (30.00%, inside the noise)")
+    md = markdown(table, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU, 2 threads")
     assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | 0.80 | ≥ 0.6 | yes |" in md
-    assert "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 | no | 60.0% |  | 60.0% | slim |" in md  # no ONNX Runtime row
-    noisy = markdown(table, 0.905, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, 2)
-    assert "| round1 | 20.00% | 20.00% | 20.00% | 0.9000 | yes | ~0 (30.0%) |" in noisy
+    # Wilson 850/1000 and the paired Wald interval, computed by hand; p = 2 * 0.5**55
+    assert "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 [0.8265, 0.8708] | -5.50% [-6.91%, -4.09%] | 5.6e-17 | no | no | 60.0% |  | 60.0% | slim |" in md
+    assert "| refill | 20.00% | 40.00% | none |" in md  # its bracket: wins at 20%, loses at 40%
+    assert "| imp | 20.00% | not reached within the rounds run | 20.00% |" in md
+    noisy = markdown(table, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU")
+    assert "| 0.062 | yes | no | ~0 (30.0%) |" in noisy  # refill round1: p = 2 * 0.5**5 = 0.0625
 
 
-def test_extreme_sparsity_is_the_sparsest_winner():
-    table = summary(_metrics(), _bench(), 64)
-    assert extreme_sparsity(table, 0.905, 0.01) == {"refill": 0.2, "imp": 0.2}
-    assert extreme_sparsity(table, 0.95, 0.01)["refill"] is None
+def test_extreme_sparsity_is_the_sparsest_winner_by_either_rule():
+    table = _table()
+    assert extreme_sparsity(table) == {"refill": 0.2, "imp": 0.2}
+    assert extreme_sparsity(table, "wins_paper") == {"refill": None, "imp": 0.2}
+    assert extreme_sparsity(_table(margin=0.005))["refill"] is None  # -0.5% with its interval is not within 0.5 points
+
+
+def test_method_colors_are_fixed_by_params_order():
+    colors = method_colors(["imp", "imp_channel", "refill"])
+    assert colors == {"imp": "C0", "imp_channel": "C1", "refill": "C2"}
 
 
 def test_paper_vs_run_on_a_tiny_fake_preset_run():
     """A fake RN-18 CIFAR-10 run: rows beside Tables A3/A4 with differences in points."""
-    table = summary(_metrics(), _bench(), 64)
-    lines = "\n".join(paper_vs_run(table, 0.905, 0.01, paper_table("cifar10", "resnet18")))
+    table = _table()
+    lines = "\n".join(paper_vs_run(table, 0.905, paper_table("cifar10", "resnet18")))
     assert "Tables A3/A4" in lines
     # run refill round1: 80.00% remaining vs the paper's 80.29%; 90.00% vs 94.14% accuracy
     assert "| refill | round1 | 80.29% | 80.00% | -0.29 | 94.14% | 90.00% | -4.14 |" in lines
     assert "| regroup | round1 | 80.00% | – | – | 94.48% | – | – |" in lines  # not in the run
-    assert "| regroup | 78% | none wins |" in lines
-    assert "no table" in "\n".join(paper_vs_run(table, 0.905, 0.01, paper_table("fashion_mnist", "resnet20")))
+    assert "| regroup | 78% | none wins | none wins |" in lines
+    assert "| refill | 50% | 20.00% | none wins |" in lines  # non-inferior at 20%, but below dense
+    assert "no table" in "\n".join(paper_vs_run(table, 0.905, paper_table("fashion_mnist", "resnet20")))
     assert paper_table("tiny_imagenet", "resnet50", small_input_stem=False) is None
 
 
@@ -121,12 +147,12 @@ def test_onnxruntime_savings_sit_beside_pytorch_and_have_their_own_noise():
     t = targets(bench, 64)
     assert t["timing_noise"] == pytest.approx(0.01) and t["ort_timing_noise"] == pytest.approx(0.12)
     assert t["best_group_time_saving"] == pytest.approx(0.25)  # targets stay PyTorch's
-    table = summary(_metrics(), bench, 64)
+    table = _table(bench)
     refill = table[table["method"] == "refill"]
     assert refill["time_saving"].tolist() == [0.30, 0.60] and refill["ort_time_saving"].tolist() == [0.40, 0.05]
-    md = markdown(table, 0.905, 0.01, {}, t, 64, 2)
-    assert "| round1 | 20.00% | 20.00% | 20.00% | 0.9000 | yes | 30.0% | 40.0% | 50.0% | slim |" in md
-    assert "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 | no | 60.0% | ~0 (5.0%) | 60.0% | slim |" in md  # inside ORT's 12%
+    md = markdown(table, DENSE_INFO, 0.01, {}, t, 64, "a test CPU")
+    assert "| yes | no | 30.0% | 40.0% | 50.0% | slim |" in md
+    assert "| no | no | 60.0% | ~0 (5.0%) | 60.0% | slim |" in md  # inside ORT's 12%
     assert "timing noise 12.0%" in md
 
 

@@ -9,17 +9,36 @@ from __future__ import annotations
 
 import fcntl
 import os
+import platform
 import random
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from structlth.errors import VerificationError
+
+
+def machine_name() -> str:
+    """The CPU that times: model, the instruction set torch's kernels use, core count,
+    torch and oneDNN versions; e.g. 'AMD EPYC (AVX2, 2 cores), torch 2.13.0, oneDNN 3.7'."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    onednn = re.search(r"MKL-DNN v([0-9.]+)", torch.__config__.show())
+    dnn = f", oneDNN {onednn.group(1)}" if onednn else ""
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores), torch {torch.__version__.split('+')[0]}{dnn}"
 
 
 @contextmanager
