@@ -141,3 +141,29 @@ def export_onnx(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], 
     write_bytes(out_dir / "model.onnx", data)
     write_json(out_dir / "architecture.json", {"format": ONNX_FORMAT, **arch, "kind": kind, "engine": engine, "onnx_ops": ops})
     return engine, ops
+
+
+def export_ticket(p, ticket_dir: Path, out: Path, fmt: str = "safetensors", data_dir: Path = Path("artifacts/data")) -> str:
+    """Export the round in `ticket_dir` (a pipeline round or ticket folder, moved or copied is
+    fine) under params `p` as `fmt`: 'safetensors' (the slim net of a channel-wise ticket:
+    model.safetensors + architecture.json) or 'onnx' (the fast model of any structured ticket,
+    verified in ONNX Runtime on the prepared test images in data_dir). Returns what was written."""
+    from structlth.data import load_dataset, normalize
+    from structlth.pipeline import Context, load_round
+    from structlth.speedup.bench import ticket_kind
+
+    ds = load_dataset(data_dir)
+    ctx = Context(p, ds, torch.device("cpu"))
+    model = ctx.model()
+    state, masks = load_round(ctx, ticket_dir, model, expect_round=False)
+    model.load_state_dict(state)
+    arch = {**ctx.model_meta(), "small_input_stem": p.model.small_input_stem, "mean": ds.mean, "std": ds.std}
+    if fmt == "onnx":
+        method = load_tensors(ticket_dir / "mask.safetensors")[1].get("kind", "")
+        kind = ticket_kind(method, p) if method in p.methods else method
+        images = normalize(ds.test.head(max(p.bench.batch_sizes)), ds.mean, ds.std)
+        engine, ops = export_onnx(kind, model, masks, arch, images, out, p.bench.atol)
+        return f"exported {ticket_dir} -> {out / 'model.onnx'}: {kind} ticket as {engine} ({', '.join(ops)}), verified in ONNX Runtime"
+    n_dense = sum(t.numel() for t in model.parameters())
+    n_slim = sum(t.numel() for t in export_slim(model, masks, arch, out).parameters())
+    return f"exported {ticket_dir} -> {out}: {n_slim} parameters ({n_slim / n_dense:.1%} of dense)"
