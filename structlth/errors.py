@@ -28,8 +28,24 @@ class VerificationError(StructlthError):
     """A fast inference path disagrees with the masked reference."""
 
 
+class Interrupted(BaseException):
+    """SIGTERM (or SIGHUP) arrived: unwinds like Ctrl-C, so atomic writes in flight clean up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _terminate(signum: int, _frame) -> None:
-    raise SystemExit(128 + signum)
+    raise Interrupted(signum)
+
+
+def _what() -> str:
+    """This process as a user knows it: the stage script and its output, e.g.
+    'stages/imp_round.py (artifacts/imp/round3)'."""
+    argv = sys.argv
+    out = argv[argv.index("--out") + 1] if "--out" in argv[:-1] else None
+    return f"{argv[0]}" + (f" ({out})" if out else "")
 
 
 def _die_with_parent() -> None:
@@ -48,9 +64,10 @@ def _die_with_parent() -> None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn StructlthError into one message on stderr and exit status 2 (no traceback).
+    """Turn StructlthError into one message on stderr and exit status 2 (no traceback), and an
+    interrupt (Ctrl-C, SIGTERM) into one line that says how to resume (exit 128 + signal).
 
-    SIGTERM becomes SystemExit, so atomic writes in flight clean up their temporary files; the
+    Interrupts unwind the stack, so atomic writes in flight clean up their temporary files; the
     process gets SIGTERM when its parent dies.
     """
     signal.signal(signal.SIGTERM, _terminate)
@@ -60,3 +77,7 @@ def user_errors() -> Iterator[None]:
     except StructlthError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (KeyboardInterrupt, Interrupted) as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        print(f"interrupted: {_what()} stopped; finished epochs are checkpointed: rerun `dvc repro` to resume", file=sys.stderr)
+        raise SystemExit(128 + signum) from None

@@ -19,7 +19,7 @@ def _cmd(data_dir: Path, out: str, checkpoint: str | None) -> list[str]:
     return cmd + (["--checkpoint", checkpoint] if checkpoint else [])
 
 
-def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, checkpoint: Path, sig: int) -> int:
+def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, checkpoint: Path, sig: int) -> tuple[int, str]:
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not checkpoint.exists():
@@ -28,19 +28,22 @@ def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, checkpoint: Path, si
         time.sleep(0.005)
     assert proc.poll() is None, "stage finished before it could be killed"
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
-    return proc.returncode
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_path, raw_params, data_dir, sig):
     raw_params["train"].update(epochs=10, rewind_epoch=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
     checkpoint = tmp_path / "checkpoints" / "pretrain.safetensors"
     cmd = _cmd(data_dir, "artifacts/pretrain", "checkpoints/pretrain.safetensors")
 
-    code = _kill_after_first_checkpoint(cmd, tmp_path, checkpoint, sig)
+    code, err = _kill_after_first_checkpoint(cmd, tmp_path, checkpoint, sig)
     assert code != 0
+    if sig != signal.SIGKILL:  # Ctrl-C or SIGTERM: one line naming the stage and how to resume, no traceback
+        assert code == 128 + sig and "Traceback" not in err
+        assert "interrupted: " + str(ROOT / "stages" / "pretrain.py") + " (artifacts/pretrain) stopped" in err and "rerun `dvc repro` to resume" in err
     leftovers = sorted(p.relative_to(tmp_path) for p in (tmp_path / "artifacts").rglob("*")) if (tmp_path / "artifacts").exists() else []
     assert leftovers == [], f"partial outputs after {sig!r}: {leftovers}"
     assert checkpoint.is_file(), "the epoch checkpoint must survive the kill"
