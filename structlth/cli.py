@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
 
@@ -28,9 +29,13 @@ def main(_version_flag: bool = typer.Option(False, "--version", callback=_versio
 
 @app.command()
 def validate(params: Path = typer.Argument(Path("params.yaml"))) -> None:
-    """Check params.yaml in full; exit 2 with one message naming each bad key."""
+    """Check params.yaml in full, and what it asks of this machine (the data folder, CUDA, layer
+    names): the checks the pipeline's first stage runs. Exit 2 with one message naming the key."""
+    from structlth.pipeline import check_runnable
+
     with user_errors():
         p = load_params(params)
+        check_runnable(p)
     typer.echo(f"{params}: ok ({p.model.arch} on {p.data.dataset}, rounds {', '.join(p.round_ids())}, tickets {', '.join(p.tickets)})")
 
 
@@ -48,6 +53,11 @@ def verify(lock: Path = typer.Argument(Path("dvc.lock"))) -> None:
         raise typer.Exit(1)
 
 
+def _natural(name: str) -> list:
+    """Sort key that orders a module path's numbers as numbers (the model's own order)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 @app.command()
 def inspect(round_dir: Path) -> None:
     """Print a round's or ticket's sparsity per layer."""
@@ -62,7 +72,7 @@ def inspect(round_dir: Path) -> None:
     table = Table(title=f"{round_dir} ({meta.get('arch')}, {meta.get('kind')}): density {density(masks):.4f}")
     for col in ("layer", "shape", "density", "channel density"):
         table.add_column(col)
-    for name, s in layer_stats(masks).items():
+    for name, s in sorted(layer_stats(masks).items(), key=lambda kv: _natural(kv[0])):  # features.3 before features.10
         table.add_row(name, "x".join(map(str, masks[name].shape)), f"{s['density']:.3f}", f"{s['channel_density']:.3f}")
     Console().print(table)
 
@@ -81,33 +91,10 @@ def export(
     data: Path = typer.Option(Path("artifacts/data"), "--data"),
 ) -> None:
     """Export a structured ticket: a physically slim model (safetensors + JSON) or ONNX."""
-    import torch
-
-    from structlth.artifacts import load_tensors
-    from structlth.data import load_dataset, normalize
-    from structlth.export import export_onnx, export_slim
-    from structlth.pipeline import Context, load_round
-    from structlth.speedup.bench import ticket_kind
+    from structlth.export import export_ticket
 
     with user_errors():
-        p = load_params(params)
-        ds = load_dataset(data)
-        ctx = Context(p, ds, torch.device("cpu"))
-        model = ctx.model()
-        state, masks = load_round(ctx, ticket_dir, model, expect_round=False)  # a moved or copied ticket folder exports too
-        model.load_state_dict(state)
-        arch = {**ctx.model_meta(), "small_input_stem": p.model.small_input_stem, "mean": ds.mean, "std": ds.std}
-        n_dense = sum(t.numel() for t in model.parameters())
-        if fmt is ExportFormat.onnx:
-            method = load_tensors(ticket_dir / "mask.safetensors")[1].get("kind", "")
-            kind = ticket_kind(method, p) if method in p.methods else method
-            images = normalize(ds.test.head(max(p.bench.batch_sizes)), ds.mean, ds.std)
-            engine, ops = export_onnx(kind, model, masks, arch, images, out, p.bench.atol)
-            typer.echo(f"exported {ticket_dir} -> {out / 'model.onnx'}: {kind} ticket as {engine} ({', '.join(ops)}), verified in ONNX Runtime")
-            return
-        slim = export_slim(model, masks, arch, out)
-    n_slim = sum(t.numel() for t in slim.parameters())
-    typer.echo(f"exported {ticket_dir} -> {out}: {n_slim} parameters ({n_slim / n_dense:.1%} of dense)")
+        typer.echo(export_ticket(load_params(params), ticket_dir, out, fmt.value, data))
 
 
 @app.command()

@@ -8,9 +8,11 @@ reruns nothing.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -377,6 +379,25 @@ class Params(Strict):
         return rounds if method in ("imp", "imp_channel") else [r for r in rounds if r in self.prune.ticket_rounds]
 
 
+def _keys_at(parts: list[str]) -> list[str]:
+    """The keys params.yaml allows beside the last of `parts` (a location in the file; for a
+    ticket, the keys of either kind), or [] where the schema has no fixed keys."""
+    cls: Any = Params
+    i = 0
+    while i < len(parts) - 1:
+        field = cls.model_fields.get(parts[i]) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        if typing.get_origin(ann) is dict:  # a named entry (tickets.<name>): its value's model
+            ann, i = typing.get_args(ann)[1], i + 1
+            if typing.get_origin(ann) is Annotated:
+                ann = typing.get_args(ann)[0]
+        cls, i = ann, i + 1
+    members = typing.get_args(cls) if typing.get_origin(cls) is Union else (cls,)  # a ticket: either kind's keys
+    return [k for m in members if isinstance(m, type) and issubclass(m, BaseModel) for k in m.model_fields]
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters"]
     for e in err.errors():
@@ -386,7 +407,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         loc = ".".join(parts)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            close = difflib.get_close_matches(parts[-1], _keys_at(parts), n=1, cutoff=0.6) if parts else []
+            msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
         elif e["type"] == "union_tag_invalid":
             msg = f"kind must be one of {e['ctx']['expected_tags']}"
         if "input" in e and e["type"] not in ("missing", "extra_forbidden") and not isinstance(

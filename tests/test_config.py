@@ -31,6 +31,9 @@ def _bad(raw, edit):
     "edit, key, hint",
     [
         (lambda r: r["train"].update(lr_typo=0.1), "train.lr_typo", "unknown key"),
+        (lambda r: r["train"].update(epoch=3), "train.epoch", "unknown key (did you mean 'epochs'?)"),
+        (lambda r: r["tickets"]["refill"].update(criteria="l1"), "tickets.refill.criteria", "unknown key (did you mean 'criterion'?)"),
+        (lambda r: r.update(baseline={}), "baseline", "unknown key (did you mean 'baselines'?)"),
         (lambda r: r["train"].update(epochs="many"), "train.epochs", "integer"),
         (lambda r: r["prune"].update(rate=1.5), "prune.rate", "less than 1"),
         (lambda r: r["prune"].update(rate=0), "prune.rate", "greater than 0"),
@@ -80,8 +83,12 @@ def test_bad_params_name_key_and_allowed_values(raw_params, edit, key, hint):
     assert hint in msg, msg
 
 
-def test_cli_validate_exits_2_without_traceback_and_writes_nothing(tmp_path, raw_params):
-    raw_params["prune"]["rate"] = 2
+@pytest.mark.parametrize("edit, key", [
+    (lambda r: r["prune"].update(rate=2), "prune.rate"),
+    (lambda r: r["report"].update(mask_layer="no.such.layer"), "report.mask_layer: 'no.such.layer' is not a prunable layer"),  # the machine-side checks too
+])
+def test_cli_validate_exits_2_without_traceback_and_writes_nothing(tmp_path, raw_params, edit, key):
+    edit(raw_params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
     before = sorted(p.name for p in tmp_path.iterdir())
     proc = subprocess.run(
@@ -89,7 +96,7 @@ def test_cli_validate_exits_2_without_traceback_and_writes_nothing(tmp_path, raw
         cwd=tmp_path, capture_output=True, text=True,
     )
     assert proc.returncode == 2
-    assert "prune.rate" in proc.stderr and "Traceback" not in proc.stderr
+    assert key in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
