@@ -2,6 +2,7 @@
 -> reports/bench/<method>/<round>/{timing.csv, layers.csv} (the report stage gathers them)."""
 
 import argparse
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -40,8 +41,11 @@ if __name__ == "__main__":
         dense = ctx.model()
         dense.load_state_dict(load_round(ctx, Path(args.artifacts) / "imp" / "round0", dense)[0])
         with machine_lock("bench", lambda: print("waiting for another bench on this machine to finish", flush=True)):
+            began = time.perf_counter()
             baseline = dense_baseline(dense, x, params.bench)
-            rows, layers = bench_ticket(args.method, ticket_kind(args.method, params), model, masks, metrics, x, params.bench, layers=True, baseline=baseline)
+            phases = {"dense baseline": time.perf_counter() - began}
+            rows, layers = bench_ticket(args.method, ticket_kind(args.method, params), model, masks, metrics, x, params.bench, layers=True, baseline=baseline, phases=phases)
+        print("bench phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), flush=True)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         pd.DataFrame([{"round": args.round, **r} for r in rows])[BENCH_COLUMNS].to_csv(out / "timing.csv", index=False, float_format="%.6g")

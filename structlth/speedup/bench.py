@@ -11,7 +11,9 @@ ONNX Runtime the same way (structlth.speedup.onnxrt): rows carry their `runtime`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -112,14 +114,28 @@ def _timed(dense, fast, x: torch.Tensor, bench, expected_ms: float) -> tuple[Tim
     return best, tries
 
 
-def bench_ticket(method: str, kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], metrics: dict, test_x: torch.Tensor, bench, *, layers: bool, baseline: DenseBaseline | None = None) -> tuple[list[dict], list[dict]]:
+@contextmanager
+def _phase(phases: dict[str, float] | None, name: str) -> Iterator[None]:
+    """Add the wall time of the block to phases[name] (where the bench's time goes)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if phases is not None:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - t0
+
+
+def bench_ticket(
+    method: str, kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], metrics: dict, test_x: torch.Tensor, bench, *,
+    layers: bool, baseline: DenseBaseline | None = None, phases: dict[str, float] | None = None,
+) -> tuple[list[dict], list[dict]]:
     """Rows for bench.csv (every runtime x engine x batch size) and bench_layers.csv (largest
     batch, production engines and csr).
 
     model: the ticket's architecture with its trained weights; test_x: normalised test images
     [N, C, H, W], N >= max(batch sizes); bench: BenchParams; baseline: the stage's dense
     baseline (measured here when None). Every fast path, in every runtime, is verified against
-    the masked model on test_x[:max batch] first.
+    the masked model on test_x[:max batch] first. phases: seconds spent per phase are added to it.
     """
     in_ch = test_x.shape[1]
     model = model.cpu().eval()
@@ -132,15 +148,19 @@ def bench_ticket(method: str, kind: str, model: nn.Module, masks: Mapping[str, t
     for b in bench.batch_sizes:
         fmt = torch.channels_last if baseline.formats[b] else torch.contiguous_format
         dense = dense.to(memory_format=fmt)
-        for engine, fast in fast_models(kind, model, masks, in_ch, test_x[:b].contiguous(memory_format=fmt), max(5, bench.repeats // 2), 1).items():
+        with _phase(phases, "engine choice"):
+            candidates = fast_models(kind, model, masks, in_ch, test_x[:b].contiguous(memory_format=fmt), max(5, bench.repeats // 2), 1)
+        for engine, fast in candidates.items():
             fast = fast.to(memory_format=fmt)
             for runtime in runtimes(bench):
                 if runtime != "torch" and engine not in ORT_ENGINES:
                     continue
                 x = test_x[:b].contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
-                d, f = in_runtime(runtime, dense, x, bench.threads), in_runtime(runtime, fast, x, bench.threads)
-                err = verify(ref, f, check_x, bench.atol, f"{method} {engine} ({runtime})")
-                t, retimed = _timed(d, f, x, bench, baseline.t_dense_ms[runtime][b])
+                with _phase(phases, f"{runtime}: export and verify"):
+                    d, f = in_runtime(runtime, dense, x, bench.threads), in_runtime(runtime, fast, x, bench.threads)
+                    err = verify(ref, f, check_x, bench.atol, f"{method} {engine} ({runtime})")
+                with _phase(phases, f"{runtime}: timing"):
+                    t, retimed = _timed(d, f, x, bench, baseline.t_dense_ms[runtime][b])
                 physical = sum(p.numel() for p in fast.parameters()) if engine == "slim" else metrics["params_kept"]
                 rows.append({
                     "method": method, "runtime": runtime, "engine": engine, "batch": b, "machine": machine_name(), "threads": torch.get_num_threads(),
@@ -152,6 +172,7 @@ def bench_ticket(method: str, kind: str, model: nn.Module, masks: Mapping[str, t
                 })
                 if layers and b == max(bench.batch_sizes) and engine in ("slim", "slim+blocks", "csr"):
                     flops = layer_effective_flops(model, masks, (1, *test_x.shape[1:]))
-                    for r in layer_rows(dense, fast, x, bench, flops, runtime):
-                        layer_out.append({"method": method, "runtime": runtime, "batch": b, **r})
+                    with _phase(phases, f"{runtime}: per-layer rows"):
+                        for r in layer_rows(dense, fast, x, bench, flops, runtime):
+                            layer_out.append({"method": method, "runtime": runtime, "batch": b, **r})
     return rows, layer_out
