@@ -72,16 +72,17 @@ def versus_dense(table: pd.DataFrame, correct: Mapping[int, Mapping[Key, np.ndar
 
 
 def bracket(table: pd.DataFrame, column: str = "wins") -> dict[str, tuple[float | None, float | None]]:
-    """Per method, in order of sparsity: (sparsity of the last round that wins before the first
-    loss, sparsity of the first round that loses); None where there is no such round (a loss at
-    the first round, or no loss within the rounds run)."""
+    """Per method: (sparsity of its sparsest winning round, sparsity of its least sparse losing
+    round); None where no round wins, or none loses within the rounds run. The first is the
+    paper's extreme sparsity; a first value above the second means the method wins again above
+    a loss (its rounds do not order cleanly)."""
     out = {}
     for method, rows in table.groupby("method", sort=False):
-        rows = rows.sort_values("sparsity")
-        lost = rows[~rows[column].astype(bool)]
-        first_loss = float(lost["sparsity"].iloc[0]) if len(lost) else None
-        before = rows[rows[column].astype(bool) & ((rows["sparsity"] < first_loss) if first_loss is not None else True)]
-        out[method] = (float(before["sparsity"].iloc[-1]) if len(before) else None, first_loss)
+        won = rows[column].astype(bool)
+        out[method] = (
+            float(rows.loc[won, "sparsity"].max()) if won.any() else None,
+            float(rows.loc[~won, "sparsity"].min()) if (~won).any() else None,
+        )
     return out
 
 

@@ -96,11 +96,17 @@ class Preset:
             },
             "imp_channel": {"rate": 0.2},
             "tickets": {k: dict(v) for k, v in PAPER_TICKETS.items()},
+            "baselines": {"tp_l1": dict(TP_L1)},
+            "replicates": {"seeds": []},
             "bench": {"batch_sizes": [1, 64], "repeats": 15, "warmup": 3, "threads": 2, "atol": 0.001},
             "report": {"tolerance": 0.01, "mask_layer": None},
             "runtime": {"device": "auto", "threads": 2, "nproc_per_node": 1, "progress": "auto", "loader_workers": 4 if small else 8, "decode": "auto"},
         }
 
+
+# The field's structured pruning beside the paper's tickets (the paper's Fig. 1 compares with such
+# pruners): Torch-Pruning's global filter-L1 at refill's FLOPs, fine-tuned for a ticket's budget.
+TP_L1 = {"kind": "torch_pruning", "match": "refill", "importance": "l1", "start": "finetune", "round_to": 8, "score_batches": 1}
 
 WEIGHT_DECAY = {  # (dataset, arch) -> Table 1's weight decay
     ("cifar10", "wrn32_2"): 1e-4, ("cifar10", "resnet18"): 1e-4, ("cifar10", "mobilenet_v1"): 1e-4,

@@ -299,30 +299,37 @@ def evidence_lines(table: pd.DataFrame, dense: dict, margin: float) -> list[str]
         f" of its paired difference lies above −{margin:g}. The paper's own rule (accuracy at least dense's) is"
         " the second column; on one run it mostly measures luck, and is given for comparison with the paper.",
         "",
-        "| method | last round that wins (sparsity) | first round that loses (sparsity) | extreme sparsity, paper's rule |",
+        "Each method's bracket: its sparsest winning round (the paper's extreme sparsity) and its least sparse losing round.",
+        "",
+        "| method | sparsest winning round | least sparse losing round | extreme sparsity, paper's rule |",
         "|---|---|---|---|",
     ]
     paper_rule = extreme_sparsity(table, "wins_paper")
     for method, (win, loss) in bracket(table).items():
-        lines.append(f"| {method} | {_pct(win) if win is not None else 'none'} | {_pct(loss) if loss is not None else 'not reached within the rounds run'} | {_pct(paper_rule[method]) if paper_rule[method] is not None else 'none'} |")
+        mixed = " (wins again above a loss: the rounds do not order cleanly)" if win is not None and loss is not None and win > loss else ""
+        lines.append(
+            f"| {method} | {_pct(win) if win is not None else 'none'}{mixed} | {_pct(loss) if loss is not None else 'not reached within the rounds run'} |"
+            f" {_pct(paper_rule[method]) if paper_rule[method] is not None else 'none'} |"
+        )
     return lines + [""]
 
 
 def matched_lines(pairs: pd.DataFrame, by: str, within: float) -> list[str]:
     """Markdown table of structlth.evidence.matched pairs (a - b), significant rows in bold p."""
     what = {"sparsity": "sparsity", "flops_saving": "FLOP saving"}[by]
-    lines = [f"## Methods at matched {what} (within {within:.0%} points)", ""]
+    points = f"{within * 100:g} points"
+    lines = [f"## Methods at matched {what} (within {points})", ""]
     if pairs.empty:
-        return lines + [f"No two methods have rounds within {within:.0%} points of {what}.", ""]
+        return lines + [f"No two methods have rounds within {points} of {what}.", ""]
     lines += [
-        f"Paired on the same test images; Δ = first − second, with its 95% interval and exact McNemar p. An ordering"
-        " is a result only where the interval excludes 0.",
+        "Paired on the same test images; Δ = first − second, with its 95% interval and p. An ordering is a result"
+        " only where the interval excludes 0 and p < 0.05 (p in bold).",
         "",
         f"| first | {what} | acc | second | {what} | acc | Δ | 95% interval | p |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in pairs.iterrows():
-        sig = r["low"] > 0 or r["high"] < 0
+        sig = (r["low"] > 0 or r["high"] < 0) and r["p"] < 0.05
         lines.append(
             f"| {r['a']} {r['round_a']} | {r['by_a']:.1%} | {r['acc_a']:.4f} | {r['b']} {r['round_b']} | {r['by_b']:.1%} | {r['acc_b']:.4f} |"
             f" {r['diff']:+.2%} | [{r['low']:+.2%}, {r['high']:+.2%}] | {'**' + _p(r['p']) + '**' if sig else _p(r['p'])} |"

@@ -93,15 +93,18 @@ def pristine(repo):
 
 def test_repro_writes_every_round_and_ticket_with_its_structure(repo):
     assert _changed(repo) == set()
-    for method in ("imp", "imp_channel", "refill", "refill_plus", "regroup", "regroup_channel"):
+    for method in ("imp", "imp_channel", "refill", "refill_plus", "regroup", "regroup_channel", "tp_l1"):
         for rnd in ("round1", "round2"):
             d = repo / "artifacts" / method / rnd
             metrics = json.loads((d / "metrics.json").read_text())
             assert 0 <= metrics["test_acc"] <= 1 and "layers" not in metrics
+            preds, meta = load_tensors(d / "predictions.safetensors")  # one class per test image, at the reported epoch
+            assert preds["pred"].shape == (tiny_raw()["data"]["test_subset"],) and meta["round"] == f"{method}/{rnd}"
+            assert float((preds["pred"] == preds["target"]).float().mean()) == pytest.approx(metrics["test_acc"])
             layers = json.loads((d / "layers.json").read_text())
             assert layers and all(0 <= r["density"] <= 1 for r in layers)
             masks, _ = load_tensors(d / "mask.safetensors")
-            if method in ("imp_channel", "refill", "refill_plus"):
+            if method in ("imp_channel", "refill", "refill_plus", "tp_l1"):
                 assert all(is_channel_wise(m) for m in masks.values()), f"{method} not channel-wise"
             if method.startswith("regroup"):
                 min_rows = tiny_raw()["tickets"][method]["min_rows"]
@@ -110,7 +113,11 @@ def test_repro_writes_every_round_and_ticket_with_its_structure(repo):
     assert abs((1 - imp["round1"]) - 0.8) < 0.01 and abs((1 - imp["round2"]) - 0.64) < 0.01
     bench = (repo / "reports" / "bench.csv").read_text()
     assert "regroup_channel" in bench and "slim" in bench and "csr" in bench and "onnxruntime" in bench
-    assert (repo / "reports" / "report.md").read_text().startswith("# structlth report")
+    tp, refill = (json.loads((repo / "artifacts" / m / "round2" / "metrics.json").read_text()) for m in ("tp_l1", "refill"))
+    assert tp["flops"] <= tp["matched_flops"] == refill["flops"]  # Torch-Pruning at the refill ticket's FLOPs
+    report = (repo / "reports" / "report.md").read_text()
+    assert report.startswith("# structlth report") and "## Accuracy evidence" in report and "| tp_l1 |" in report
+    assert (repo / "reports" / "accuracy_vs_time_saving.png").is_file()
 
 
 def _ran(out: str) -> set[str]:
@@ -122,10 +129,13 @@ def test_editing_one_ticket_reruns_and_rebenches_only_that_ticket(repo, tmp_path
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy, symlinks=True)
     _edit(copy, lambda r: r["tickets"]["refill_plus"].update(refill_rate=0.5))
-    assert _changed(copy) == {"check_params", "ticket@refill_plus-round1", "ticket@refill_plus-round2", "report"}
+    # baselines read every ticket's params (the one they match cannot be declared alone), and
+    # rerun to the same bytes: DVC then skips their bench stages
+    baseline = {"baseline@tp_l1-round1", "baseline@tp_l1-round2"}
+    assert _changed(copy) == {"check_params", "ticket@refill_plus-round1", "ticket@refill_plus-round2", *baseline, "report"}
     ran = _ran(_run(["dvc", "repro"], copy))
     assert {s for s in ran if s.startswith("bench")} == {"bench_ticket@refill_plus-round1", "bench_ticket@refill_plus-round2"}
-    assert ran == {"check_params", "ticket@refill_plus-round1", "ticket@refill_plus-round2", "bench_ticket@refill_plus-round1", "bench_ticket@refill_plus-round2", "report"}
+    assert ran == {"check_params", "ticket@refill_plus-round1", "ticket@refill_plus-round2", *baseline, "bench_ticket@refill_plus-round1", "bench_ticket@refill_plus-round2", "report"}
 
 
 def test_importing_the_library_with_bytecode_on_leaves_dvc_status_clean(repo):

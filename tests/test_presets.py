@@ -34,15 +34,18 @@ def _load(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
 
 
-EXTRA = {"default_all_tickets"}  # the default with the tickets that do not fit its CPU budget
+EXTRA = {"default_all_tickets", "default_3seeds"}  # the default with every ticket kind; with three seeds
 
 
-def test_configs_folder_holds_exactly_the_presets_and_the_extra_tickets_file():
+def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
     assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")) == sorted(set(PRESETS) | EXTRA)
     assert set(PAPER) <= set(PRESETS)
     extra = parse_params(_load("default_all_tickets"))
     assert {"refill", "refill_plus", "regroup", "regroup_paper"} <= set(extra.tickets)
-    assert extra.prune.ticket_rounds == extra.round_ids()
+    assert set(extra.baselines) >= {"tp_l1", "tp_l1_rewind", "tp_bn_scale", "tp_taylor"}
+    seeds = parse_params(_load("default_3seeds"))
+    assert seeds.seeds == [0, 1, 2]
+    assert (seeds.data, seeds.model, seeds.train, seeds.prune) == (extra.data, extra.model, extra.train, extra.prune)  # one default, two variants
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

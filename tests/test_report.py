@@ -169,3 +169,24 @@ def test_gather_bench_concatenates_stage_tables_and_names_a_missing_one(tmp_path
     (tmp_path / "refill" / "round2" / "timing.csv").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ArtifactError, match="not a bench table"):
         gather_bench(tmp_path, [("refill", "round2")])
+
+
+def test_matched_lines_bold_only_what_the_interval_and_the_test_both_support():
+    from structlth.report import matched_lines
+
+    pairs = pd.DataFrame([
+        {"a": "refill", "round_a": "round4", "by_a": 0.77, "acc_a": 0.889, "b": "imp_channel", "round_b": "round7", "by_b": 0.77, "acc_b": 0.873, "diff": 0.0165, "low": 0.012, "high": 0.021, "p": 1e-12},
+        {"a": "regroup", "round_a": "round4", "by_a": 0.42, "acc_a": 0.880, "b": "imp_channel", "round_b": "round3", "by_b": 0.44, "acc_b": 0.884, "diff": 0.0043, "low": 0.0001, "high": 0.0085, "p": 0.051},
+    ])
+    text = "\n".join(matched_lines(pairs, "sparsity", 0.03))
+    assert "## Methods at matched sparsity (within 3 points)" in text
+    assert "| **1e-12** |" in text and "| 0.051 |" in text  # the second's interval excludes 0, its p does not
+
+
+def test_a_method_that_wins_again_above_a_loss_is_flagged():
+    from structlth.report import evidence_lines
+
+    table = _table()
+    table.loc[table["method"] == "refill", "wins"] = [False, True]  # loses at 20%, wins at 40%
+    text = "\n".join(evidence_lines(table, DENSE_INFO, 0.01))
+    assert "| refill | 40.00% (wins again above a loss: the rounds do not order cleanly) | 20.00% |" in text

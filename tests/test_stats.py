@@ -111,7 +111,7 @@ def test_versus_dense_columns_and_brackets():
     assert t.loc[0, "p_vs_dense"] == 1.0 and t.loc[2, "diff_vs_dense"] == pytest.approx(-0.05)
     br = bracket(t)
     assert br["a"] == (0.40, 0.60)
-    assert br["b"] == (None, 0.21)  # loses at its first round: no winning round before the first loss
+    assert br["b"] == (0.59, 0.21)  # loses at its first round, wins above it: reported as it is
     assert bracket(t[t["method"] == "b"].iloc[1:])["b"] == (0.59, None)  # not reached
 
 
