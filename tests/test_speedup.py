@@ -189,7 +189,8 @@ def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
     if kind == "imp_channel":
         masks = channel_prune(w, ones_masks(m), 0.5)
     if kind == "regroup":
-        masks = {n: regroup(v, parts=parts_for(v.shape[0], 8), min_rows=4, t2=0.3, b2=2, granularity="channel") for n, v in masks.items()}
+        # 64 rows per part (the default's) and the pipeline's pin budget: blocks in every layer, partitioned in seconds
+        masks = {n: regroup(v, parts=parts_for(v.shape[0], 64), min_rows=4, t2=0.3, b2=2, granularity="channel", max_pins=50_000) for n, v in masks.items()}
     metrics = {"flops": 1, "flops_dense": 2, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
     rows, _ = bench_ticket(kind, kind, m, masks, metrics, torch.randn(2, 3, 32, 32), BenchParams(batch_sizes=[2], repeats=1, warmup=0, atol=1e-4, onnxruntime=False), layers=False)
     assert {r["engine"] for r in rows} == {"imp": {"masked_dense", "csr"}, "imp_channel": {"slim"}, "regroup": {"slim+blocks"}}[kind]
