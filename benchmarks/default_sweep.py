@@ -1,4 +1,4 @@
-"""The sweep that chose the embedded default (issue #10): candidate models x schedules on
+"""The sweep that chose the embedded default's model: candidate models x schedules on
 Fashion-MNIST, 2 threads, through the real pipeline functions.
 
 Per candidate: dense pretrain (test accuracy, training img/s); then one-shot global magnitude

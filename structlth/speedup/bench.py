@@ -143,6 +143,7 @@ def bench_ticket(
     baseline = baseline or dense_baseline(model, test_x, bench)
     dense = fold_bn(model)
     rows, layer_out = [], []
+    machine = machine_name()  # reads /proc/cpuinfo and torch's build config: once per ticket, not per row
     dense_params = sum(p.numel() for p in model.parameters())
     check_x = test_x[: max(bench.batch_sizes)]
     for b in bench.batch_sizes:
@@ -163,7 +164,7 @@ def bench_ticket(
                     t, retimed = _timed(d, f, x, bench, baseline.t_dense_ms[runtime][b])
                 physical = sum(p.numel() for p in fast.parameters()) if engine == "slim" else metrics["params_kept"]
                 rows.append({
-                    "method": method, "runtime": runtime, "engine": engine, "batch": b, "machine": machine_name(), "threads": torch.get_num_threads(),
+                    "method": method, "runtime": runtime, "engine": engine, "batch": b, "machine": machine, "threads": torch.get_num_threads(),
                     "channels_last": baseline.formats[b] and runtime == "torch", "retimed": retimed,
                     "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving,
                     "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],
