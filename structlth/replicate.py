@@ -76,8 +76,8 @@ def run_replicate(params: Params, seed: int, data_dir: Path, out_dir: Path, cach
     'trained', 'test_acc': {'method/round': acc}}."""
     p = params.with_seed(seed)
     ctx = setup(p, data_dir)
-    trained = 0
-    for method, rnd, identity, _ in units(p):
+    trained, plan = 0, units(p)
+    for method, rnd, identity, _ in plan:
         d = cache / method / rnd if rnd else cache / "pretrain"
         if _cached(d, identity):
             continue
@@ -96,7 +96,7 @@ def run_replicate(params: Params, seed: int, data_dir: Path, out_dir: Path, cach
         trained += 1
     accs = {}
     with staged_dir(out_dir) as staged:
-        for method, rnd, _, _ in units(p):
+        for method, rnd, _, _ in plan:
             src = cache / method / rnd if rnd else cache / "pretrain"
             dst = staged / method / rnd if rnd else staged / "pretrain"
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns(STAMP, "curve.json"))
