@@ -9,7 +9,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import channel_align, default_sweep, loader, onnx_profile, regroup_parts, regroup_time, speedup_gpu, speedup_scale, train_throughput
+from benchmarks import (
+    channel_align,
+    default_sweep,
+    loader,
+    onnx_profile,
+    regroup_parts,
+    regroup_time,
+    speedup_gpu,
+    speedup_scale,
+    train_throughput,
+)
 from structlth.artifacts import write_json
 
 OUT = Path("reports/benchmarks")
@@ -37,4 +47,8 @@ if __name__ == "__main__":
         began = time.perf_counter()
         result = ALL[name]()
         write_json(OUT / f"{name}.json", result)
-        print(f"[{i}/{len(wanted)}] {name} done in {time.perf_counter() - began:.0f} s -> {OUT / name}.json:", result.get("summary", result), flush=True)
+        print(
+            f"[{i}/{len(wanted)}] {name} done in {time.perf_counter() - began:.0f} s -> {OUT / name}.json:",
+            result.get("summary", result),
+            flush=True,
+        )

@@ -24,27 +24,58 @@ from benchmarks.common import ticket_of
 from structlth.config import parse_params
 from structlth.data import load_dataset, normalize
 from structlth.masks import drop_untrainable, ones_masks
-from structlth.pipeline import Context, load_state, pretrain, prepare, ticket_masks
+from structlth.pipeline import Context, load_state, prepare, pretrain, ticket_masks
 from structlth.pruning import magnitude_prune
 from structlth.speedup.bench import bench_ticket
 from structlth.train import state_of
 
 ROUNDS = 4
 BASE = {
-    "data": {"dataset": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist", "download": False, "val_size": 1000, "train_subset": 12000,
-             "test_subset": 2000, "split_seed": 0, "batch_size": 64, "eval_batch_size": 1000,
-             "augment": {"crop_padding": 0, "hflip": True}},
+    "data": {
+        "dataset": "fashion_mnist",
+        "root": "/usr/share/datasets/fashion-mnist",
+        "download": False,
+        "val_size": 1000,
+        "train_subset": 12000,
+        "test_subset": 2000,
+        "split_seed": 0,
+        "batch_size": 64,
+        "eval_batch_size": 1000,
+        "augment": {"crop_padding": 0, "hflip": True},
+    },
     "model": {"arch": "vgg16", "width": 0.25, "small_input_stem": True},
-    "train": {"epochs": 5, "retrain": "rest", "lr": 0.05, "schedule": "cosine", "milestones": [], "gamma": 0.1,
-              "warmup_epochs": 0, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "rewind_epoch": 3, "seed": 0},
-    "prune": {"rate": 0.2, "rounds": {f"round{k}": {"prev": f"round{k - 1}"} for k in range(1, ROUNDS + 1)},
-              "ticket_rounds": ["round2", "round4"]},
+    "train": {
+        "epochs": 5,
+        "retrain": "rest",
+        "lr": 0.05,
+        "schedule": "cosine",
+        "milestones": [],
+        "gamma": 0.1,
+        "warmup_epochs": 0,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 5e-4,
+        "rewind_epoch": 3,
+        "seed": 0,
+    },
+    "prune": {
+        "rate": 0.2,
+        "rounds": {f"round{k}": {"prev": f"round{k - 1}"} for k in range(1, ROUNDS + 1)},
+        "ticket_rounds": ["round2", "round4"],
+    },
     "imp_channel": {"rate": 0.1},
     "tickets": {
         "refill": {"kind": "refill", "criterion": "magnitude", "refill_rate": 0.0, "count": "ceil"},
         "refill_aligned": {"kind": "refill", "criterion": "magnitude", "refill_rate": 0.0, "count": "ceil", "channel_align": 8},
         "regroup": {"kind": "regroup", "granularity": "channel", "rows_per_part": 16, "min_rows": 8, "column_rule": "budget"},
-        "regroup_aligned": {"kind": "regroup", "granularity": "channel", "rows_per_part": 16, "min_rows": 8, "column_rule": "budget", "channel_align": 8},
+        "regroup_aligned": {
+            "kind": "regroup",
+            "granularity": "channel",
+            "rows_per_part": 16,
+            "min_rows": 8,
+            "column_rule": "budget",
+            "channel_align": 8,
+        },
     },
     "bench": {"batch_sizes": [64], "repeats": 9, "warmup": 2, "threads": 2},
     "runtime": {"device": "cpu", "threads": 2, "progress": "never"},
@@ -82,7 +113,11 @@ def _candidate(name: str, params, data_dir: Path, work: Path) -> dict:
         masks = drop_untrainable(model, ticket_masks(ctx, spec, state_of(model), imp), ctx.data.in_channels)
         m, metrics = ticket_of(model, masks, ctx.input_shape)
         rows, _ = bench_ticket(name_, spec.kind, m, masks, metrics, x, params.bench, layers=False)
-        out[f"{name_}_sparsity"], out[f"{name_}_time_saving"], out[f"{name_}_flops_saving"] = metrics["sparsity"], rows[0]["time_saving"], rows[0]["flops_saving"]
+        out[f"{name_}_sparsity"], out[f"{name_}_time_saving"], out[f"{name_}_flops_saving"] = (
+            metrics["sparsity"],
+            rows[0]["time_saving"],
+            rows[0]["flops_saving"],
+        )
     t_bench = (time.perf_counter() - t0) / len(params.tickets)
     p = params.train
     retrains = 2 * ROUNDS + len(params.tickets) * len(params.prune.ticket_rounds)
@@ -101,4 +136,11 @@ def run() -> dict:
             row = _candidate(name, _params(model, train), tmp / "data", tmp / name)
             print(row, flush=True)
             rows.append(row)
-    return {"rounds": ROUNDS, "base": BASE, "rows": rows, "summary": {r["candidate"]: {k: round(v, 4) for k, v in r.items() if k != "candidate" and not k.endswith("_sparsity")} for r in rows}}
+    return {
+        "rounds": ROUNDS,
+        "base": BASE,
+        "rows": rows,
+        "summary": {
+            r["candidate"]: {k: round(v, 4) for k, v in r.items() if k != "candidate" and not k.endswith("_sparsity")} for r in rows
+        },
+    }

@@ -32,15 +32,38 @@ def run(arch: str = "vgg16", width: float = 0.25, density: float = 0.8**4) -> di
     variants = {("refill", 0, 8): ("refill", refill_masks(imp, weight_scores("magnitude", w, imp), 0.0, "ceil", 8))}
     for rpp in (16, 32, 64, 128):
         for align in (1, 8):
-            variants["regroup", rpp, align] = ("regroup", regroup_layers(imp, rows_per_part=rpp, min_rows=8, column_rule="budget", granularity="channel", channel_align=align))
+            variants["regroup", rpp, align] = (
+                "regroup",
+                regroup_layers(imp, rows_per_part=rpp, min_rows=8, column_rule="budget", granularity="channel", channel_align=align),
+            )
     rows = []
     for (name, rpp, align), (kind, masks) in variants.items():
         masks = drop_untrainable(model, masks, 1)
         m, metrics = ticket_of(model, masks, (1, 1, 28, 28))
         r = bench_ticket(name, kind, m, masks, metrics, x, bench, layers=False, baseline=baseline)[0][0]
-        rows.append({"ticket": name, "rows_per_part": rpp, "channel_align": align, "sparsity": metrics["sparsity"],
-                     "time_saving": r["time_saving"], "flops_saving": r["flops_saving"], "t_dense_ms": r["t_dense_ms"], "retimed": r["retimed"]})
+        rows.append(
+            {
+                "ticket": name,
+                "rows_per_part": rpp,
+                "channel_align": align,
+                "sparsity": metrics["sparsity"],
+                "time_saving": r["time_saving"],
+                "flops_saving": r["flops_saving"],
+                "t_dense_ms": r["t_dense_ms"],
+                "retimed": r["retimed"],
+            }
+        )
         print(rows[-1], flush=True)
     best = max((r for r in rows if r["ticket"] == "regroup"), key=lambda r: r["time_saving"])
-    return {"arch": arch, "width": width, "density": density, "batch": 64, "rows": rows,
-            "summary": {"best_rows_per_part": best["rows_per_part"], "best_channel_align": best["channel_align"], "best_regroup_time_saving": best["time_saving"]}}
+    return {
+        "arch": arch,
+        "width": width,
+        "density": density,
+        "batch": 64,
+        "rows": rows,
+        "summary": {
+            "best_rows_per_part": best["rows_per_part"],
+            "best_channel_align": best["channel_align"],
+            "best_regroup_time_saving": best["time_saving"],
+        },
+    }

@@ -50,7 +50,11 @@ def run(device: str = "cuda", cases: list[tuple[str, float]] = CASES, batches: l
             ticket, metrics = ticket_of(model, masks, (1, 3, image, image))
             ref = _on(masked_reference(ticket, masks, 3), dev, torch.float32)  # verification runs in fp32
             for b in batches:
-                x = torch.randn(b, 3, image, image, generator=torch.Generator().manual_seed(b)).to(dev).contiguous(memory_format=torch.channels_last)
+                x = (
+                    torch.randn(b, 3, image, image, generator=torch.Generator().manual_seed(b))
+                    .to(dev)
+                    .contiguous(memory_format=torch.channels_last)
+                )
                 xt = x.to(dtype)
                 for engine, fast in fast_models(kind, ticket, masks, 3, xt, 9, 2).items():
                     torch.backends.cudnn.allow_tf32 = False
@@ -61,17 +65,49 @@ def run(device: str = "cuda", cases: list[tuple[str, float]] = CASES, batches: l
                     f = _on(fast, dev, dtype)
                     t = time_pair(dense, f, xt, REPEATS, WARMUP)
                     aa = time_pair(dense, dense, xt, REPEATS, WARMUP, seed=1)
-                    rows.append({
-                        "arch": arch, "image": image, "source_density": density, "method": method, "engine": engine, "batch": b, "dtype": str(dtype).removeprefix("torch."),
-                        "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving, "aa_noise": abs(aa.saving),
-                        "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"], "max_abs_err_fp32": err,
-                    })
-                    print(arch, image, density, method, engine, b, f"{t.saving:+.1%} of {rows[-1]['flops_saving']:.1%} (A/A {aa.saving:+.1%})", flush=True)
+                    rows.append(
+                        {
+                            "arch": arch,
+                            "image": image,
+                            "source_density": density,
+                            "method": method,
+                            "engine": engine,
+                            "batch": b,
+                            "dtype": str(dtype).removeprefix("torch."),
+                            "t_dense_ms": t.t_dense_ms,
+                            "t_ticket_ms": t.t_ticket_ms,
+                            "time_saving": t.saving,
+                            "aa_noise": abs(aa.saving),
+                            "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],
+                            "max_abs_err_fp32": err,
+                        }
+                    )
+                    print(
+                        arch,
+                        image,
+                        density,
+                        method,
+                        engine,
+                        b,
+                        f"{t.saving:+.1%} of {rows[-1]['flops_saving']:.1%} (A/A {aa.saving:+.1%})",
+                        flush=True,
+                    )
                     if b == max(batches):
                         flops = layer_effective_flops(ticket, masks, (1, 3, image, image))
-                        layers += [{"arch": arch, "image": image, "source_density": density, "method": method, "batch": b, **r} for r in layer_rows(dense, f, xt, per_layer, flops)]
+                        layers += [
+                            {"arch": arch, "image": image, "source_density": density, "method": method, "batch": b, **r}
+                            for r in layer_rows(dense, f, xt, per_layer, flops)
+                        ]
     best = max((r for r in rows if r["method"].startswith("regroup") and r["batch"] == max(batches)), key=lambda r: r["time_saving"])
     return {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__, "rows": rows, "layers": layers,
-        "summary": {"best_group_time_saving": best["time_saving"], "best_group": f"{best['arch']}@{best['source_density']} {best['method']}", "batch": max(batches), "noise": max(r["aa_noise"] for r in rows)},
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "rows": rows,
+        "layers": layers,
+        "summary": {
+            "best_group_time_saving": best["time_saving"],
+            "best_group": f"{best['arch']}@{best['source_density']} {best['method']}",
+            "batch": max(batches),
+            "noise": max(r["aa_noise"] for r in rows),
+        },
     }

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from benchmarks.common import randomise_bn, ticket_of
-
 from structlth.config import BenchParams
 from structlth.masks import ones_masks
 from structlth.models import build_model
@@ -54,9 +53,37 @@ def run() -> dict:
             m, metrics = ticket_of(model, masks, (1, 3, 32, 32))
             out, lay = bench_ticket(method, kind, m, masks, metrics, x, bench, layers=True, baseline=baseline)
             case = {"arch": arch, "source_density": density}
-            rows += [{**case, **{k: r[k] for k in ("method", "engine", "runtime", "batch", "channels_last", "retimed", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "sparsity", "max_abs_err")}} for r in out]
+            rows += [
+                {
+                    **case,
+                    **{
+                        k: r[k]
+                        for k in (
+                            "method",
+                            "engine",
+                            "runtime",
+                            "batch",
+                            "channels_last",
+                            "retimed",
+                            "t_dense_ms",
+                            "t_ticket_ms",
+                            "time_saving",
+                            "flops_saving",
+                            "sparsity",
+                            "max_abs_err",
+                        )
+                    },
+                }
+                for r in out
+            ]
             layers += [{**case, **r} for r in lay]
-            print(arch, density, method, [f"{r['runtime']} b{r['batch']}: {r['time_saving']:.1%} of {r['flops_saving']:.1%}" for r in out], flush=True)
+            print(
+                arch,
+                density,
+                method,
+                [f"{r['runtime']} b{r['batch']}: {r['time_saving']:.1%} of {r['flops_saving']:.1%}" for r in out],
+                flush=True,
+            )
     return {"threads": 2, "rows": rows, "layers": layers, "summary": summary(rows)}
 
 
@@ -68,6 +95,8 @@ def summary(rows: list[dict]) -> dict:
     for b in BATCHES:
         suffix = "" if b == 64 else f"@b{b}"
         goals = targets(frame, b)
-        out.update({f"{k}{suffix}": goals[k] for k in ("channel_time_per_flop_saving", "best_group_time_saving", "group_time_per_flop_saving")})
+        out.update(
+            {f"{k}{suffix}": goals[k] for k in ("channel_time_per_flop_saving", "best_group_time_saving", "group_time_per_flop_saving")}
+        )
         out[f"timing_noise{suffix}"] = max(timing_noise(g, b) or 0.0 for _, g in frame.groupby("arch"))
     return out

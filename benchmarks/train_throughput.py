@@ -13,7 +13,6 @@ from structlth.masks import ones_masks, training_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune
 from structlth.train import train
-
 from tests.helpers import synthetic_dataset
 
 
@@ -48,7 +47,10 @@ def run(n: int = 4096, batch: int = 64, repeats: int = 3) -> dict:
     ratio = med(masked) / med(plain)
     return {
         "model": "resnet20 width 0.5, 1x28x28, batch 64, 2 threads",
-        "plain_img_per_s": med(plain), "masked_img_per_s": med(masked), "ratio": ratio, "target": 0.95,
+        "plain_img_per_s": med(plain),
+        "masked_img_per_s": med(masked),
+        "ratio": ratio,
+        "target": 0.95,
         "note": "masked includes its per-epoch validation pass over 8 images",
         "summary": f"masked/plain throughput = {ratio:.3f} (target >= 0.95)",
     }

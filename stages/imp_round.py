@@ -22,6 +22,7 @@ if __name__ == "__main__":
         params = load_params(args.params)
         dist.relaunch_under_torchrun(params.runtime.nproc_per_node)
         ctx = setup(params, args.data)
-        m = imp_round(ctx, args.chain, Path(args.prev), Path(args.pretrain), Path(args.out),
-                      Path(args.checkpoint) if args.checkpoint else None)
+        m = imp_round(
+            ctx, args.chain, Path(args.prev), Path(args.pretrain), Path(args.out), Path(args.checkpoint) if args.checkpoint else None
+        )
         print(f"{args.out}: sparsity {m['sparsity']:.4f} test_acc {m['test_acc']:.4f}")

@@ -24,6 +24,7 @@ if __name__ == "__main__":
         dist.relaunch_under_torchrun(params.runtime.nproc_per_node)
         params.ticket_spec(args.name)
         ctx = setup(params, args.data)
-        m = make_ticket(ctx, args.name, Path(args.imp), Path(args.pretrain), Path(args.out),
-                        Path(args.checkpoint) if args.checkpoint else None)
+        m = make_ticket(
+            ctx, args.name, Path(args.imp), Path(args.pretrain), Path(args.out), Path(args.checkpoint) if args.checkpoint else None
+        )
         print(f"{args.out}: sparsity {m['sparsity']:.4f} (IMP {m['source_sparsity']:.4f}) test_acc {m['test_acc']:.4f}")

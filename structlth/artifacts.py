@@ -103,17 +103,13 @@ def load_tensors(
         raise ArtifactError(f"{path}: corrupt structlth metadata in the header") from None
     for key, want in (expect_meta or {}).items():
         if meta.get(key) != want:
-            raise ArtifactError(
-                f"{path}: made for {key}={meta.get(key)!r}, but {key}={want!r} is expected"
-            )
+            raise ArtifactError(f"{path}: made for {key}={meta.get(key)!r}, but {key}={want!r} is expected")
     if expect is not None:
         check_shapes(path, tensors, expect)
     return tensors, meta
 
 
-def check_shapes(
-    path: str | Path, tensors: Mapping[str, torch.Tensor], expect: Mapping[str, tuple[int, ...]]
-) -> None:
+def check_shapes(path: str | Path, tensors: Mapping[str, torch.Tensor], expect: Mapping[str, tuple[int, ...]]) -> None:
     missing = sorted(set(expect) - set(tensors))
     extra = sorted(set(tensors) - set(expect))
     if missing or extra:
@@ -123,10 +119,7 @@ def check_shapes(
         )
     for name, shape in expect.items():
         if tuple(tensors[name].shape) != tuple(shape):
-            raise ArtifactError(
-                f"{path}: {name} has shape {tuple(tensors[name].shape)}, the model needs"
-                f" {tuple(shape)}"
-            )
+            raise ArtifactError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, the model needs {tuple(shape)}")
 
 
 def check_state(path: str | Path, state: Mapping[str, torch.Tensor]) -> None:

@@ -12,10 +12,10 @@ import os
 import sys
 
 import torch
-
-from structlth.errors import ParamsError
 import torch.distributed as td
 from torch import nn
+
+from structlth.errors import ParamsError
 
 
 def launched_by_torchrun() -> bool:
@@ -45,8 +45,7 @@ def relaunch_under_torchrun(nproc_per_node: int) -> None:
     N > 1 and torchrun has not started us already; return otherwise."""
     if nproc_per_node <= 1 or launched_by_torchrun():
         return
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc_per_node}", *sys.argv]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}", *sys.argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

@@ -61,10 +61,20 @@ def versus_dense(table: pd.DataFrame, correct: Mapping[int, Mapping[Key, np.ndar
         c = {s: res[(r["method"], r["round"])] for s, res in correct.items() if (r["method"], r["round"]) in res}
         mean, sd, lo, hi = accuracy(c)
         d = compare(c, dense)
-        rows.append({
-            "acc_mean": mean, "acc_sd": sd, "acc_low": lo, "acc_high": hi, "diff_vs_dense": d.diff, "diff_low": d.low,
-            "diff_high": d.high, "p_vs_dense": d.p, "wins": noninferior(d, margin), "wins_paper": d.diff >= 0,
-        })
+        rows.append(
+            {
+                "acc_mean": mean,
+                "acc_sd": sd,
+                "acc_low": lo,
+                "acc_high": hi,
+                "diff_vs_dense": d.diff,
+                "diff_low": d.low,
+                "diff_high": d.high,
+                "p_vs_dense": d.p,
+                "wins": noninferior(d, margin),
+                "wins_paper": d.diff >= 0,
+            }
+        )
     out, ev = table.reset_index(drop=True).copy(), pd.DataFrame(rows, columns=EVIDENCE_COLS)
     for col in EVIDENCE_COLS:  # in place where the table has the column already (the summary's order)
         out[col] = ev[col]
@@ -86,7 +96,9 @@ def bracket(table: pd.DataFrame, column: str = "wins") -> dict[str, tuple[float 
     return out
 
 
-def matched(table: pd.DataFrame, correct: Mapping[int, Mapping[Key, np.ndarray]], by: str, within: float, methods: list[str] | None = None) -> pd.DataFrame:
+def matched(
+    table: pd.DataFrame, correct: Mapping[int, Mapping[Key, np.ndarray]], by: str, within: float, methods: list[str] | None = None
+) -> pd.DataFrame:
     """Paired comparisons of two methods' rounds whose `by` column (sparsity or flops_saving, of
     train.seed's run) differs by at most `within`: each round of method a against the nearest
     round of each later method b (in `methods` order, default the table's). Columns: a, round_a,
@@ -95,7 +107,7 @@ def matched(table: pd.DataFrame, correct: Mapping[int, Mapping[Key, np.ndarray]]
     methods = methods or list(dict.fromkeys(table["method"]))
     rows = []
     for i, a in enumerate(methods):
-        for b in methods[i + 1:]:
+        for b in methods[i + 1 :]:
             ra, rb = table[table["method"] == a], table[table["method"] == b]
             if ra.empty or rb.empty:
                 continue
@@ -107,10 +119,21 @@ def matched(table: pd.DataFrame, correct: Mapping[int, Mapping[Key, np.ndarray]]
                 ca = {s: res[(a, x["round"])] for s, res in correct.items()}
                 cb = {s: res[(b, y["round"])] for s, res in correct.items()}
                 p = compare(ca, cb)
-                rows.append({
-                    "a": a, "round_a": x["round"], "by_a": float(x[by]), "acc_a": accuracy(ca)[0],
-                    "b": b, "round_b": y["round"], "by_b": float(y[by]), "acc_b": accuracy(cb)[0],
-                    "diff": p.diff, "low": p.low, "high": p.high, "p": p.p,
-                })
+                rows.append(
+                    {
+                        "a": a,
+                        "round_a": x["round"],
+                        "by_a": float(x[by]),
+                        "acc_a": accuracy(ca)[0],
+                        "b": b,
+                        "round_b": y["round"],
+                        "by_b": float(y[by]),
+                        "acc_b": accuracy(cb)[0],
+                        "diff": p.diff,
+                        "low": p.low,
+                        "high": p.high,
+                        "p": p.p,
+                    }
+                )
     cols = ["a", "round_a", "by_a", "acc_a", "b", "round_b", "by_b", "acc_b", "diff", "low", "high", "p"]
     return pd.DataFrame(rows, columns=cols)

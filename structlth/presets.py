@@ -32,8 +32,17 @@ DATASET_SHAPES = {  # dataset -> (classes, channels, image side)
 }
 
 PAPER_REGROUP = {  # Alg. 3: hypergraph over columns, blocks by the density rule (t2, b2: no values in the paper)
-    "kind": "regroup", "granularity": "column", "hypergraph": "column", "rows_per_part": 32,
-    "imbalance": 0.1, "min_rows": 16, "column_rule": "density", "t1": 1.5, "t2": 0.5, "b2": 4, "seed": 0,
+    "kind": "regroup",
+    "granularity": "column",
+    "hypergraph": "column",
+    "rows_per_part": 32,
+    "imbalance": 0.1,
+    "min_rows": 16,
+    "column_rule": "density",
+    "t1": 1.5,
+    "t2": 0.5,
+    "b2": 4,
+    "seed": 0,
 }
 PAPER_TICKETS = {
     "refill": {"kind": "refill", "criterion": "magnitude", "refill_rate": 0.0, "count": "ceil", "score_batches": 1},
@@ -83,10 +92,19 @@ class Preset:
             },
             "model": {"arch": self.arch, "width": 1.0, "small_input_stem": self.small_input_stem},
             "train": {
-                "epochs": schedule["epochs"], "retrain": "full", "lr": 0.1, "schedule": "multistep",
-                "milestones": schedule["milestones"], "gamma": 0.1, "warmup_epochs": 0, "momentum": 0.9,
-                "nesterov": False, "weight_decay": self.weight_decay, "decay_norm": True,
-                "rewind_epoch": REWIND_EPOCH, "seed": 0,
+                "epochs": schedule["epochs"],
+                "retrain": "full",
+                "lr": 0.1,
+                "schedule": "multistep",
+                "milestones": schedule["milestones"],
+                "gamma": 0.1,
+                "warmup_epochs": 0,
+                "momentum": 0.9,
+                "nesterov": False,
+                "weight_decay": self.weight_decay,
+                "decay_norm": True,
+                "rewind_epoch": REWIND_EPOCH,
+                "seed": 0,
             },
             "prune": {
                 "rate": 0.2,
@@ -100,7 +118,14 @@ class Preset:
             "replicates": {"seeds": []},
             "bench": {"batch_sizes": [1, 64], "repeats": 15, "warmup": 3, "threads": 2, "atol": 0.001},
             "report": {"tolerance": 0.01, "mask_layer": None},
-            "runtime": {"device": "auto", "threads": 2, "nproc_per_node": 1, "progress": "auto", "loader_workers": 4 if small else 8, "decode": "auto"},
+            "runtime": {
+                "device": "auto",
+                "threads": 2,
+                "nproc_per_node": 1,
+                "progress": "auto",
+                "loader_workers": 4 if small else 8,
+                "decode": "auto",
+            },
         }
 
 
@@ -109,9 +134,13 @@ class Preset:
 TP_L1 = {"kind": "torch_pruning", "match": "refill", "importance": "l1", "start": "finetune", "round_to": 8, "score_batches": 1}
 
 WEIGHT_DECAY = {  # (dataset, arch) -> Table 1's weight decay
-    ("cifar10", "wrn32_2"): 1e-4, ("cifar10", "resnet18"): 1e-4, ("cifar10", "mobilenet_v1"): 1e-4,
+    ("cifar10", "wrn32_2"): 1e-4,
+    ("cifar10", "resnet18"): 1e-4,
+    ("cifar10", "mobilenet_v1"): 1e-4,
     ("cifar10", "vgg16"): 2e-4,
-    ("cifar100", "wrn32_2"): 2e-4, ("cifar100", "resnet18"): 2e-4, ("cifar100", "mobilenet_v1"): 2e-4,
+    ("cifar100", "wrn32_2"): 2e-4,
+    ("cifar100", "resnet18"): 2e-4,
+    ("cifar100", "mobilenet_v1"): 2e-4,
     ("cifar100", "vgg16"): 5e-4,
     ("tiny_imagenet", "resnet50"): 5e-4,
     ("imagenet", "resnet50"): 1e-4,
@@ -124,7 +153,9 @@ PRESETS = {
         Preset("cifar10", "resnet20", rounds=10, weight_decay=1e-4),  # the classic lottery-ticket setting (not in Table 1)
         Preset("fashion_mnist", "resnet20", rounds=10, weight_decay=1e-4),  # the embedded default at full size (not in Table 1)
         Preset("tiny_imagenet", "resnet50", rounds=8, weight_decay=5e-4, batch_size=256, small_input_stem=False),
-        Preset("tiny_imagenet", "resnet50", rounds=8, weight_decay=5e-4, batch_size=256, small_input_stem=True, suffix="_plus"),  # "RN-50(+)": 3x3 stem
+        Preset(
+            "tiny_imagenet", "resnet50", rounds=8, weight_decay=5e-4, batch_size=256, small_input_stem=True, suffix="_plus"
+        ),  # "RN-50(+)": 3x3 stem
         Preset("imagenet", "resnet50", rounds=5, weight_decay=1e-4, batch_size=256, small_input_stem=False),
     ]
 }

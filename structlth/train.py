@@ -137,7 +137,9 @@ def train(
     no_decay = [p for p in params.values() if p.ndim <= 1 and not hp.decay_norm]
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov,
+        lr=hp.lr,
+        momentum=hp.momentum,
+        nesterov=hp.nesterov,
     )
     net = dist.wrap(model)
     rank, world = dist.rank(), dist.world_size()
@@ -228,8 +230,12 @@ def _save_checkpoint(path: Path, identity: str, epoch: int, model: nn.Module, op
     if result.test_pred is not None:
         tensors["test_pred"] = result.test_pred
     meta = {
-        "identity": identity, "epoch": epoch, "history": result.history,
-        "best_epoch": result.best_epoch, "val_acc": result.val_acc, "test_acc": result.test_acc,
+        "identity": identity,
+        "epoch": epoch,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "val_acc": result.val_acc,
+        "test_acc": result.test_acc,
     }
     save_tensors(path, tensors, meta)
 

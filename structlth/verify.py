@@ -62,5 +62,7 @@ def verify_outputs(lock: Path) -> tuple[int, list[str]]:
         if not path.is_file():
             bad.append(f"{rel}: missing (dvc checkout or dvc pull)")
         elif _md5(path) != md5:
-            bad.append(f"{rel}: content differs from dvc.lock (md5 {md5}); corrupt or edited: dvc checkout --force {rel}, or rerun its stage")
+            bad.append(
+                f"{rel}: content differs from dvc.lock (md5 {md5}); corrupt or edited: dvc checkout --force {rel}, or rerun its stage"
+            )
     return len(outs), bad

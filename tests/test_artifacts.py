@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import ROOT, synthetic_dataset
 from structlth.artifacts import load_tensors, read_json, save_tensors, staged_dir, write_json
 from structlth.errors import ArtifactError
 from structlth.masks import check_masks, ones_masks
@@ -17,8 +18,6 @@ from structlth.models import build_model
 from structlth.pipeline import Context, load_round, save_round
 from structlth.pruning import magnitude_prune
 from structlth.train import state_of
-
-from helpers import ROOT, synthetic_dataset
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
@@ -164,11 +163,14 @@ def test_artifacts_get_the_ordinary_file_mode(tmp_path):
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~mask
 
 
-@pytest.mark.parametrize("corrupt, what", [
-    (lambda st, mk: mk.update({k: v.float() * 0.5 for k, v in mk.items()}), "masks are bool"),
-    (lambda st, mk: st.update({k: v.clone().fill_(float("nan")) for k, v in list(st.items())[:1]}), "not finite float32"),
-    (lambda st, mk: st.update({k: v.double() for k, v in list(st.items())[:1]}), "not finite float32"),
-])
+@pytest.mark.parametrize(
+    "corrupt, what",
+    [
+        (lambda st, mk: mk.update({k: v.float() * 0.5 for k, v in mk.items()}), "masks are bool"),
+        (lambda st, mk: st.update({k: v.clone().fill_(float("nan")) for k, v in list(st.items())[:1]}), "not finite float32"),
+        (lambda st, mk: st.update({k: v.double() for k, v in list(st.items())[:1]}), "not finite float32"),
+    ],
+)
 def test_round_artifacts_with_bad_values_are_rejected(tmp_path, params, corrupt, what):
     ctx = Context(params, synthetic_dataset(), torch.device("cpu"))
     model = ctx.model()
@@ -208,7 +210,9 @@ def test_verify_checks_each_file_of_a_folder_output_against_dvcs_listing(tmp_pat
     cache = tmp_path / ".dvc" / "cache" / "files" / "md5" / "ab"
     cache.mkdir(parents=True)
     (cache / "cdef.dir").write_text(json.dumps(listing))
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"prepare": {"outs": [{"path": "artifacts/data", "md5": "abcdef.dir"}]}}}))
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump({"schema": "2.0", "stages": {"prepare": {"outs": [{"path": "artifacts/data", "md5": "abcdef.dir"}]}}})
+    )
     assert verify_outputs(tmp_path / "dvc.lock") == (2, [])
     (tmp_path / "artifacts" / "data" / "sub" / "x.bin").write_bytes(b"\x00\x02")
     n, bad = verify_outputs(tmp_path / "dvc.lock")

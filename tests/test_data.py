@@ -8,10 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import tiny_raw
 from structlth.config import Augment, parse_params
 from structlth.data import build_dataset, train_batches
-
-from helpers import tiny_raw
 
 N_PER_CLASS = 12
 
@@ -31,7 +30,9 @@ def tree(tmp_path):
 
 def _data_params(tree, **update):
     raw = copy.deepcopy(tiny_raw())
-    raw["data"].update(dataset="tiny_imagenet", root=str(tree), image_size=8, val_size=6, train_subset=None, test_subset=None, batch_size=4, **update)
+    raw["data"].update(
+        dataset="tiny_imagenet", root=str(tree), image_size=8, val_size=6, train_subset=None, test_subset=None, batch_size=4, **update
+    )
     raw["bench"]["batch_sizes"] = [2]
     return parse_params(raw).data
 

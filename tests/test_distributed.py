@@ -10,10 +10,9 @@ import pytest
 import torch
 import yaml
 
+from helpers import ROOT
 from structlth.artifacts import load_tensors, read_json
 from structlth.imagefolder import write_tree
-
-from helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +52,9 @@ def _pretrain_single_ddp_and_other_seed(tmp_path: Path, raw_params: dict, data_d
 def test_torchrun_streams_an_image_folder_like_one_process(tmp_path, raw_params):
     """Each rank's DataLoader reads its DistributedSampler share of the one seeded epoch."""
     tree = write_tree(tmp_path / "tree", classes=3, per_class=24, val_per_class=4, side=20)
-    raw_params["data"].update(dataset="imagefolder", root=str(tree), image_size=16, val_size=8, train_subset=None, test_subset=None, batch_size=16)
+    raw_params["data"].update(
+        dataset="imagefolder", root=str(tree), image_size=16, val_size=8, train_subset=None, test_subset=None, batch_size=16
+    )
     raw_params["data"]["augment"] = {"crop_padding": 0, "hflip": False}
     raw_params["runtime"]["loader_workers"] = 1
     (tmp_path / "prepare.yaml").write_text(yaml.safe_dump(raw_params))
@@ -71,8 +72,21 @@ def test_torchrun_two_processes_match_one_process(tmp_path, raw_params, data_dir
     # writes exactly the mask one process derives from the same trained weights
     for name in ("single", "ddp"):
         _stage("seed_chain.py", tmp_path, "single.yaml", "--data", str(data_dir), "--pretrain", "ddp/pretrain", "--out", f"{name}/round0")
-        _stage("imp_round.py", tmp_path, f"{name}.yaml", "--chain", "imp", "--data", str(data_dir), "--pretrain", "ddp/pretrain",
-               "--prev", f"{name}/round0", "--out", f"{name}/round1")
+        _stage(
+            "imp_round.py",
+            tmp_path,
+            f"{name}.yaml",
+            "--chain",
+            "imp",
+            "--data",
+            str(data_dir),
+            "--pretrain",
+            "ddp/pretrain",
+            "--prev",
+            f"{name}/round0",
+            "--out",
+            f"{name}/round1",
+        )
     single, ddp = (tmp_path / n / "round1" / "mask.safetensors" for n in ("single", "ddp"))
     assert load_tensors(ddp)[0].keys() == load_tensors(single)[0].keys()
     assert all(torch.equal(load_tensors(ddp)[0][k], v) for k, v in load_tensors(single)[0].items())

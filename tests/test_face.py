@@ -33,7 +33,13 @@ def test_export_ticket_writes_the_slim_net_of_a_saved_round(tmp_path, params, da
     ctx = Context(params, load_dataset(data_dir), torch.device("cpu"))
     model = ctx.model().eval()
     weights = model.state_dict()
-    ticket = sl.drop_untrainable(model, sl.refill_masks(sl.magnitude_prune(weights, sl.ones_masks(model), 0.5), sl.weight_scores("magnitude", weights, sl.ones_masks(model)), 0.0), 1)
+    ticket = sl.drop_untrainable(
+        model,
+        sl.refill_masks(
+            sl.magnitude_prune(weights, sl.ones_masks(model), 0.5), sl.weight_scores("magnitude", weights, sl.ones_masks(model)), 0.0
+        ),
+        1,
+    )
     state = {k: (v * ticket[k] if k in ticket else v) for k, v in weights.items()}
     save_round(ctx, tmp_path / "refill" / "round1", state, ticket, {}, kind="refill", test_pred=ctx.data.test.labels)
     message = sl.export_ticket(params, tmp_path / "refill" / "round1", tmp_path / "out", "safetensors", data_dir)
@@ -51,6 +57,11 @@ def test_cli_inspect_lists_layers_in_model_order(tmp_path):
 
     model = sl.build_model("vgg16", 10, 1, 0.25)
     save_tensors(tmp_path / "mask.safetensors", sl.ones_masks(model), {"arch": "vgg16", "kind": "imp"})
-    out = subprocess.run([sys.executable, "-m", "structlth.cli", "inspect", str(tmp_path)], capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""}).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "structlth.cli", "inspect", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": ""},
+    ).stdout
     rows = [line.split("│")[1].strip() for line in out.splitlines() if "features." in line]
     assert rows == [n for n in sl.ones_masks(model)]  # features.3 ... features.40, not features.10 first

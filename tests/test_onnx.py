@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from helpers import randomised_model
 from structlth.config import BenchParams
 from structlth.errors import ArtifactError, StructlthError
 from structlth.export import export_onnx
@@ -21,8 +22,6 @@ from structlth.speedup.engines import masked_reference, swap_convs
 from structlth.speedup.layout import fold_bn, fold_layouts
 from structlth.speedup.onnxrt import OrtModel, op_types, to_onnx
 from structlth.speedup.slim import slim_model
-
-from helpers import randomised_model
 
 ARCH = {"arch": "resnet20", "width": 0.5, "in_channels": 1, "num_classes": 10, "small_input_stem": True, "mean": [0.3], "std": [0.3]}
 
@@ -98,10 +97,21 @@ def test_export_onnx_refuses_unstructured_tickets_and_a_file_as_folder(tmp_path)
 def test_bench_times_onnxruntime_beside_pytorch_for_exportable_engines():
     m, masks = _ticket("imp")
     metrics = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
-    rows, layers = bench_ticket("imp", "imp", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0), layers=True)
+    rows, layers = bench_ticket(
+        "imp", "imp", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0), layers=True
+    )
     assert {(r["runtime"], r["engine"]) for r in rows} == {("torch", "masked_dense"), ("torch", "csr"), ("onnxruntime", "masked_dense")}
     assert {r["runtime"] for r in layers} == {"torch"}  # csr's per-layer rows: PyTorch only
-    off = bench_ticket("imp", "imp", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False), layers=False)[0]
+    off = bench_ticket(
+        "imp",
+        "imp",
+        m,
+        masks,
+        metrics,
+        torch.randn(2, 1, 28, 28),
+        BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False),
+        layers=False,
+    )[0]
     assert {r["runtime"] for r in off} == {"torch"}
 
 

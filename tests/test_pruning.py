@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import is_block_mask
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, refill, refill_count, regroup
 from structlth.pruning.regroup import choose_columns, units
-
-from helpers import is_block_mask
 
 
 def _weights(seed=0):

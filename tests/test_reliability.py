@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import synthetic_dataset, tiny_raw
 from structlth.artifacts import load_tensors, save_tensors
 from structlth.config import load_params, parse_params
 from structlth.errors import StructlthError
@@ -23,8 +24,6 @@ from structlth.masks import ones_masks
 from structlth.pipeline import Context, check_runnable, load_round, read_metrics, save_round
 from structlth.pruning import magnitude_prune
 from structlth.train import state_of
-
-from helpers import synthetic_dataset, tiny_raw
 
 
 def _params_case(edit: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -53,17 +52,31 @@ PARAMS_CASES = {  # name -> (case, text the one-line error must contain)
     "inf lr": (_params_case(lambda r: r["train"].update(lr=float("inf"))), "train.lr"),
     "inf weight_decay": (_params_case(lambda r: r["train"].update(weight_decay=float("inf"))), "train.weight_decay"),
     "inf atol": (_params_case(lambda r: r["bench"].update(atol=float("inf"))), "bench.atol"),
-    "duplicate milestones": (_params_case(lambda r: r["train"].update(schedule="multistep", milestones=[1, 1])), "milestones must be strictly increasing"),
+    "duplicate milestones": (
+        _params_case(lambda r: r["train"].update(schedule="multistep", milestones=[1, 1])),
+        "milestones must be strictly increasing",
+    ),
     "subset beyond the dataset": (_params_case(lambda r: r["data"].update(test_subset=10**6)), "test_subset=1000000"),
     "batch beyond the dataset": (_params_case(lambda r: r["data"].update(batch_size=10**6, train_subset=None)), "batch_size=1000000"),
     "seed 2^63": (_params_case(lambda r: r["train"].update(seed=2**63)), "train.seed"),
     "empty bench batch sizes": (_params_case(lambda r: r["bench"].update(batch_sizes=[])), "bench.batch_sizes"),
     "unknown mask_layer": (_params_case(lambda r: r["report"].update(mask_layer="nope.weight")), "report.mask_layer"),
-    "round id with a newline": (_params_case(lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2\n": {"prev": "round1"}}, ticket_rounds=["round1"])), "round id 'round2\\n'"),
-    "self-loop": (_params_case(lambda r: r["prune"]["rounds"].update(round2={"prev": "round2"})), "round2.prev = 'round2': a round cannot follow itself"),
+    "round id with a newline": (
+        _params_case(
+            lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2\n": {"prev": "round1"}}, ticket_rounds=["round1"])
+        ),
+        "round id 'round2\\n'",
+    ),
+    "self-loop": (
+        _params_case(lambda r: r["prune"]["rounds"].update(round2={"prev": "round2"})),
+        "round2.prev = 'round2': a round cannot follow itself",
+    ),
     "ticket named data": (_params_case(lambda r: r["tickets"].update(data=r["tickets"]["refill"])), "tickets: name 'data'"),
     "ticket named pretrain": (_params_case(lambda r: r["tickets"].update(pretrain=r["tickets"]["refill"])), "tickets: name 'pretrain'"),
-    "300-character ticket name": (_params_case(lambda r: r["tickets"].update({"t" * 300: r["tickets"]["refill"]})), "at most 64 characters"),
+    "300-character ticket name": (
+        _params_case(lambda r: r["tickets"].update({"t" * 300: r["tickets"]["refill"]})),
+        "at most 64 characters",
+    ),
     "data.root is a file": (_params_case(lambda r: r["data"].update(root=str(Path(__file__)))), "data.root"),
     "cuda without cuda": (_params_case(lambda r: r["runtime"].update(device="cuda")), "runtime.device"),
     "duplicate YAML key": (_raw_file(b"data: {}\ndata: {}\n"), "duplicate key 'data'"),
@@ -124,11 +137,20 @@ def _truncated_weights(d: Path) -> None:
 ARTIFACT_CASES = {
     "round-1 mask in round 2's folder": (_copy_from_round1("mask.safetensors"), "round2/mask.safetensors"),
     "round-1 weights in round 2's folder": (_copy_from_round1("weights.safetensors"), "round2/weights.safetensors"),
-    "a 0->1 mask bit": (_rewrite("mask.safetensors", lambda t: t[_first(t)].view(-1).__setitem__(torch.nonzero(~t[_first(t)].view(-1))[0], True)), "round2/mask.safetensors"),
-    "a float mask of 0.5": (_rewrite("mask.safetensors", lambda t: t.update({k: v.float() * 0.5 for k, v in t.items()})), "round2/mask.safetensors"),
+    "a 0->1 mask bit": (
+        _rewrite("mask.safetensors", lambda t: t[_first(t)].view(-1).__setitem__(torch.nonzero(~t[_first(t)].view(-1))[0], True)),
+        "round2/mask.safetensors",
+    ),
+    "a float mask of 0.5": (
+        _rewrite("mask.safetensors", lambda t: t.update({k: v.float() * 0.5 for k, v in t.items()})),
+        "round2/mask.safetensors",
+    ),
     "NaN weights": (_rewrite("weights.safetensors", lambda t: t[_first(t)].fill_(float("nan"))), "round2/weights.safetensors"),
     "inf weights": (_rewrite("weights.safetensors", lambda t: t[_first(t)].fill_(float("inf"))), "round2/weights.safetensors"),
-    "float64 weights": (_rewrite("weights.safetensors", lambda t: t.update({_first(t): t[_first(t)].double()})), "round2/weights.safetensors"),
+    "float64 weights": (
+        _rewrite("weights.safetensors", lambda t: t.update({_first(t): t[_first(t)].double()})),
+        "round2/weights.safetensors",
+    ),
     "truncated weights": (_truncated_weights, "round2/weights.safetensors"),
     "metrics.json of {}": (_metrics_json(b"{}"), "round2/metrics.json: no number for sparsity, test_acc"),
     "metrics.json not JSON": (_metrics_json(b"{"), "round2/metrics.json"),

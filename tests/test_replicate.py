@@ -40,7 +40,17 @@ def test_a_replicate_trains_every_unit_once_and_retrains_only_what_an_edit_touch
     for m in methods:
         for r in params.rounds_of(m):
             (bench / m / r).mkdir(parents=True)
-            row = {"method": m, "round": r, "machine": "test", "runtime": "torch", "batch": 2, "engine": "slim", "t_dense_ms": 1.0, "time_saving": 0.1, "flops_saving": 0.2}
+            row = {
+                "method": m,
+                "round": r,
+                "machine": "test",
+                "runtime": "torch",
+                "batch": 2,
+                "engine": "slim",
+                "t_dense_ms": 1.0,
+                "time_saving": 0.1,
+                "flops_saving": 0.2,
+            }
             pd.DataFrame([row]).to_csv(bench / m / r / "timing.csv", index=False)
             pd.DataFrame([{"method": m, "round": r, "layer": "x"}]).to_csv(bench / m / r / "layers.csv", index=False)
     text = write_reports(params, art, bench, tmp_path / "reports")

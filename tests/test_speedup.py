@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import randomised_model
 from structlth.artifacts import load_tensors, save_tensors
 from structlth.config import BenchParams
 from structlth.errors import ArtifactError, VerificationError
@@ -18,10 +19,8 @@ from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
 from structlth.speedup.bench import bench_ticket
 from structlth.speedup.engines import CsrConv, GroupedConv, SubConv, masked_reference, row_groups, swap_convs
 from structlth.speedup.layout import FEEDER_GROWTH, feeders, fold_bn, fold_layouts
-from structlth.speedup.timing import verify
 from structlth.speedup.slim import StreamAdd, add_segments, slim_model
-
-from helpers import randomised_model
+from structlth.speedup.timing import verify
 
 
 @pytest.mark.parametrize("arch, width", [("resnet20", 0.5), ("vgg16", 0.125), ("mobilenet_v1", 0.125), ("resnet18", 1.0)])
@@ -145,7 +144,10 @@ def test_disjoint_blocks_lose_their_gather_to_a_plain_feeder(arch):
     imp = magnitude_prune(dict(m.named_parameters()), ones_masks(m), 0.7)
     x = torch.randn(3, 3, 32, 32)
     for inputs, parts in (("disjoint", 2), ("overlap", 4)):
-        masks = {n: regroup(v, parts=parts, min_rows=2, granularity="channel", column_rule="budget", inputs=inputs) if v.shape[0] >= 16 else v for n, v in imp.items()}
+        masks = {
+            n: regroup(v, parts=parts, min_rows=2, granularity="channel", column_rule="budget", inputs=inputs) if v.shape[0] >= 16 else v
+            for n, v in imp.items()
+        }
         ref = masked_reference(m, masks, 3)
         folded = fold_bn(ref)
         feeds, order = feeders(folded), list(dict(folded.named_modules()))
@@ -155,7 +157,10 @@ def test_disjoint_blocks_lose_their_gather_to_a_plain_feeder(arch):
             if feeder and f"{feeder}.weight" not in grouped and masks[n].flatten(1).any(1).sum() >= 16:
                 grouped.append(n)
         originals = dict(folded.named_modules())
-        short = [len(GroupedConv(originals[n.removesuffix(".weight")], masks[n].bool()).gather) <= FEEDER_GROWTH * masks[n].shape[1] for n in grouped]
+        short = [
+            len(GroupedConv(originals[n.removesuffix(".weight")], masks[n].bool()).gather) <= FEEDER_GROWTH * masks[n].shape[1]
+            for n in grouped
+        ]
         fast = fold_layouts(swap_convs(folded, masks, {n.removesuffix(".weight"): "grouped" if n in grouped else "dense" for n in masks}))
         mods = dict(fast.named_modules())
         assert [mods[n.removesuffix(".weight")].skip_gather for n in grouped] == short
@@ -190,9 +195,21 @@ def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
         masks = channel_prune(w, ones_masks(m), 0.5)
     if kind == "regroup":
         # 64 rows per part (the default's) and the pipeline's pin budget: blocks in every layer, partitioned in seconds
-        masks = {n: regroup(v, parts=parts_for(v.shape[0], 64), min_rows=4, t2=0.3, b2=2, granularity="channel", max_pins=50_000) for n, v in masks.items()}
+        masks = {
+            n: regroup(v, parts=parts_for(v.shape[0], 64), min_rows=4, t2=0.3, b2=2, granularity="channel", max_pins=50_000)
+            for n, v in masks.items()
+        }
     metrics = {"flops": 1, "flops_dense": 2, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
-    rows, _ = bench_ticket(kind, kind, m, masks, metrics, torch.randn(2, 3, 32, 32), BenchParams(batch_sizes=[2], repeats=1, warmup=0, atol=1e-4, onnxruntime=False), layers=False)
+    rows, _ = bench_ticket(
+        kind,
+        kind,
+        m,
+        masks,
+        metrics,
+        torch.randn(2, 3, 32, 32),
+        BenchParams(batch_sizes=[2], repeats=1, warmup=0, atol=1e-4, onnxruntime=False),
+        layers=False,
+    )
     assert {r["engine"] for r in rows} == {"imp": {"masked_dense", "csr"}, "imp_channel": {"slim"}, "regroup": {"slim+blocks"}}[kind]
 
 
@@ -226,7 +243,9 @@ def _bench_case(kind: str):
 @pytest.mark.parametrize("kind", ["imp", "imp_channel", "regroup"])
 def test_bench_ticket_rows_are_verified(kind):
     m, masks, metrics = _bench_case(kind)
-    rows, layers = bench_ticket(kind, kind, m, masks, metrics, torch.randn(4, 1, 28, 28), BenchParams(batch_sizes=[1, 4], repeats=1, warmup=0), layers=True)
+    rows, layers = bench_ticket(
+        kind, kind, m, masks, metrics, torch.randn(4, 1, 28, 28), BenchParams(batch_sizes=[1, 4], repeats=1, warmup=0), layers=True
+    )
     engines = {"imp": {"masked_dense", "csr"}, "imp_channel": {"slim"}, "regroup": {"slim+blocks"}}[kind]
     for b in (1, 4):
         assert {r["engine"] for r in rows if r["batch"] == b and r["runtime"] == "torch"} == engines
@@ -243,7 +262,16 @@ def test_bench_ticket_refuses_a_fast_model_that_computes_something_else(monkeypa
 
     monkeypatch.setattr("structlth.speedup.bench.fast_models", lambda *a: {"slim": broken})
     with pytest.raises(VerificationError, match=r"imp_channel slim \(torch\): fast path differs"):
-        bench_ticket("imp_channel", "imp_channel", m, masks, metrics, torch.randn(4, 1, 28, 28), BenchParams(batch_sizes=[4], repeats=1, warmup=0, onnxruntime=runtime), layers=False)
+        bench_ticket(
+            "imp_channel",
+            "imp_channel",
+            m,
+            masks,
+            metrics,
+            torch.randn(4, 1, 28, 28),
+            BenchParams(batch_sizes=[4], repeats=1, warmup=0, onnxruntime=runtime),
+            layers=False,
+        )
 
 
 def test_export_round_trip_reproduces_outputs(tmp_path):

@@ -96,8 +96,14 @@ def _rows() -> tuple[pd.DataFrame, dict, np.ndarray]:
     """Two methods over three rounds, 1000 test images, dense right on the first 900."""
     n = 1000
     dense = np.arange(n) < 900
-    spec = [("a", "round1", 0.20, 0.30, 900), ("a", "round2", 0.40, 0.50, 896), ("a", "round3", 0.60, 0.70, 850),
-            ("b", "round1", 0.21, 0.29, 880), ("b", "round2", 0.45, 0.52, 905), ("b", "round3", 0.59, 0.71, 902)]
+    spec = [
+        ("a", "round1", 0.20, 0.30, 900),
+        ("a", "round2", 0.40, 0.50, 896),
+        ("a", "round3", 0.60, 0.70, 850),
+        ("b", "round1", 0.21, 0.29, 880),
+        ("b", "round2", 0.45, 0.52, 905),
+        ("b", "round3", 0.59, 0.71, 902),
+    ]
     table = pd.DataFrame([{"method": m, "round": r, "sparsity": s, "flops_saving": f, "test_acc": k / n} for m, r, s, f, k in spec])
     correct = {(m, r): np.arange(n) < k for m, r, _, _, k in spec}
     return table, correct, dense
@@ -119,7 +125,10 @@ def test_matched_pairs_the_nearest_round_within_the_window():
     table, correct, _ = _rows()
     correct = {0: correct}
     by_sparsity = matched(table, correct, "sparsity", 0.03)
-    assert list(zip(by_sparsity["round_a"], by_sparsity["round_b"])) == [("round1", "round1"), ("round3", "round3")]  # 0.40 vs 0.45: too far
+    assert list(zip(by_sparsity["round_a"], by_sparsity["round_b"])) == [
+        ("round1", "round1"),
+        ("round3", "round3"),
+    ]  # 0.40 vs 0.45: too far
     r = by_sparsity.iloc[1]
     assert r["diff"] == pytest.approx(-0.052) and r["p"] == pytest.approx(mcnemar_exact(0, 52))
     by_flops = matched(table, correct, "flops_saving", 0.03)

@@ -27,7 +27,12 @@ OUT_CHANNEL_HANDLERS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_
 
 
 def channel_masks(
-    model: nn.Module, prunable: Mapping[str, torch.Tensor], example: torch.Tensor, importance: str, ratio: float, round_to: int,
+    model: nn.Module,
+    prunable: Mapping[str, torch.Tensor],
+    example: torch.Tensor,
+    importance: str,
+    ratio: float,
+    round_to: int,
     gradients: Callable[[nn.Module], None] | None = None,
 ) -> Masks:
     """Masks of `prunable`'s keys (conv weight names; shapes of the model's weights): all ones
@@ -42,8 +47,13 @@ def channel_masks(
     if gradients is not None:
         gradients(net)
     pruner = tp.pruner.MetaPruner(
-        net, example, importance=IMPORTANCE[importance](), global_pruning=True, pruning_ratio=ratio,
-        ignored_layers=keep_whole, round_to=round_to,
+        net,
+        example,
+        importance=IMPORTANCE[importance](),
+        global_pruning=True,
+        pruning_ratio=ratio,
+        ignored_layers=keep_whole,
+        round_to=round_to,
     )
     out = {k: torch.ones_like(v, dtype=torch.bool) for k, v in prunable.items()}
     for group in pruner.step(interactive=True):  # choose only: the groups are read, never pruned
@@ -55,8 +65,15 @@ def channel_masks(
 
 
 def match_flops(
-    model: nn.Module, prunable: Mapping[str, torch.Tensor], example: torch.Tensor, importance: str, round_to: int,
-    target: float, flops_of: Callable[[Masks], float], gradients: Callable[[nn.Module], None] | None = None, steps: int = 16,
+    model: nn.Module,
+    prunable: Mapping[str, torch.Tensor],
+    example: torch.Tensor,
+    importance: str,
+    round_to: int,
+    target: float,
+    flops_of: Callable[[Masks], float],
+    gradients: Callable[[nn.Module], None] | None = None,
+    steps: int = 16,
 ) -> tuple[Masks, float]:
     """The masks of the smallest global ratio (bisection over [0, 0.95], `steps` halvings)
     whose FLOPs (flops_of(masks)) do not exceed `target`, and that ratio. FLOPs fall as the

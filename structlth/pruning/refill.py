@@ -102,5 +102,7 @@ def activation_scores(
     return {f"{n}.weight": v for n, v in acc.items()}
 
 
-def refill_masks(masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor], refill_rate: float, count: str = "floor", align: int = 1) -> Masks:
+def refill_masks(
+    masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor], refill_rate: float, count: str = "floor", align: int = 1
+) -> Masks:
     return {n: refill(m, scores[n], refill_rate, count, align) for n, m in masks.items()}

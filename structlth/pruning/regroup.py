@@ -116,8 +116,7 @@ def partition_rows(u: torch.Tensor, parts: int, imbalance: float = 0.1, seed: in
         return torch.tensor([result.block_id(v) for v in range(rows)], dtype=torch.long)
     except Exception as err:  # the binding raises its own error types
         raise PartitionError(
-            f"Mt-KaHyPar failed on a {rows}-row hypergraph with {len(edges)} edges, k={parts}:"
-            f" {type(err).__name__}: {err}"
+            f"Mt-KaHyPar failed on a {rows}-row hypergraph with {len(edges)} edges, k={parts}: {type(err).__name__}: {err}"
         ) from None
 
 
@@ -291,7 +290,4 @@ def regroup_layers(masks: Mapping[str, torch.Tensor], *, rows_per_part: int, **o
     """`regroup` on every layer's mask, each with its `layer_parts`; options: regroup's keyword
     arguments (min_rows, column rule, granularity, inputs, seed, ...)."""
     keys = {k: options[k] for k in ("inputs", "channel_align") if k in options}
-    return {
-        n: regroup(m, parts=layer_parts(m, rows_per_part, options.get("min_rows", 16), **keys), **options)
-        for n, m in masks.items()
-    }
+    return {n: regroup(m, parts=layer_parts(m, rows_per_part, options.get("min_rows", 16), **keys), **options) for n, m in masks.items()}

@@ -36,7 +36,9 @@ def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int)
     return torch.channels_last if t.t_ticket_ms < t.t_dense_ms else torch.contiguous_format
 
 
-def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor], x: torch.Tensor, repeats: int, warmup: int) -> dict[str, str]:
+def choose_engines(
+    reference: fx.GraphModule, masks: Mapping[str, torch.Tensor], x: torch.Tensor, repeats: int, warmup: int
+) -> dict[str, str]:
     """Per masked conv, in the model's module order, the fastest engine on its real input (the
     dense conv when nothing wins). A grouped conv whose feeder (structlth.speedup.layout.feeders)
     runs dense is timed without its gather when the feeder will emit its input gathered
@@ -53,9 +55,16 @@ def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor],
         for engine in engine_candidates(mask):
             if engine == "dense":
                 continue
-            layer = swap_convs(nn.Sequential(copy.deepcopy(conv).to("cpu", torch.float32)), {"0.weight": mask.cpu()}, {"0": engine}).to(x.device, x.dtype)
+            layer = swap_convs(nn.Sequential(copy.deepcopy(conv).to("cpu", torch.float32)), {"0.weight": mask.cpu()}, {"0": engine}).to(
+                x.device, x.dtype
+            )
             x_fast = None
-            if engine == "grouped" and name in feed and choice.get(feed[name], "dense") == "dense" and moves_gather(layer[0], inputs[name].shape[1]):
+            if (
+                engine == "grouped"
+                and name in feed
+                and choice.get(feed[name], "dense") == "dense"
+                and moves_gather(layer[0], inputs[name].shape[1])
+            ):
                 x_fast = take_channels(inputs[name], layer[0].gather)
                 layer[0].skip_gather = True
             t = time_pair(conv, layer, inputs[name], repeats, warmup, x_fast)
@@ -81,7 +90,9 @@ def slim_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels:
     return out
 
 
-def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, x: torch.Tensor, repeats: int, warmup: int) -> dict[str, nn.Module]:
+def fast_models(
+    kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, x: torch.Tensor, repeats: int, warmup: int
+) -> dict[str, nn.Module]:
     """engine name -> fast model (on the CPU, fp32) for a ticket of this kind (model: on the CPU,
     with its trained weights); x: a batch on the device, in the dtype and memory format the models
     will run in (engines are chosen by timings on it)."""

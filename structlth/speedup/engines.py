@@ -144,6 +144,7 @@ class _Grouped(nn.Module):
         layout = torch.cat(self.groups) if self.groups else torch.zeros(0, dtype=torch.long)
         self.reorder = Reorder(layout, self.c_out)
 
+
 class SubConv(_Grouped):
     """One dense sub-conv per row group over the input channels the group's columns touch."""
 

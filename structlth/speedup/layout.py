@@ -155,7 +155,12 @@ def fold_layouts(gm: fx.GraphModule) -> fx.GraphModule:
                 layout[node] = layout[node.args[0]]
                 continue
             ins = [a for a in node.args if isinstance(a, fx.Node)]
-            if node.target in ADDS and len(ins) == 2 and all(a in layout for a in ins) and torch.equal(layout[ins[0]][0], layout[ins[1]][0]):
+            if (
+                node.target in ADDS
+                and len(ins) == 2
+                and all(a in layout for a in ins)
+                and torch.equal(layout[ins[0]][0], layout[ins[1]][0])
+            ):
                 layout[node] = layout[ins[0]]
                 continue
         for s in srcs:

@@ -43,8 +43,14 @@ def to_onnx(model: nn.Module, x: torch.Tensor) -> bytes:
     with warnings.catch_warnings(), torch.no_grad():  # the TorchScript exporter announces its deprecation
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.eval(), (x,), buf, dynamo=False, opset_version=OPSET,
-            input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            model.eval(),
+            (x,),
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
         )
     data = buf.getvalue()
     try:

@@ -21,8 +21,8 @@ import torch
 from torch import fx, nn
 
 from structlth.graph import ADD_OPS, liveness
+from structlth.masks import apply_masks, training_masks
 from structlth.speedup.engines import is_channels_last
-from structlth.masks import training_masks, apply_masks
 
 Segment = tuple[int | None, int | None, int]  # (start in b or None, start in a or None, length)
 
@@ -111,8 +111,14 @@ def _slim_conv(conv: nn.Conv2d, keep_in: list[int], keep_out: list[int]) -> nn.M
     if conv.groups > 1 and not depthwise:
         raise NotImplementedError("slimming grouped (non-depthwise) convs is not supported")
     new = nn.Conv2d(
-        len(keep_in) if not depthwise else len(keep_out), len(keep_out), conv.kernel_size, conv.stride,
-        conv.padding, conv.dilation, groups=len(keep_out) if depthwise else 1, bias=conv.bias is not None,
+        len(keep_in) if not depthwise else len(keep_out),
+        len(keep_out),
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        groups=len(keep_out) if depthwise else 1,
+        bias=conv.bias is not None,
     )
     w = conv.weight.detach()[keep_out]
     new.weight.data.copy_(w if depthwise else w[:, keep_in])
@@ -170,7 +176,12 @@ def _is_add(node: fx.Node) -> bool:
 def _origin(node: fx.Node, modules: Mapping[str, nn.Module]) -> fx.Node:
     """The node whose channel order `node` carries: back through channel-wise nodes to a conv,
     a linear layer, a sum of two tensors or the input."""
-    while node.op in ("call_function", "call_method") and not _is_add(node) or node.op == "call_module" and not isinstance(modules[node.target], (nn.Conv2d, nn.Linear)):
+    while (
+        node.op in ("call_function", "call_method")
+        and not _is_add(node)
+        or node.op == "call_module"
+        and not isinstance(modules[node.target], (nn.Conv2d, nn.Linear))
+    ):
         srcs = [a for a in node.args if isinstance(a, fx.Node)]
         if not srcs:
             break
@@ -182,6 +193,7 @@ def _gray_sorted(channels: Sequence[int], later: Sequence[set[int]]) -> list[int
     """`channels` by the reflected Gray code of their membership in the sets `later` (the first
     most significant), then by index: the first set's members come last and the second's form
     one stretch; set i's form at most 2^(i-1) stretches (i >= 1, 0-based)."""
+
     def rank(c: int) -> int:
         r = bit = 0
         for s in later:
@@ -246,7 +258,7 @@ def channel_orders(gm: fx.GraphModule, keep: Mapping[str, list[int]]) -> dict[st
             if u is not None and plain(writer) and writer.target not in order:
                 pos = {c: j for j, c in enumerate(u)}
                 shared = sorted((c for c in keep[writer.target] if c in pos), key=pos.__getitem__)
-                order[writer.target] = shared + _gray_sorted([c for c in keep[writer.target] if c not in pos], writers[i + 1:])
+                order[writer.target] = shared + _gray_sorted([c for c in keep[writer.target] if c not in pos], writers[i + 1 :])
             a = emitted(writer)
             if u is None or a is None:
                 break

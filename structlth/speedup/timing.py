@@ -83,7 +83,9 @@ def _synced_clock() -> float:
 
 
 @torch.inference_mode()
-def time_pair(dense: Callable, fast: Callable, x: torch.Tensor, repeats: int, warmup: int, x_fast: torch.Tensor | None = None, seed: int = 0) -> Timing:
+def time_pair(
+    dense: Callable, fast: Callable, x: torch.Tensor, repeats: int, warmup: int, x_fast: torch.Tensor | None = None, seed: int = 0
+) -> Timing:
     """Median ms of dense(x) and fast(x_fast or x): `repeats` pairs, each pair in random order
     (on CUDA each call is timed to the end of its kernels)."""
     xf = x if x_fast is None else x_fast
@@ -112,8 +114,7 @@ def verify(reference: nn.Module, fast: nn.Module, x: torch.Tensor, atol: float, 
     err, scale = float((out - ref).abs().max()), float(ref.abs().max().clamp_min(1e-12))
     if not err <= atol * scale:
         raise VerificationError(
-            f"{what}: fast path differs from the masked model by {err:.3g}"
-            f" (> bench.atol {atol} x output scale {scale:.3g})"
+            f"{what}: fast path differs from the masked model by {err:.3g} (> bench.atol {atol} x output scale {scale:.3g})"
         )
     return err
 
