@@ -33,11 +33,20 @@ data:
 	  || echo "note: could not install dataset-fashion-mnist; prepare will try torchvision's download"; \
 	fi
 
+# dvc repro, printing "stage k of N" and the time left as it goes
 repro: setup
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" structlth repro
 
-test: setup
+# the whole pipeline on a small subset (configs/quick.yaml) in a scratch repo, .quick/
+quick: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" structlth quick
+
+test: setup lint
 	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check structlth stages tests benchmarks
+	$(VENV)/bin/ruff format --check structlth stages tests benchmarks
 
 bench: setup
 	$(PY) -m benchmarks

@@ -17,15 +17,17 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg
-from torchvision.transforms import v2
 
 from structlth.config import Augment
 from structlth.errors import DataError
+
+if TYPE_CHECKING:  # torchvision is imported where images are decoded: it costs every stage a second and a half
+    from torchvision.transforms import v2
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")  # what torchvision.io decodes
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP")  # the same, as PIL names the formats it identifies
@@ -113,7 +115,9 @@ def scan(root: str | Path, workers: int = 0) -> Tree:
         return sorted((rel(p), classes.index(c)) for c, files in split.items() for p in files if p in images and p not in bad)
 
     return Tree(
-        classes, labelled(train), labelled(val),
+        classes,
+        labelled(train),
+        labelled(val),
         ignored=[rel(p) for p in every if not _is_image(p) and p.name != TINY_VAL_ANNOTATIONS],
         unreadable=sorted(rel(p) for p in bad),
         digest=_listing_digest(root, every),
@@ -150,6 +154,8 @@ def _unreadable(paths: list[Path], workers: int) -> list[Path]:
 def eval_transform(size: int, aug: Augment) -> v2.Transform:
     """Resize the short side and centre-crop `size` (ImageNet's 256/224 when training uses
     random resized crops, else resize to `size` itself)."""
+    from torchvision.transforms import v2
+
     resize = round(size * 8 / 7) if aug.random_resized_crop else size
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size)])
 
@@ -157,6 +163,8 @@ def eval_transform(size: int, aug: Augment) -> v2.Transform:
 def train_transform(size: int, aug: Augment, fill: Sequence[int]) -> v2.Transform:
     """RandomResizedCrop, or the evaluation view plus a random crop after padding with `fill`
     (the mean pixel, as the in-memory path pads); then a random horizontal flip."""
+    from torchvision.transforms import v2
+
     steps: list[v2.Transform] = []
     if aug.random_resized_crop:
         steps.append(v2.RandomResizedCrop(size, antialias=True))
@@ -171,10 +179,14 @@ def train_transform(size: int, aug: Augment, fill: Sequence[int]) -> v2.Transfor
 
 def decode(path: Path) -> torch.Tensor:
     """One file -> uint8 [3, H, W]; DataError naming the file when it cannot be decoded."""
+    from torchvision.io import ImageReadMode, decode_image
+
     try:
         return decode_image(str(path), mode=ImageReadMode.RGB)
     except (RuntimeError, OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot decode this image ({err}); replace or delete it, then rerun dvc repro (prepare re-indexes the tree)") from None
+        raise DataError(
+            f"{path}: cannot decode this image ({err}); replace or delete it, then rerun dvc repro (prepare re-indexes the tree)"
+        ) from None
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -219,6 +231,8 @@ def _items(batch: list[tuple]) -> list[tuple]:
 def decode_on_device(batch: list[tuple], transform: v2.Transform, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw files -> uint8 [B, 3, size, size] on `device`: JPEGs decoded together there (nvJPEG
     on CUDA), other formats on the CPU; then each sample's transform with its seed."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     blobs, labels, seeds, paths = zip(*batch)
     datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     jpeg = [i for i, b in enumerate(blobs) if b[:2] == b"\xff\xd8"]
@@ -279,11 +293,18 @@ class StreamSplit:
     def image_shape(self) -> tuple[int, int, int]:
         return (3, self.size, self.size)
 
-    def _loader(self, sampler: Sampler, batch_size: int, transform: v2.Transform, drop_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _loader(
+        self, sampler: Sampler, batch_size: int, transform: v2.Transform, drop_last: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         files = ImageFiles(self.root, self.paths, self.labels, transform, raw=self.device_decode)
         loader = DataLoader(
-            files, batch_size, sampler=sampler, drop_last=drop_last, num_workers=self.workers,
-            pin_memory=self.device.type == "cuda" and not self.device_decode, prefetch_factor=4 if self.workers else None,
+            files,
+            batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda" and not self.device_decode,
+            prefetch_factor=4 if self.workers else None,
             collate_fn=_items if self.device_decode else None,
         )
         try:
@@ -305,12 +326,16 @@ class StreamSplit:
     def head(self, n: int) -> torch.Tensor:
         """The first n images, evaluation view: uint8 [n, 3, size, size] on the device."""
         n = min(n, len(self))
-        return torch.cat([x for x, _ in self._loader(_Seeded(range(n), None), max(n, 1), eval_transform(self.size, self.aug), drop_last=False)])
+        return torch.cat(
+            [x for x, _ in self._loader(_Seeded(range(n), None), max(n, 1), eval_transform(self.size, self.aug), drop_last=False)]
+        )
 
 
 def write_tree(root: str | Path, classes: int = 3, per_class: int = 10, val_per_class: int = 3, side: int = 48, seed: int = 0) -> Path:
     """A random ImageFolder tree of JPEGs (for tests and benchmarks): sizes vary around `side`
     so resizing is exercised; each image is noise around a class colour. Returns root."""
+    from torchvision.io import encode_jpeg
+
     root = Path(root)
     rng = np.random.default_rng(seed)
     for sub, n in (("train", per_class), ("val", val_per_class)):

@@ -1,0 +1,56 @@
+"""DVC runs that stop at the params check, or run only the data and pretrain stages, each in a
+fresh temporary git + DVC repo (the full pipeline's repo is in test_dvc_pipeline.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from helpers import ROOT, new_dvc_repo, run_tool, stages_changed, stages_ran, tiny_raw, tool_env
+from structlth.imagefolder import write_tree
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda r: r["train"].update(rewind_epoch=5), "rewind_epoch (5) must be smaller than epochs (2)"),
+        (lambda r: r["tickets"]["refill"].update(criterion="l3"), "tickets.refill.criterion"),
+        (lambda r: r["data"].update(train_subset=10**6), "data: train_subset=1000000 is larger than the dataset"),
+    ],
+)
+def test_bad_params_under_dvc_repro_fail_with_one_message(tmp_path, edit, key):
+    raw = tiny_raw()
+    edit(raw)
+    d = new_dvc_repo(tmp_path, raw)
+    env = tool_env()
+    proc = subprocess.run(["dvc", "repro"], cwd=d, capture_output=True, text=True, env=env)
+    assert proc.returncode != 0
+    assert key in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    # only the code stage (which reads no params) may have run: no params-dependent output exists
+    assert sorted(p.name for p in (d / "artifacts").iterdir()) == ["code"]
+    assert set(yaml.safe_load((d / "dvc.lock").read_text())["stages"]) == {"code"}
+
+
+def test_imagenet_preset_streams_a_jpeg_tree_and_reruns_prepare_when_an_image_changes(tmp_path):
+    tree = write_tree(tmp_path / "imagenet", classes=3, per_class=12, val_per_class=3, side=40)
+    raw = yaml.safe_load((ROOT / "configs" / "imagenet_resnet50.yaml").read_text())
+    raw["data"].update(root=str(tree), image_size=32, val_size=6, batch_size=8, eval_batch_size=16)  # tiny: CPU seconds
+    raw["train"].update(epochs=2, rewind_epoch=1, milestones=[1])
+    raw["runtime"].update(device="cpu", loader_workers=2)
+    (tmp_path / "repo").mkdir()
+    d = new_dvc_repo(tmp_path / "repo", raw)
+    assert stages_ran(run_tool(["dvc", "repro", "pretrain"], d)) == {"code", "check_params", "prepare", "pretrain"}
+    data = d / "artifacts" / "data"
+    assert [f.name for f in data.iterdir()] == ["index.json"] and (data / "index.json").stat().st_size < 10_000
+    metrics = json.loads((d / "artifacts" / "pretrain" / "metrics.json").read_text())
+    assert 0 <= metrics["test_acc"] <= 1 and len(json.loads((d / "artifacts" / "pretrain" / "curve.json").read_text())) == 2
+    assert json.loads((d / "artifacts" / "data_metrics.json").read_text())["train_images"] == 30
+    image = next((tree / "train" / "class001").iterdir())
+    image.write_bytes((tree / "train" / "class002" / "00000.JPEG").read_bytes())  # one image edited in place
+    assert stages_changed(d) >= {"prepare"} and "check_params" not in stages_changed(d)
+    assert stages_ran(run_tool(["dvc", "repro", "pretrain"], d)) == {"prepare", "pretrain"}
