@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup data repro test bench reliability clean-checkpoints
+.PHONY: setup data repro quick test lint bench reliability clean-checkpoints
 
 # glibc returns every large tensor buffer to the kernel and gets it back zeroed on the next
 # step (most of a 2-core training step was system time); keeping freed memory in the heap made

@@ -37,9 +37,16 @@ def _index(tree: Path, out: Path, scale: int) -> Path:
     labels = [int(p.split("/")[1][5:]) for p in files]
     split = {"paths": files * scale, "labels": labels * scale}
     index = {
-        "format": "structlth.index/1", "dataset": "imagefolder", "root": str(tree), "image_size": SIDE,
-        "classes": sorted({p.split("/")[1] for p in files}), "listing_digest": "", "dropped": {"ignored": [], "unreadable": []},
-        "splits": {"train": split, "val": split, "test": split}, "mean": [0.5] * 3, "std": [0.25] * 3,
+        "format": "structlth.index/1",
+        "dataset": "imagefolder",
+        "root": str(tree),
+        "image_size": SIDE,
+        "classes": sorted({p.split("/")[1] for p in files}),
+        "listing_digest": "",
+        "dropped": {"ignored": [], "unreadable": []},
+        "splits": {"train": split, "val": split, "test": split},
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
         "augment": AUG.model_dump(),
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +107,10 @@ def run(classes: int = 10, per_class: int = 40, batches: int = 8) -> dict:
         memory = {}
         for scale in SCALES:
             n = classes * per_class * scale
-            memory[n] = {**_peak_rss_mb(_index(tree, Path(tmp) / f"x{scale}", scale), 2, batches), "in_memory_pixels_mb": n * 3 * SIDE * SIDE / 2**20}
+            memory[n] = {
+                **_peak_rss_mb(_index(tree, Path(tmp) / f"x{scale}", scale), 2, batches),
+                "in_memory_pixels_mb": n * 3 * SIDE * SIDE / 2**20,
+            }
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*worker processes in total")  # 4 workers on 2 cores: measured on purpose
             loader = {w: _loader_rate(base, w, batches) for w in WORKERS}
@@ -109,7 +119,10 @@ def run(classes: int = 10, per_class: int = 40, batches: int = 8) -> dict:
     sizes = sorted(memory)
     growth = memory[sizes[-1]]["main_mb"] - memory[sizes[0]]["main_mb"]
     return {
-        "setup": f"ImageNet recipe (RandomResizedCrop {SIDE} + flip), batch {BATCH}, {torch.get_num_threads()} threads, JPEGs of {jpeg_kb:.0f} KB",
+        "setup": (
+            f"ImageNet recipe (RandomResizedCrop {SIDE} + flip), batch {BATCH}, {torch.get_num_threads()} threads,"
+            f" JPEGs of {jpeg_kb:.0f} KB"
+        ),
         "loader_img_per_s": {str(w): round(r, 1) for w, r in loader.items()},
         "train_step_img_per_s": round(train, 1),
         "peak_memory": {str(n): {k: round(v, 1) for k, v in m.items()} for n, m in memory.items()},

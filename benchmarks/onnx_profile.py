@@ -21,11 +21,11 @@ import torch
 
 from structlth.config import load_params
 from structlth.data import load_dataset, normalize
+from structlth.pipeline import Context, load_ticket
 from structlth.speedup.bench import ticket_kind
 from structlth.speedup.choice import fast_models
 from structlth.speedup.layout import fold_bn
 from structlth.speedup.onnxrt import to_onnx
-from structlth.pipeline import Context, load_round
 
 
 def profile(data: bytes, x: torch.Tensor, threads: int, runs: int) -> dict:
@@ -59,17 +59,25 @@ def run(runs: int = 30) -> dict:
     ds = load_dataset("artifacts/data")
     ctx = Context(params, ds, torch.device("cpu"))
     x = normalize(ds.test.head(max(params.bench.batch_sizes)), ds.mean, ds.std)
-    dense = ctx.model()
-    dense.load_state_dict(load_round(ctx, Path("artifacts/imp/round0"), dense)[0])
-    out = {"batch": len(x), "threads": params.bench.threads, "models": {"dense": profile(to_onnx(fold_bn(dense.eval()), x), x, params.bench.threads, runs)}}
+    dense = load_ticket(ctx, Path("artifacts/imp/round0"))[0]
+    out = {
+        "batch": len(x),
+        "threads": params.bench.threads,
+        "models": {"dense": profile(to_onnx(fold_bn(dense.eval()), x), x, params.bench.threads, runs)},
+    }
     runs_of = [("imp_channel", params.round_ids()[-1])] + [(m, r) for m in params.tickets for r in params.rounds_of(m)]
     for method, rnd in runs_of:
-        model = ctx.model()
-        state, masks = load_round(ctx, Path("artifacts") / method / rnd, model)
-        model.load_state_dict(state)
+        model, masks = load_ticket(ctx, Path("artifacts") / method / rnd)
         kind = ticket_kind(method, params)
         [(engine, fast)] = fast_models(kind, model.eval(), masks, ds.in_channels, x, 5, 1).items()
         out["models"][f"{method}/{rnd} ({engine})"] = profile(to_onnx(fast, x), x, params.bench.threads, runs)
     d = out["models"]["dense"]["total_ms"]
-    out["summary"] = {name: {"total_ms": round(m["total_ms"], 2), "saving": round(1 - m["total_ms"] / d, 3), "top_ops_ms": {k: round(v, 2) for k, v in list(m["by_op_ms"].items())[:5]}} for name, m in out["models"].items()}
+    out["summary"] = {
+        name: {
+            "total_ms": round(m["total_ms"], 2),
+            "saving": round(1 - m["total_ms"] / d, 3),
+            "top_ops_ms": {k: round(v, 2) for k, v in list(m["by_op_ms"].items())[:5]},
+        }
+        for name, m in out["models"].items()
+    }
     return out

@@ -28,8 +28,13 @@ def _time_model(arch: str, width: float, density: float, name: str, spec: Regrou
         regroup_layers({n: v}, **spec.model_dump(exclude={"kind"}))
         per_layer[n] = time.perf_counter() - t0
     return {
-        "ticket": name, "arch": arch, "width": width, "density": density,
-        "total_s": time.perf_counter() - t_all, "slowest_layer_s": max(per_layer.values()), "per_layer_s": per_layer,
+        "ticket": name,
+        "arch": arch,
+        "width": width,
+        "density": density,
+        "total_s": time.perf_counter() - t_all,
+        "slowest_layer_s": max(per_layer.values()),
+        "per_layer_s": per_layer,
     }
 
 
@@ -44,7 +49,9 @@ def specs(p) -> dict[str, RegroupParams]:
         if isinstance(t, RegroupParams):
             out[name] = t
             for g, h in KINDS:
-                if (t.granularity, t.hypergraph) != (g, h) and (t.inputs == "overlap" or g == "channel"):  # disjoint blocks own whole channels
+                if (t.granularity, t.hypergraph) != (g, h) and (
+                    t.inputs == "overlap" or g == "channel"
+                ):  # disjoint blocks own whole channels
                     out[f"{name}[{g}x{h}]"] = t.model_copy(update={"granularity": g, "hypergraph": h})
     return out
 
@@ -66,6 +73,10 @@ def summarise(results: list[dict], default_arch: str, tickets: set[str]) -> dict
     r18 = {f"{r['ticket']}@{r['density']}": round(r["total_s"], 2) for r in results if r["arch"] == "resnet18"}
     worst = max(r18.values())
     return {
-        "resnet18_round_s": r18, "resnet18_worst_round_s": worst,
-        "summary": f"default model, params.yaml's tickets: all layers <= {default:.3f}s (target <= 2s); resnet18 round, every kind <= {worst:.2f}s (target <= {TARGET_S:.0f}s)",
+        "resnet18_round_s": r18,
+        "resnet18_worst_round_s": worst,
+        "summary": (
+            f"default model, params.yaml's tickets: all layers <= {default:.3f}s (target <= 2s);"
+            f" resnet18 round, every kind <= {worst:.2f}s (target <= {TARGET_S:.0f}s)"
+        ),
     }

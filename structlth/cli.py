@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -23,7 +23,9 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(_version_flag: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
+def main(
+    _version_flag: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
     """structlth: structurally sparse lottery tickets with verified speedups."""
 
 
@@ -77,7 +79,7 @@ def inspect(round_dir: Path) -> None:
     Console().print(table)
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     safetensors = "safetensors"
     onnx = "onnx"
 
@@ -86,7 +88,11 @@ class ExportFormat(str, Enum):
 def export(
     ticket_dir: Path = typer.Argument(..., help="e.g. artifacts/refill/round2"),
     out: Path = typer.Option(..., "--out", help="folder for the model + architecture.json"),
-    fmt: ExportFormat = typer.Option(ExportFormat.safetensors, "--format", help="safetensors: the slim net of a channel-wise ticket; onnx: the fast model of any structured ticket"),
+    fmt: ExportFormat = typer.Option(
+        ExportFormat.safetensors,
+        "--format",
+        help="safetensors: the slim net of a channel-wise ticket; onnx: the fast model of any structured ticket",
+    ),
     params: Path = typer.Option(Path("params.yaml"), "--params"),
     data: Path = typer.Option(Path("artifacts/data"), "--data"),
 ) -> None:
@@ -95,6 +101,49 @@ def export(
 
     with user_errors():
         typer.echo(export_ticket(load_params(params), ticket_dir, out, fmt.value, data))
+
+
+@app.command("eval")
+def evaluate(
+    export_dir: Path = typer.Argument(..., help="a folder written by `structlth export` (safetensors or ONNX)"),
+    data: Path = typer.Option(Path("artifacts/data"), help="the prepared dataset (the prepare stage's output)"),
+) -> None:
+    """Accuracy of an exported ticket on the prepared test set, with its 95% interval."""
+    from structlth.export import evaluate_export
+
+    with user_errors():
+        r = evaluate_export(export_dir, data)
+    typer.echo(
+        f"{export_dir} ({r['format']}): test accuracy {r['test_acc']:.2%}"
+        f" ({r['correct']} / {r['images']}; 95% CI {r['low']:.2%} to {r['high']:.2%})"
+    )
+
+
+@app.command()
+def repro(targets: list[str] = typer.Argument(None, help="stages to reproduce (default: all)")) -> None:
+    """`dvc repro` that prints "stage k of N" and an estimate for the whole run as it goes."""
+    from structlth.repro import run
+
+    with user_errors():
+        code = run(targets or [])
+    raise typer.Exit(code)
+
+
+@app.command()
+def quick(
+    params: Path = typer.Option(Path("configs/quick.yaml"), help="the smoke run's params"),
+    out: Path = typer.Option(Path(".quick"), help="scratch DVC repo the run lives in (git-ignored)"),
+) -> None:
+    """The whole pipeline on a small subset in a scratch repo (minutes on 2 cores): checks that
+    everything runs here, leaving this workspace untouched. Its report says it is a smoke run."""
+    from structlth.repro import run, scratch_repo
+
+    with user_errors():
+        load_params(params)
+        code = run([], scratch_repo(out, params))
+    if code == 0:
+        typer.echo(f"smoke run done: {out / 'reports' / 'report.md'}")
+    raise typer.Exit(code)
 
 
 @app.command()

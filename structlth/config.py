@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -97,7 +98,12 @@ class DataParams(Strict):
         train = self.train_subset or n_train - self.val_size
         checks = [
             ("val_size", self.val_size, n_train - 1, f"{n_train} train images"),
-            ("train_subset", self.train_subset or 0, n_train - self.val_size, f"{n_train - self.val_size} train images after data.val_size"),
+            (
+                "train_subset",
+                self.train_subset or 0,
+                n_train - self.val_size,
+                f"{n_train - self.val_size} train images after data.val_size",
+            ),
             ("test_subset", self.test_subset or 0, n_test, f"{n_test} test images"),
             ("batch_size", self.batch_size, train, f"{train} train images"),
         ]
@@ -121,9 +127,7 @@ class ModelParams(Strict):
 
 class TrainParams(Strict):
     epochs: int = Field(ge=1)
-    retrain: Literal["full", "rest"] = Field(
-        "full", description="rounds retrain the full schedule, or epochs rewind_epoch..epochs"
-    )
+    retrain: Literal["full", "rest"] = Field("full", description="rounds retrain the full schedule, or epochs rewind_epoch..epochs")
     lr: float = Field(gt=0)
     schedule: Literal["multistep", "cosine"] = "multistep"
     milestones: list[int] = Field(default_factory=list, description="multistep epochs")
@@ -132,18 +136,14 @@ class TrainParams(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(1e-4, ge=0)
-    decay_norm: bool = Field(
-        False, description="weight decay on BN weights and biases too (the reference code decays every parameter)"
-    )
+    decay_norm: bool = Field(False, description="weight decay on BN weights and biases too (the reference code decays every parameter)")
     rewind_epoch: int = Field(ge=0, description="snapshot taken after this many epochs")
     seed: int = SEED
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> TrainParams:
         if self.rewind_epoch >= self.epochs:
-            raise ValueError(
-                f"rewind_epoch ({self.rewind_epoch}) must be smaller than epochs ({self.epochs})"
-            )
+            raise ValueError(f"rewind_epoch ({self.rewind_epoch}) must be smaller than epochs ({self.epochs})")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs")
         bad = [m for m in self.milestones if not 0 < m < self.epochs]
@@ -197,10 +197,7 @@ def chain_order(rounds: dict[str, RoundLink]) -> list[str]:
     successors: dict[str, str] = {}
     for rid, link in rounds.items():
         if link.prev in successors:
-            raise ValueError(
-                f"{successors[link.prev]} and {rid} both follow {link.prev}: rounds must form"
-                " one chain"
-            )
+            raise ValueError(f"{successors[link.prev]} and {rid} both follow {link.prev}: rounds must form one chain")
         successors[link.prev] = rid
     order, cur = [], "round0"
     while cur in successors:
@@ -216,7 +213,17 @@ class ChannelPruneParams(Strict):
     rate: float = Field(0.2, gt=0, lt=1, description="fraction of alive channels per layer")
 
 
-class RefillParams(Strict):
+class TicketInit(Strict):
+    init: Literal["rewind", "original", "random"] = Field(
+        "rewind",
+        description=(
+            "weights a ticket retrains from: the rewind point (the lottery ticket), the original initialisation,"
+            " or a fresh random one of the same structure (the paper's 'Random' columns); the schedule is the same"
+        ),
+    )
+
+
+class RefillParams(TicketInit):
     kind: Literal["refill"]
     criterion: Literal[REFILL_CRITERIA] = "magnitude"  # type: ignore[valid-type]
     refill_rate: float = Field(0.0, ge=0, lt=1)
@@ -227,12 +234,10 @@ class RefillParams(Strict):
     channel_align: int = Field(1, ge=1, le=64, description="kept channels rounded up to a multiple (CPU kernels work in blocks of 8/16)")
 
 
-class RegroupParams(Strict):
+class RegroupParams(TicketInit):
     kind: Literal["regroup"]
     granularity: Literal["column", "channel"] = "column"
-    hypergraph: Literal["channel", "column"] = Field(
-        "channel", description="hyperedges per input channel (fast) or per column (the paper)"
-    )
+    hypergraph: Literal["channel", "column"] = Field("channel", description="hyperedges per input channel (fast) or per column (the paper)")
     rows_per_part: int = Field(32, ge=1, description="parts = max(1, rows // rows_per_part)")
     imbalance: float = Field(0.1, gt=0, lt=1)
     min_rows: int = Field(16, ge=1)
@@ -242,10 +247,18 @@ class RegroupParams(Strict):
     b2: int = Field(4, ge=1, description="density rule: min qualifying columns")
     channel_align: int = Field(1, ge=1, le=64, description="channel granularity: block input channels rounded up to a multiple")
     max_pins: int | None = Field(
-        50_000, ge=1000, description="the hypergraph partitioned is a seeded sample of its hyperedges with at most this many pins (null: all of it, the paper; slow)"
+        50_000,
+        ge=1000,
+        description=(
+            "the hypergraph partitioned is a seeded sample of its hyperedges with at most this many pins (null: all of it, the paper; slow)"
+        ),
     )
     inputs: Literal["overlap", "disjoint"] = Field(
-        "overlap", description="overlap: blocks choose their input channels (the paper); disjoint: blocks split the input channels (no gather; not in the paper)"
+        "overlap",
+        description=(
+            "overlap: blocks choose their input channels (the paper);"
+            " disjoint: blocks split the input channels (no gather; not in the paper)"
+        ),
     )
     seed: int = SEED
 
@@ -272,12 +285,13 @@ class TorchPruningParams(Strict):
     score_batches: int = Field(1, ge=1, description="train batches for the taylor importance's gradients")
 
 
-TicketParams = Annotated[Union[RefillParams, RegroupParams], Field(discriminator="kind")]
+TicketParams = Annotated[RefillParams | RegroupParams, Field(discriminator="kind")]
 
 
 class ReplicateParams(Strict):
     seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(
-        default_factory=list, description="more training seeds: the whole chain again per seed (train.seed is the first, and the benched one)"
+        default_factory=list,
+        description="more training seeds: the whole chain again per seed (train.seed is the first, and the benched one)",
     )
 
 
@@ -293,6 +307,7 @@ class BenchParams(Strict):
 class ReportParams(Strict):
     tolerance: float = Field(0.01, ge=0, description="winning: test_acc >= dense - tolerance")
     mask_layer: str | None = Field(None, description="layer drawn in the mask pictures")
+    smoke: bool = Field(False, description="a smoke run (configs/quick.yaml): the report says no claim in it is evidence")
 
 
 class RuntimeParams(Strict):
@@ -301,7 +316,9 @@ class RuntimeParams(Strict):
     nproc_per_node: int = Field(1, ge=1, description="training stages re-run themselves under torchrun")
     progress: Literal["auto", "always", "never"] = "auto"
     loader_workers: int = Field(4, ge=0, le=64, description="processes reading streamed images (0: the training process)")
-    decode: Literal["auto", "workers", "device"] = Field("auto", description="streamed JPEGs: decoded by the workers or on the training device (auto: on CUDA)")
+    decode: Literal["auto", "workers", "device"] = Field(
+        "auto", description="streamed JPEGs: decoded by the workers or on the training device (auto: on CUDA)"
+    )
 
 
 class Params(Strict):
@@ -311,7 +328,9 @@ class Params(Strict):
     prune: PruneParams
     imp_channel: ChannelPruneParams = ChannelPruneParams()
     tickets: dict[str, TicketParams]
-    baselines: dict[str, TorchPruningParams] = Field(default_factory=dict, description="Torch-Pruning tickets at the FLOPs of a ticket, made at the same rounds")
+    baselines: dict[str, TorchPruningParams] = Field(
+        default_factory=dict, description="Torch-Pruning tickets at the FLOPs of a ticket, made at the same rounds"
+    )
     replicates: ReplicateParams = ReplicateParams()
     bench: BenchParams = BenchParams()
     report: ReportParams = ReportParams()
@@ -345,9 +364,14 @@ class Params(Strict):
     def _baselines_match_tickets(self) -> Params:
         for name, b in self.baselines.items():
             if not TICKET_NAME.fullmatch(name) or name in RESERVED_NAMES or name in self.tickets:
-                raise ValueError(f"baselines: name {name[:80]!r} must be lower_snake, at most 64 characters, no ticket's name, and none of {', '.join(RESERVED_NAMES)}")
+                raise ValueError(
+                    f"baselines: name {name[:80]!r} must be lower_snake, at most 64 characters, no ticket's name,"
+                    f" and none of {', '.join(RESERVED_NAMES)}"
+                )
             if b.match not in self.tickets:
-                raise ValueError(f"baselines.{name}.match: {b.match!r} is not a ticket of the tickets section ({', '.join(self.tickets) or 'none'})")
+                raise ValueError(
+                    f"baselines.{name}.match: {b.match!r} is not a ticket of the tickets section ({', '.join(self.tickets) or 'none'})"
+                )
         return self
 
     @model_validator(mode="after")
@@ -394,7 +418,7 @@ def _keys_at(parts: list[str]) -> list[str]:
             if typing.get_origin(ann) is Annotated:
                 ann = typing.get_args(ann)[0]
         cls, i = ann, i + 1
-    members = typing.get_args(cls) if typing.get_origin(cls) is Union else (cls,)  # a ticket: either kind's keys
+    members = typing.get_args(cls) if typing.get_origin(cls) in (Union, types.UnionType) else (cls,)  # a ticket: either kind's keys
     return [k for m in members if isinstance(m, type) and issubclass(m, BaseModel) for k in m.model_fields]
 
 
@@ -411,9 +435,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
         elif e["type"] == "union_tag_invalid":
             msg = f"kind must be one of {e['ctx']['expected_tags']}"
-        if "input" in e and e["type"] not in ("missing", "extra_forbidden") and not isinstance(
-            e["input"], dict
-        ):
+        if "input" in e and e["type"] not in ("missing", "extra_forbidden") and not isinstance(e["input"], dict):
             msg += f" (got {e['input']!r})"
         lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")  # checks across sections name their keys
     return "\n".join(lines)

@@ -80,8 +80,13 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> Dataset:
         return Dataset(
-            self.train.to(device), self.val.to(device), self.test.to(device),
-            self.classes, self.mean, self.std, self.dropped,
+            self.train.to(device),
+            self.val.to(device),
+            self.test.to(device),
+            self.classes,
+            self.mean,
+            self.std,
+            self.dropped,
         )
 
     def summary(self) -> dict:
@@ -130,6 +135,39 @@ def _fashion_mnist(p: DataParams) -> tuple[Split, Split, list[str]]:
     return train, test, list(sets[0].classes)
 
 
+CIFAR_LAYOUT = {  # what torchvision's CIFAR readers look for under data.root (the "python version" archives)
+    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py", ("data_batch_1", "data_batch_5", "test_batch", "batches.meta")),
+    "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python", ("train", "test", "meta")),
+}
+
+
+def raw_layout(p: DataParams) -> str:
+    """What data.root must hold for p.dataset, and how to put it there without network."""
+    if p.dataset == "fashion_mnist":
+        return (
+            f"the four idx files {', '.join(f + '.gz' for f in FASHION_MNIST_FILES)} (or torchvision's FashionMNIST/raw/);"
+            f" offline: apt-get install dataset-fashion-mnist puts them in {DEBIAN_FASHION_MNIST}"
+        )
+    if p.dataset in CIFAR_LAYOUT:
+        archive, folder, files = CIFAR_LAYOUT[p.dataset]
+        return (
+            f"{folder}/ with {', '.join(files)}, ...; offline: copy {archive} (the CIFAR site's python version)"
+            f" from a machine with network and unpack it into data.root"
+        )
+    return "train/<class>/<images> and val/<class>/<images> (an ImageFolder tree; Tiny-ImageNet's own val/ layout is read too)"
+
+
+def has_raw(p: DataParams) -> bool:
+    """Whether data.root (or Debian's folder, for Fashion-MNIST) holds p.dataset's raw files."""
+    root = Path(p.root)
+    if p.dataset == "fashion_mnist":
+        return _fashion_mnist_gz(root) is not None or all((root / "FashionMNIST" / "raw" / f).is_file() for f in FASHION_MNIST_FILES)
+    if p.dataset in CIFAR_LAYOUT:
+        _, folder, files = CIFAR_LAYOUT[p.dataset]
+        return all((root / folder / f).is_file() for f in files)
+    return all((root / sub).is_dir() for sub in ("train", "val"))
+
+
 def _cifar(p: DataParams) -> tuple[Split, Split, list[str]]:
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -137,8 +175,8 @@ def _cifar(p: DataParams) -> tuple[Split, Split, list[str]]:
     try:
         sets = [cls(p.root, train=t, download=p.download) for t in (True, False)]
     except (RuntimeError, OSError) as err:  # not found; or the download failed (URLError is an OSError)
-        how = f"the download failed ({type(err).__name__}: {err})" if p.download else f"{err}; set data.download: true to fetch it with torchvision's checksum"
-        raise DataError(f"{p.dataset}: not found under data.root={p.root!r}: {how}, or point data.root at a local copy") from None
+        how = f"the download failed ({type(err).__name__}: {err})" if p.download else "data.download is false"
+        raise DataError(f"{p.dataset}: not found under data.root={p.root!r} ({how}). data.root must hold {raw_layout(p)}") from None
 
     def split(s) -> Split:
         images = torch.from_numpy(np.ascontiguousarray(s.data)).permute(0, 3, 1, 2).contiguous()
@@ -154,7 +192,10 @@ def image_side(p: DataParams) -> int:
 def scan_tree(p: DataParams, workers: int) -> Tree:
     """Scan data.root, saying on stderr what is left out (nothing is dropped silently)."""
     tree = scan(p.root, workers)
-    for what, names in (("ignored {} file(s) that are not images", tree.ignored), ("dropped {} image file(s) that cannot be decoded", tree.unreadable)):
+    for what, names in (
+        ("ignored {} file(s) that are not images", tree.ignored),
+        ("dropped {} image file(s) that cannot be decoded", tree.unreadable),
+    ):
         if names:
             print(f"{p.dataset}: {what.format(len(names))}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}", file=sys.stderr)
     return tree
@@ -182,10 +223,7 @@ def carve(n_train: int, n_test: int, p: DataParams) -> tuple[torch.Tensor, torch
             f" {n_train} train images, {n_train - p.val_size} after data.val_size={p.val_size}"
         )
     if p.test_subset is not None and p.test_subset > n_test:
-        raise DataError(
-            f"data.test_subset={p.test_subset} is larger than the dataset: {p.dataset} has"
-            f" {n_test} test images"
-        )
+        raise DataError(f"data.test_subset={p.test_subset} is larger than the dataset: {p.dataset} has {n_test} test images")
     g = torch.Generator().manual_seed(p.split_seed)
     perm = torch.randperm(n_train, generator=g)
     val_idx, train_idx = perm[: p.val_size], perm[p.val_size :]
@@ -227,9 +265,16 @@ def build_index(p: DataParams, workers: int = 0) -> dict:
         for name, files, idx in (("train", tree.train, train_idx), ("val", tree.train, val_idx), ("test", tree.test, test_idx))
     }
     index = {
-        "format": INDEX_FORMAT, "dataset": p.dataset, "root": p.root, "image_size": image_side(p),
-        "classes": tree.classes, "listing_digest": tree.digest, "splits": splits,
-        "dropped": {"ignored": tree.ignored, "unreadable": tree.unreadable}, "mean": [], "std": [],
+        "format": INDEX_FORMAT,
+        "dataset": p.dataset,
+        "root": p.root,
+        "image_size": image_side(p),
+        "classes": tree.classes,
+        "listing_digest": tree.digest,
+        "splits": splits,
+        "dropped": {"ignored": tree.ignored, "unreadable": tree.unreadable},
+        "mean": [],
+        "std": [],
     }
     train = _stream(index, "train", p.augment, workers)
     sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(p.split_seed))[:STATS_SAMPLE].sort().values
@@ -242,8 +287,14 @@ def _stream(index: dict, name: str, aug: Augment, workers: int, decode: str = "w
     split = index["splits"][name]
     fill = tuple(round(255 * m) for m in (mean or [0.0, 0.0, 0.0]))
     return StreamSplit(
-        Path(index["root"]), np.array(split["paths"], dtype=np.bytes_), torch.tensor(split["labels"], dtype=torch.long),
-        index["image_size"], aug, fill, workers, decode=decode,
+        Path(index["root"]),
+        np.array(split["paths"], dtype=np.bytes_),
+        torch.tensor(split["labels"], dtype=torch.long),
+        index["image_size"],
+        aug,
+        fill,
+        workers,
+        decode=decode,
     )
 
 

@@ -12,6 +12,7 @@ std in architecture.json, output "logits").
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -121,7 +122,9 @@ def load_slim(out_dir: str | Path) -> SlimNet:
     return SlimNet(slim, spec, widths).eval()
 
 
-def export_onnx(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mapping, images: torch.Tensor, out_dir: str | Path, atol: float) -> tuple[str, list[str]]:
+def export_onnx(
+    kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mapping, images: torch.Tensor, out_dir: str | Path, atol: float
+) -> tuple[str, list[str]]:
     """Write model.onnx + architecture.json for a structured ticket of `kind`: the fast model the
     bench times (channel-wise: the slim net; group-wise: the slim net with its grouped/sub convs,
     engines chosen by timing on `images`), checked by onnx.checker and, in ONNX Runtime, against
@@ -132,11 +135,20 @@ def export_onnx(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], 
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     if kind not in CHANNEL_KINDS + GROUP_KINDS:
-        raise ArtifactError(f"export: {kind} tickets are unstructured; ONNX export takes channel-wise ({', '.join(CHANNEL_KINDS)}) and group-wise ({', '.join(GROUP_KINDS)}) tickets")
+        raise ArtifactError(
+            f"export: {kind} tickets are unstructured; ONNX export takes channel-wise ({', '.join(CHANNEL_KINDS)})"
+            f" and group-wise ({', '.join(GROUP_KINDS)}) tickets"
+        )
     model = model.cpu().eval()
     [(engine, fast)] = fast_models(kind, model, masks, arch["in_channels"], images, 5, 1).items()
     data = to_onnx(fast.to(memory_format=torch.contiguous_format), images)
-    verify(masked_reference(model, masks, arch["in_channels"]), OrtModel(data, torch.get_num_threads()), images, atol, f"ONNX export ({engine})")
+    verify(
+        masked_reference(model, masks, arch["in_channels"]),
+        OrtModel(data, torch.get_num_threads()),
+        images,
+        atol,
+        f"ONNX export ({engine})",
+    )
     ops = op_types(data)
     write_bytes(out_dir / "model.onnx", data)
     write_json(out_dir / "architecture.json", {"format": ONNX_FORMAT, **arch, "kind": kind, "engine": engine, "onnx_ops": ops})
@@ -149,14 +161,12 @@ def export_ticket(p, ticket_dir: Path, out: Path, fmt: str = "safetensors", data
     model.safetensors + architecture.json) or 'onnx' (the fast model of any structured ticket,
     verified in ONNX Runtime on the prepared test images in data_dir). Returns what was written."""
     from structlth.data import load_dataset, normalize
-    from structlth.pipeline import Context, load_round
+    from structlth.pipeline import Context, load_ticket
     from structlth.speedup.bench import ticket_kind
 
     ds = load_dataset(data_dir)
     ctx = Context(p, ds, torch.device("cpu"))
-    model = ctx.model()
-    state, masks = load_round(ctx, ticket_dir, model, expect_round=False)
-    model.load_state_dict(state)
+    model, masks = load_ticket(ctx, ticket_dir, expect_round=False)
     arch = {**ctx.model_meta(), "small_input_stem": p.model.small_input_stem, "mean": ds.mean, "std": ds.std}
     if fmt == "onnx":
         method = load_tensors(ticket_dir / "mask.safetensors")[1].get("kind", "")
@@ -167,3 +177,41 @@ def export_ticket(p, ticket_dir: Path, out: Path, fmt: str = "safetensors", data
     n_dense = sum(t.numel() for t in model.parameters())
     n_slim = sum(t.numel() for t in export_slim(model, masks, arch, out).parameters())
     return f"exported {ticket_dir} -> {out}: {n_slim} parameters ({n_slim / n_dense:.1%} of dense)"
+
+
+def load_export(out_dir: str | Path, threads: int = 2):
+    """An exported ticket as a callable: normalised float [B, C, H, W] -> logits [B, classes],
+    and its architecture.json. Reads either format `export_ticket` writes (a slim safetensors
+    net, or model.onnx run in ONNX Runtime)."""
+    out_dir = Path(out_dir)
+    spec = read_json(out_dir / "architecture.json")
+    if spec.get("format") == ONNX_FORMAT:
+        from structlth.speedup.onnxrt import OrtModel
+
+        return OrtModel((out_dir / "model.onnx").read_bytes(), threads), spec
+    return load_slim(out_dir), spec
+
+
+@torch.inference_mode()
+def evaluate_export(out_dir: str | Path, data_dir: str | Path = "artifacts/data", batch_size: int = 500, threads: int = 2) -> dict:
+    """Accuracy of an exported ticket on the prepared test set (`prepare`'s data_dir), with its
+    95% Wilson interval: {'format', 'images', 'correct', 'test_acc', 'low', 'high'}. Refuses a
+    test set whose image shape or class count differs from the export's."""
+    from structlth.data import eval_batches, load_dataset
+    from structlth.stats import accuracy_interval
+
+    model, spec = load_export(out_dir, threads)
+    ds = load_dataset(data_dir)
+    if ds.num_classes != spec["num_classes"] or ds.in_channels != spec["in_channels"]:
+        raise ArtifactError(
+            f"{out_dir}: exported for {spec['num_classes']} classes x {spec['in_channels']} channels, but {data_dir} holds"
+            f" {ds.num_classes} x {ds.in_channels} (prepare the dataset the ticket was trained on)"
+        )
+    ds = dataclasses.replace(ds, mean=spec["mean"], std=spec["std"])  # the export's normalisation
+    hits = []
+    for x, y in eval_batches(ds.test, ds, batch_size):
+        hits.append(model(x).argmax(1) == y)
+    correct = torch.cat(hits)
+    low, high = accuracy_interval(correct.numpy())
+    n = int(correct.sum())
+    return {"format": spec["format"], "images": len(correct), "correct": n, "test_acc": n / len(correct), "low": low, "high": high}

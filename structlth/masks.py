@@ -85,6 +85,13 @@ def row_alive(mask: torch.Tensor) -> torch.Tensor:
     return mask.flatten(1).any(1)
 
 
+def row_density(masks: Mapping[str, torch.Tensor]) -> float:
+    """Share of the weights in output rows that keep any weight: remaining weights counted the
+    paper's way for refill (whole refilled rows, before the inputs of dropped channels go)."""
+    total = sum(m.numel() for m in masks.values())
+    return sum(int(row_alive(m).sum()) * m[0].numel() for m in masks.values() if m.shape[0]) / max(total, 1)
+
+
 def channel_density(masks: Mapping[str, torch.Tensor]) -> float:
     """Share of prunable output channels with any surviving weight."""
     total = sum(m.shape[0] for m in masks.values())

@@ -10,8 +10,8 @@ terminal), layers.json (per-layer densities, a DVC plot).
 from __future__ import annotations
 
 import hashlib
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -19,15 +19,28 @@ from torch import nn
 
 from structlth import distributed as dist
 from structlth.artifacts import check_state, load_tensors, read_json, save_tensors, staged_dir, tensor_digest, write_json
+from structlth.codedeps import code_manifest, manifest_digest
 from structlth.config import IMAGE_FOLDERS, Params, RefillParams, RegroupParams, TorchPruningParams, params_hash
-from structlth.data import Dataset, eval_batches, load_dataset, prepare_data
+from structlth.data import Dataset, eval_batches, has_raw, load_dataset, prepare_data, raw_layout
 from structlth.errors import ArtifactError, ParamsError
-from structlth.masks import Masks, check_masks, density, drop_untrainable, effective_flops, layer_stats, mask_stats, ones_masks, training_masks
+from structlth.masks import (
+    Masks,
+    check_masks,
+    density,
+    drop_untrainable,
+    effective_flops,
+    layer_stats,
+    mask_stats,
+    ones_masks,
+    training_masks,
+)
 from structlth.models import build_model
 from structlth.pruning import channel_prune, magnitude_prune, regroup_layers
 from structlth.pruning.baseline import match_flops
 from structlth.pruning.refill import activation_scores, refill_masks, weight_scores
 from structlth.train import State, TrainResult, state_of, train
+
+RANDOM_INIT_SEED = 10_007  # a re-initialised ticket's seed is train.seed + this: no training seed's init
 
 
 @dataclass(frozen=True)
@@ -65,11 +78,12 @@ def check_runnable(params: Params) -> None:
     root = Path(params.data.root)
     if root.exists() and not root.is_dir():
         raise ParamsError(f"data.root: {root} is a file, not a folder")
-    if params.data.dataset in IMAGE_FOLDERS and not all((root / sub).is_dir() for sub in ("train", "val")):
-        raise ParamsError(f"data.root: {params.data.dataset} reads an ImageFolder tree with train/ and val/ under {str(root)!r}; none there")
-    if not root.is_dir() and not params.data.download:
-        hint = "install dataset-fashion-mnist (make setup does)" if params.data.dataset == "fashion_mnist" else "point it at a local copy"
-        raise ParamsError(f"data.root: {str(root)!r} does not exist and data.download is false: {hint}, or set data.download: true")
+    downloadable = params.data.download and params.data.dataset not in IMAGE_FOLDERS
+    if not downloadable and not has_raw(params.data):
+        raise ParamsError(
+            f"data.root: no {params.data.dataset} under {str(root)!r}. It must hold {raw_layout(params.data)}"
+            + ("" if params.data.dataset in IMAGE_FOLDERS else "; or set data.download: true where there is network")
+        )
     layer = params.report.mask_layer
     if layer is not None:
         m = params.model
@@ -105,7 +119,12 @@ def test_set_meta(ctx: Context) -> dict:
     """What identifies the test set a predictions file belongs to (two files pair only when equal)."""
     d = ctx.params.data
     labels = ctx.data.test.labels.cpu()
-    return {"dataset": d.dataset, "test_subset": d.test_subset, "test_images": len(labels), "labels_digest": tensor_digest({"target": labels})}
+    return {
+        "dataset": d.dataset,
+        "test_subset": d.test_subset,
+        "test_images": len(labels),
+        "labels_digest": tensor_digest({"target": labels}),
+    }
 
 
 def save_predictions(ctx: Context, path: Path, pred: torch.Tensor | None, meta: dict) -> None:
@@ -177,6 +196,15 @@ def load_round(ctx: Context, round_dir: Path, model: nn.Module, *, expect_round:
     return state, masks
 
 
+def load_ticket(ctx: Context, round_dir: Path, *, expect_round: bool = True) -> tuple[nn.Module, Masks]:
+    """The model of params.model with a round's (or a moved ticket's) trained weights loaded, and
+    its masks, checked as `load_round` checks them."""
+    model = ctx.model()
+    state, masks = load_round(ctx, round_dir, model, expect_round=expect_round)
+    model.load_state_dict(state)
+    return model, masks
+
+
 def file_digest(*paths: Path) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -184,10 +212,19 @@ def file_digest(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def code_digest(root: Path = Path(__file__).resolve().parent) -> str:
-    """Digest of the library's source (*.py under root, bytecode ignored): part of every
-    checkpoint's identity, so a run never resumes from a checkpoint that other code wrote."""
-    return file_digest(*sorted(root.rglob("*.py")))
+def code_digest() -> str:
+    """Digest of the library files training runs (this module's import closure, see
+    structlth.codedeps): part of every checkpoint's identity, so a run never resumes from a
+    checkpoint that other code wrote."""
+    return manifest_digest(code_manifest(Path(__file__), Path(__file__).resolve().parents[1]))
+
+
+def checkpoint_path(checkpoint: Path, identity: str) -> Path:
+    """The checkpoint file of one run: checkpoint's name with a digest of the run's identity
+    (params, inputs, code) before its suffix, so another experiment's run of the same stage
+    never overwrites it (`make clean-checkpoints` clears them all)."""
+    tag = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    return checkpoint.with_name(f"{checkpoint.stem}.{tag}{checkpoint.suffix}")
 
 
 def read_metrics(path: Path, keys: tuple[str, ...]) -> dict:
@@ -202,17 +239,31 @@ def read_metrics(path: Path, keys: tuple[str, ...]) -> dict:
 # ---------------------------------------------------------------- training stages
 
 
-def _train(ctx: Context, model: nn.Module, masks: Masks, *, start_epoch: int, rewind_epoch: int | None, checkpoint: Path | None, identity: str) -> TrainResult:
+def _train(
+    ctx: Context, model: nn.Module, masks: Masks, *, start_epoch: int, rewind_epoch: int | None, checkpoint: Path | None, identity: str
+) -> TrainResult:
     p = ctx.params
     model.to(ctx.device)
     tm = training_masks(model, masks, ctx.data.in_channels)
     progress = {"auto": None, "always": True, "never": False}[p.runtime.progress]
+    identity += code_digest()
     if checkpoint is not None:
+        checkpoint = checkpoint_path(checkpoint, identity)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
     result = train(
-        model, ctx.data, p.train, p.data.augment, p.data.batch_size // dist.world_size(), tm,
-        epochs=p.train.epochs, start_epoch=start_epoch, eval_batch_size=p.data.eval_batch_size,
-        rewind_epoch=rewind_epoch, checkpoint=checkpoint, identity=identity + code_digest(), progress=progress,
+        model,
+        ctx.data,
+        p.train,
+        p.data.augment,
+        p.data.batch_size // dist.world_size(),
+        tm,
+        epochs=p.train.epochs,
+        start_epoch=start_epoch,
+        eval_batch_size=p.data.eval_batch_size,
+        rewind_epoch=rewind_epoch,
+        checkpoint=checkpoint,
+        identity=identity,
+        progress=progress,
     )
     model.cpu()
     if checkpoint is not None and dist.is_main():
@@ -250,14 +301,22 @@ def pretrain(ctx: Context, out_dir: Path, checkpoint: Path | None = None) -> dic
     return metrics
 
 
-def _retrain(ctx: Context, masks: Masks, pretrain_dir: Path, checkpoint: Path | None, identity: str, start_from: str = "rewind") -> tuple[nn.Module, TrainResult]:
-    """Set every parameter and buffer to pretrain's `start_from` state (rewind: the rewind
-    point; weights: the trained dense net), apply `masks`, retrain for the round's budget."""
+def _retrain(
+    ctx: Context, masks: Masks, pretrain_dir: Path, checkpoint: Path | None, identity: str, start_from: str = "rewind"
+) -> tuple[nn.Module, TrainResult]:
+    """Set every parameter and buffer to `start_from` (rewind: pretrain's rewind point; weights:
+    the trained dense net; original: the initialisation pretraining started from; random: a
+    fresh initialisation under another seed), apply `masks`, retrain for the round's budget."""
     p = ctx.params
-    model = ctx.model()
+    model = ctx.model()  # seeded by train.seed: the original initialisation
     check_masks(model, masks, "new mask")
     dist.check_same_on_all_ranks(masks, "pruning masks")
-    model.load_state_dict(load_state(ctx, pretrain_dir / f"{start_from}.safetensors", model, {"kind": start_from})[0])
+    if start_from == "random":
+        torch.manual_seed(p.train.seed + RANDOM_INIT_SEED)
+        m = p.model
+        model = build_model(m.arch, ctx.data.num_classes, ctx.data.in_channels, m.width, m.small_input_stem)
+    elif start_from != "original":
+        model.load_state_dict(load_state(ctx, pretrain_dir / f"{start_from}.safetensors", model, {"kind": start_from})[0])
     start = p.train.rewind_epoch if p.train.retrain == "rest" else 0
     return model, _train(ctx, model, masks, start_epoch=start, rewind_epoch=None, checkpoint=checkpoint, identity=identity)
 
@@ -276,7 +335,9 @@ def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_
     else:
         raise ValueError(f"unknown chain {chain!r}")
     new = drop_untrainable(model, new, ctx.data.in_channels)
-    identity = params_hash(p.data, p.model, p.train, p.prune, section) + file_digest(prev_dir / "mask.safetensors", prev_dir / "weights.safetensors")
+    identity = params_hash(p.data, p.model, p.train, p.prune, section) + file_digest(
+        prev_dir / "mask.safetensors", prev_dir / "weights.safetensors"
+    )
     model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity)
     metrics = _metrics(ctx, model, new, result)
     save_round(ctx, out_dir, state_of(model), new, metrics, kind=chain, test_pred=result.test_pred)
@@ -293,7 +354,9 @@ def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State,
         model = ctx.model()
         model.load_state_dict(state)
         model.to(ctx.device)
-        batches = list(islice(eval_batches(ctx.data.train, ctx.data, ctx.params.data.batch_size), spec.score_batches))  # not a streamed epoch
+        batches = list(
+            islice(eval_batches(ctx.data.train, ctx.data, ctx.params.data.batch_size), spec.score_batches)
+        )  # not a streamed epoch
         scores = activation_scores(spec.criterion, model, masks, batches)
     return refill_masks(masks, scores, spec.refill_rate, spec.count, spec.channel_align)
 
@@ -316,19 +379,34 @@ def baseline_masks(ctx: Context, spec: TorchPruningParams, state: State, masks: 
                 nn.functional.cross_entropy(net(x.cpu()), y.cpu()).backward()
 
     ones = ones_masks(model, ctx.params.prune.prunable)
-    new, ratio = match_flops(model, ones, example, spec.importance, spec.round_to, target, lambda m: flops_of(drop_untrainable(model, m, ctx.data.in_channels)), gradients)
-    return drop_untrainable(model, new, ctx.data.in_channels), {"matched": spec.match, "matched_flops": target, "pruning_ratio": ratio, "start": spec.start}
+    new, ratio = match_flops(
+        model,
+        ones,
+        example,
+        spec.importance,
+        spec.round_to,
+        target,
+        lambda m: flops_of(drop_untrainable(model, m, ctx.data.in_channels)),
+        gradients,
+    )
+    return drop_untrainable(model, new, ctx.data.in_channels), {
+        "matched": spec.match,
+        "matched_flops": target,
+        "pruning_ratio": ratio,
+        "start": spec.start,
+    }
 
 
 def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> dict:
     """A structured ticket from IMP round k: post-process its mask (or, for a torch_pruning
-    ticket, prune the dense net to the FLOPs of the matched ticket), rewind, retrain."""
+    ticket, prune the dense net to the FLOPs of the matched ticket), rewind (or start from the
+    weights the ticket's `init` / `start` names), retrain. metrics.json records that start."""
     p = ctx.params
     spec = p.ticket_spec(name)
     model = ctx.model()
     source = read_metrics(imp_dir / "metrics.json", ("sparsity", "test_acc"))  # every input read before training
     state, masks = load_round(ctx, imp_dir, model)
-    extra, start_from = {}, "rewind"
+    extra, start_from = {}, getattr(spec, "init", "rewind")
     if isinstance(spec, TorchPruningParams):
         new, extra = baseline_masks(ctx, spec, state, masks, pretrain_dir)
         start_from = "weights" if spec.start == "finetune" else "rewind"
@@ -341,7 +419,17 @@ def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_
     if isinstance(spec, TorchPruningParams):
         identity += params_hash(p.tickets[spec.match])
     model, result = _retrain(ctx, new, pretrain_dir, checkpoint, identity, start_from)
-    metrics = _metrics(ctx, model, new, result, source_sparsity=source["sparsity"], source_test_acc=source["test_acc"], kind=spec.kind, **extra)
+    metrics = _metrics(
+        ctx,
+        model,
+        new,
+        result,
+        source_sparsity=source["sparsity"],
+        source_test_acc=source["test_acc"],
+        kind=spec.kind,
+        start=start_from,
+        **extra,
+    )
     save_round(ctx, out_dir, state_of(model), new, metrics, kind=name, test_pred=result.test_pred)
     return metrics
 
@@ -356,4 +444,3 @@ def seed_chain(ctx: Context, pretrain_dir: Path, out_dir: Path) -> dict:
     metrics = {**mask_stats(model, masks, ctx.input_shape), **{k: pre[k] for k in ("test_acc", "val_acc", "best_epoch")}}
     save_round(ctx, out_dir, state, masks, metrics, kind="dense", test_pred=preds["pred"])
     return metrics
-

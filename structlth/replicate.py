@@ -21,20 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from structlth.artifacts import read_json, staged_dir
+from structlth.codedeps import code_manifest, manifest_digest
 from structlth.config import Params, params_hash
-from structlth.pipeline import file_digest, imp_round, make_ticket, pretrain, seed_chain, setup
+from structlth.pipeline import imp_round, make_ticket, pretrain, seed_chain, setup
 
 STAMP = "identity.txt"
-LIBRARY = Path(__file__).resolve().parent
-# what training reads (the replicate stage's code dependencies in dvc.yaml): a change here, and
-# only here, retrains cached units
-TRAINING_CODE = ("artifacts.py", "config.py", "data.py", "distributed.py", "graph.py", "imagefolder.py", "masks.py", "models", "pipeline.py", "pruning", "replicate.py", "train.py")
 
 
 def training_code_digest() -> str:
-    """Digest of the library files training reads (TRAINING_CODE)."""
-    files = sorted(f for name in TRAINING_CODE for f in ([LIBRARY / name] if name.endswith(".py") else (LIBRARY / name).rglob("*.py")))
-    return file_digest(*files)
+    """Digest of the library files a replicate runs (this module's import closure, the code its
+    DVC stage depends on): a change there, and only there, retrains cached units."""
+    return manifest_digest(code_manifest(Path(__file__), Path(__file__).resolve().parents[1]))
 
 
 def _digest(*parts: str) -> str:

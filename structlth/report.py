@@ -3,6 +3,7 @@ mask pictures."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import matplotlib
@@ -15,13 +16,26 @@ import torch  # noqa: E402
 from structlth.artifacts import load_tensors, read_json, write_json  # noqa: E402
 from structlth.errors import ArtifactError  # noqa: E402
 from structlth.evidence import EVIDENCE_COLS, accuracy, bracket, matched, versus_dense  # noqa: E402
+from structlth.masks import row_density  # noqa: E402
 from structlth.paper import paper_table  # noqa: E402
 from structlth.pipeline import load_predictions  # noqa: E402
+from structlth.speedup.bench import PRODUCTION_ENGINES, timing_noise  # noqa: E402
 
-SUMMARY_COLS = ["method", "round", "sparsity", "unaligned_sparsity", "source_sparsity", "channel_sparsity", "test_acc", *EVIDENCE_COLS, "time_saving", "ort_time_saving", "flops_saving", "engine"]
-
-
-PRODUCTION_ENGINES = ("slim", "slim+blocks")  # chosen per ticket kind before any timing (speedup.choice)
+SUMMARY_COLS = [
+    "method",
+    "round",
+    "sparsity",
+    "rows_remaining",
+    "unaligned_sparsity",
+    "source_sparsity",
+    "channel_sparsity",
+    "test_acc",
+    *EVIDENCE_COLS,
+    "time_saving",
+    "ort_time_saving",
+    "flops_saving",
+    "engine",
+]
 
 
 def gather_bench(bench_dir: Path, runs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -56,7 +70,11 @@ def summary(metrics: pd.DataFrame, bench: pd.DataFrame, batch: int) -> pd.DataFr
     if {"flops", "flops_dense"} <= set(out.columns):
         out["flops_saving"] = out["flops_saving"].fillna(1 - out["flops"] / out["flops_dense"])
     order = {m: i for i, m in enumerate(dict.fromkeys(metrics["method"]))}
-    return out.reindex(columns=SUMMARY_COLS).sort_values(["method", "round"], key=lambda s: s.map(_round_key) if s.name == "round" else s.map(order)).reset_index(drop=True)
+    return (
+        out.reindex(columns=SUMMARY_COLS)
+        .sort_values(["method", "round"], key=lambda s: s.map(_round_key) if s.name == "round" else s.map(order))
+        .reset_index(drop=True)
+    )
 
 
 def _round_key(r: str) -> int:
@@ -86,49 +104,77 @@ def extreme_sparsity(table: pd.DataFrame, column: str = "wins") -> dict[str, flo
     """Per method, the paper's "extreme sparsity": the highest sparsity among its winning
     rounds by `column` (None where no round wins)."""
     win = winners(table, column)
-    return {m: (float(win.loc[win["method"] == m, "sparsity"].max()) if (win["method"] == m).any() else None) for m in table["method"].unique()}
+    return {
+        m: (float(win.loc[win["method"] == m, "sparsity"].max()) if (win["method"] == m).any() else None) for m in table["method"].unique()
+    }
 
 
-def paper_vs_run(table: pd.DataFrame, dense_acc: float, paper) -> list[str]:
+PLUS_EPOCHS = 240  # the paper's (+) settings (Tables A5/A6): 240 epochs, decays at 150/180/210
+
+
+def rows_remaining(round_dir: Path) -> float:
+    """Remaining weights of a round counted in whole rows (masks.row_density)."""
+    return row_density(load_tensors(round_dir / "mask.safetensors")[0])
+
+
+def paper_vs_run(table: pd.DataFrame, dense_acc: float, paper, refills: list[str] = (), epochs: int | None = None) -> list[str]:
     """Markdown lines: the paper's remaining weights and accuracy beside the run's, round by
     round, with differences in percentage points; then the extreme sparsity of both.
-    paper: a structlth.paper.PaperTable, or None when the paper has no numbers for the setting."""
+    paper: a structlth.paper.PaperTable, or None when the paper has no numbers for the setting.
+    table: summary rows, with rows_remaining (whole rows: the paper's count for refill);
+    refills: the run's refill-kind tickets (Fig. 4/5's channel-wise extreme is "Refill(+)", the
+    better of refill and refill+); epochs: the run's schedule, checked against a (+) table's."""
     lines = ["## Paper vs this run", ""]
     if paper is None:
         return lines + ["The paper gives no table for this dataset and model.", ""]
-    lines += [f"Paper: {paper.source}" + (f", dense {paper.dense_acc:.2f}%" if paper.dense_acc else "") + f"; this run: dense {dense_acc:.2%}.", ""]
+    lines += [
+        f"Paper: {paper.source}" + (f", dense {paper.dense_acc:.2f}%" if paper.dense_acc else "") + f"; this run: dense {dense_acc:.2%}.",
+        "",
+    ]
+    if "(+)" in paper.source and epochs is not None and epochs != PLUS_EPOCHS:
+        lines += [
+            f"**Not like for like:** {paper.source.split(' (')[0]} is the paper's (+) setting ({PLUS_EPOCHS} epochs, decays at"
+            f" 150/180/210; Table A6 without a validation split); this run trains {epochs} epochs. The `_plus` presets run it.",
+            "",
+        ]
     if paper.rounds:
-        lines += ["| method | round | paper remaining | run remaining | Δ (pp) | paper acc | run acc | Δ (pp) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "Remaining weights are compared as the paper counts them: for refill, whole refilled rows (our own count also"
+            " drops the weights that read from dropped channels, shown beside it).",
+            "",
+            "| method | round | paper remaining | run remaining (paper's count) | Δ (pp) | run remaining (ours)"
+            " | paper acc | run acc | Δ (pp) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         run = {(r["method"], _round_key(r["round"])): r for _, r in table.iterrows()}
         for method, rounds in paper.rounds.items():
             for k, (rem, acc) in rounds.items():
                 r = run.get((method, k))
                 if r is None:
-                    lines.append(f"| {method} | round{k} | {rem:.2f}% | – | – | {acc:.2f}% | – | – |")
+                    lines.append(f"| {method} | round{k} | {rem:.2f}% | – | – | – | {acc:.2f}% | – | – |")
                     continue
-                run_rem, run_acc = 100 * (1 - r["sparsity"]), 100 * r["test_acc"]
-                lines.append(f"| {method} | round{k} | {rem:.2f}% | {run_rem:.2f}% | {run_rem - rem:+.2f} | {acc:.2f}% | {run_acc:.2f}% | {run_acc - acc:+.2f} |")
+                ours_rem = 100 * (1 - r["sparsity"])
+                like = 100 * r["rows_remaining"] if method == "refill" and pd.notna(r.get("rows_remaining")) else ours_rem
+                run_acc = 100 * r["test_acc"]
+                lines.append(
+                    f"| {method} | round{k} | {rem:.2f}% | {like:.2f}% | {like - rem:+.2f} | {ours_rem:.2f}%"
+                    f" | {acc:.2f}% | {run_acc:.2f}% | {run_acc - acc:+.2f} |"
+                )
         lines.append("")
     ours, ours_paper = extreme_sparsity(table), extreme_sparsity(table, "wins_paper")
+    if refills:  # Refill(+): the better of the refill-kind tickets
+        best = [v for v in (ours.get(m) for m in refills) if v is not None]
+        best_paper = [v for v in (ours_paper.get(m) for m in refills) if v is not None]
+        ours["refill(+)"], ours_paper["refill(+)"] = max(best, default=None), max(best_paper, default=None)
+        paper = dataclasses.replace(paper, extreme={("refill(+)" if k == "refill" else k): v for k, v in paper.extreme.items()})
     lines += ["| method | paper extreme sparsity | run: non-inferior | run: the paper's rule (≥ dense) |", "|---|---|---|---|"]
     for method in sorted(set(paper.extreme) | set(ours)):
         pe, re_, rp = paper.extreme.get(method), ours.get(method), ours_paper.get(method)
-        lines.append(f"| {method} | {'–' if pe is None else f'{pe:.0f}%'} | {'none wins' if re_ is None else f'{re_:.2%}'} | {'none wins' if rp is None else f'{rp:.2%}'} |")
+        lines.append(
+            f"| {method} | {'–' if pe is None else f'{pe:.0f}%'} | {'none wins' if re_ is None else f'{re_:.2%}'}"
+            f" | {'none wins' if rp is None else f'{rp:.2%}'} |"
+        )
     return lines + [""]
-
-
-def timing_noise(bench: pd.DataFrame, batch: int, runtime: str = "torch") -> float | None:
-    """The run's own timing noise at `batch` in `runtime`, the larger of:
-    - A/A: the largest |time saving| of imp's masked-dense engine (the same work as dense);
-    - the spread of the dense net's timings across rows: every row times the same dense net, so
-      twice the median of |t_dense / median(t_dense) - 1| says how far a measurement typically
-      strays (rows that stray more than STRAY are re-timed by the bench stage, and listed).
-    None where neither can be measured."""
-    b = bench[(bench["batch"] == batch) & (bench["runtime"] == runtime)]
-    parts = [float(b.loc[b["engine"] == "masked_dense", "time_saving"].abs().max())] if (b["engine"] == "masked_dense").any() else []
-    if "t_dense_ms" in b and len(b) > 1:
-        parts.append(2 * float((b["t_dense_ms"] / b["t_dense_ms"].median() - 1).abs().median()))
-    return max(parts) if parts else None
 
 
 def suspect_rows(bench: pd.DataFrame, noise: float) -> pd.DataFrame:
@@ -158,9 +204,27 @@ def targets(bench: pd.DataFrame, batch: int) -> dict[str, float | None]:
 
 
 TARGET_ROWS = (  # key, description, goal, test, format
-    ("channel_time_per_flop_saving", "channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving)", "≥ 0.6", lambda v, n: v >= 0.6, "{:.2f}"),
-    ("best_group_time_saving", "group-wise: best regroup time saving", "≥ 15% and > 3× noise", lambda v, n: v >= 0.15 and v > 3 * n, "{:.1%}"),
-    ("group_time_per_flop_saving", "group-wise: time saving / FLOP saving (median over regroup tickets)", "reported", lambda v, n: True, "{:.2f}"),
+    (
+        "channel_time_per_flop_saving",
+        "channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving)",
+        "≥ 0.6",
+        lambda v, n: v >= 0.6,
+        "{:.2f}",
+    ),
+    (
+        "best_group_time_saving",
+        "group-wise: best regroup time saving",
+        "≥ 15% and > 3× noise",
+        lambda v, n: v >= 0.15 and v > 3 * n,
+        "{:.1%}",
+    ),
+    (
+        "group_time_per_flop_saving",
+        "group-wise: time saving / FLOP saving (median over regroup tickets)",
+        "reported",
+        lambda v, n: True,
+        "{:.2f}",
+    ),
 )
 
 
@@ -175,10 +239,16 @@ def plot_accuracy(table: pd.DataFrame, dense: dict, colors: dict[str, str], path
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, rows in table.groupby("method", sort=False):
         err = [(rows["acc_mean"] - rows["acc_low"]) * 100, (rows["acc_high"] - rows["acc_mean"]) * 100]
-        ax.errorbar(rows["sparsity"] * 100, rows["acc_mean"] * 100, yerr=err, marker="o", ms=4, capsize=2, color=colors[method], label=method)
+        ax.errorbar(
+            rows["sparsity"] * 100, rows["acc_mean"] * 100, yerr=err, marker="o", ms=4, capsize=2, color=colors[method], label=method
+        )
     ax.axhline(dense["acc"] * 100, color="k", ls="--", lw=1, label="dense")
     ax.axhspan(dense["low"] * 100, dense["high"] * 100, color="0.88", zorder=0, label="dense 95% interval")
-    ax.set(xlabel="sparsity of prunable weights (%)", ylabel="test accuracy (%)", title=f"Accuracy vs sparsity ({dense['n']} test images, 95% intervals)")
+    ax.set(
+        xlabel="sparsity of prunable weights (%)",
+        ylabel="test accuracy (%)",
+        title=f"Accuracy vs sparsity ({dense['n']} test images, 95% intervals)",
+    )
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -191,8 +261,28 @@ def plot_tradeoff(table: pd.DataFrame, dense: dict, colors: dict[str, str], path
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, rows in table.dropna(subset=["time_saving"]).groupby("method", sort=False):
         err = [(rows["acc_mean"] - rows["acc_low"]) * 100, (rows["acc_high"] - rows["acc_mean"]) * 100]
-        ax.errorbar(rows["time_saving"] * 100, rows["acc_mean"] * 100, yerr=err, marker="o", ms=4, capsize=2, ls="", color=colors[method], label=method)
-    ax.errorbar([0], [dense["acc"] * 100], yerr=[[(dense["acc"] - dense["low"]) * 100], [(dense["high"] - dense["acc"]) * 100]], marker="*", ms=10, color="k", capsize=2, ls="", label="dense")
+        ax.errorbar(
+            rows["time_saving"] * 100,
+            rows["acc_mean"] * 100,
+            yerr=err,
+            marker="o",
+            ms=4,
+            capsize=2,
+            ls="",
+            color=colors[method],
+            label=method,
+        )
+    ax.errorbar(
+        [0],
+        [dense["acc"] * 100],
+        yerr=[[(dense["acc"] - dense["low"]) * 100], [(dense["high"] - dense["acc"]) * 100]],
+        marker="*",
+        ms=10,
+        color="k",
+        capsize=2,
+        ls="",
+        label="dense",
+    )
     if noise:
         ax.axvspan(-noise * 100, noise * 100, color="0.88", zorder=0, label=f"timing noise ±{noise:.1%}")
     ax.set(xlabel="measured inference time saving (%)", ylabel="test accuracy (%)", title="Accuracy vs time saving")
@@ -212,7 +302,9 @@ def plot_savings(table: pd.DataFrame, colors: dict[str, str], path: Path, noise:
         ax.plot(rows["sparsity"] * 100, rows["time_saving"] * 100, marker="o", color=color, label=f"{method} (measured)")
         ax.plot(rows["sparsity"] * 100, rows["flops_saving"] * 100, ls=":", color=color, label=f"{method} (FLOP limit)")
         if rows["ort_time_saving"].notna().any():
-            ax.plot(rows["sparsity"] * 100, rows["ort_time_saving"] * 100, marker="x", ls="--", color=color, label=f"{method} (ONNX Runtime)")
+            ax.plot(
+                rows["sparsity"] * 100, rows["ort_time_saving"] * 100, marker="x", ls="--", color=color, label=f"{method} (ONNX Runtime)"
+            )
     if noise:
         ax.axhspan(-noise * 100, noise * 100, color="0.85", zorder=0, label=f"timing noise ±{noise:.1%}")
     ax.axhline(0, color="k", lw=0.5)
@@ -281,14 +373,18 @@ def evidence_lines(table: pd.DataFrame, dense: dict, margin: float) -> list[str]
     each method's bracket (last winning round, first losing round)."""
     seeds = dense.get("seeds", [0])
     if len(seeds) == 1:
-        how = ("Every round below is compared with dense on the same images: the paired difference, its 95%"
-               " interval (Wald, paired proportions), and an exact McNemar test. Accuracies carry Wilson intervals.")
+        how = (
+            "Every round below is compared with dense on the same images: the paired difference, its 95%"
+            " interval (Wald, paired proportions), and an exact McNemar test. Accuracies carry Wilson intervals."
+        )
     else:
         per = ", ".join(f"seed {s}: {a:.4f}" for s, a in dense["per_seed"].items())
-        how = (f"Training seeds {', '.join(map(str, seeds))} ({per}). Accuracies are means ± sd over the seeds. Each"
-               " round is paired with the dense net of its own seed on the same images; the table gives the mean of"
-               " those differences with a t interval over seeds and a one-sample t-test, which cover the test-set"
-               " sampling and the seed-to-seed spread together.")
+        how = (
+            f"Training seeds {', '.join(map(str, seeds))} ({per}). Accuracies are means ± sd over the seeds. Each"
+            " round is paired with the dense net of its own seed on the same images; the table gives the mean of"
+            " those differences with a t interval over seeds and a one-sample t-test, which cover the test-set"
+            " sampling and the seed-to-seed spread together."
+        )
     lines = [
         "## Accuracy evidence",
         "",
@@ -308,7 +404,8 @@ def evidence_lines(table: pd.DataFrame, dense: dict, margin: float) -> list[str]
     for method, (win, loss) in bracket(table).items():
         mixed = " (wins again above a loss: the rounds do not order cleanly)" if win is not None and loss is not None and win > loss else ""
         lines.append(
-            f"| {method} | {_pct(win) if win is not None else 'none'}{mixed} | {_pct(loss) if loss is not None else 'not reached within the rounds run'} |"
+            f"| {method} | {_pct(win) if win is not None else 'none'}{mixed}"
+            f" | {_pct(loss) if loss is not None else 'not reached within the rounds run'} |"
             f" {_pct(paper_rule[method]) if paper_rule[method] is not None else 'none'} |"
         )
     return lines + [""]
@@ -331,20 +428,38 @@ def matched_lines(pairs: pd.DataFrame, by: str, within: float) -> list[str]:
     for _, r in pairs.iterrows():
         sig = (r["low"] > 0 or r["high"] < 0) and r["p"] < 0.05
         lines.append(
-            f"| {r['a']} {r['round_a']} | {r['by_a']:.1%} | {r['acc_a']:.4f} | {r['b']} {r['round_b']} | {r['by_b']:.1%} | {r['acc_b']:.4f} |"
+            f"| {r['a']} {r['round_a']} | {r['by_a']:.1%} | {r['acc_a']:.4f}"
+            f" | {r['b']} {r['round_b']} | {r['by_b']:.1%} | {r['acc_b']:.4f} |"
             f" {r['diff']:+.2%} | [{r['low']:+.2%}, {r['high']:+.2%}] | {'**' + _p(r['p']) + '**' if sig else _p(r['p'])} |"
         )
     return lines + [""]
 
 
+SMOKE = (
+    "**This is a smoke run** (`report.smoke: true`, configs/quick.yaml): a few thousand images and epochs, to check"
+    " that every stage runs on this machine. No accuracy or speed figure below is evidence of anything."
+)
+
+
 def markdown(
-    table: pd.DataFrame, dense: dict, margin: float, heads: dict[str, str], goals: dict, batch: int, machine: str,
-    paper_lines: list[str] = (), suspects: pd.DataFrame | None = None, matched_tables: list[list[str]] = (),
+    table: pd.DataFrame,
+    dense: dict,
+    margin: float,
+    heads: dict[str, str],
+    goals: dict,
+    batch: int,
+    machine: str,
+    paper_lines: list[str] = (),
+    suspects: pd.DataFrame | None = None,
+    matched_tables: list[list[str]] = (),
+    smoke: bool = False,
 ) -> str:
-    """report.md. table: summary rows with the evidence columns; dense: acc, low, high, n."""
+    """report.md. table: summary rows with the evidence columns; dense: acc, low, high, n.
+    smoke: a smoke run (report.smoke), announced first."""
     lines = [
-        "# structlth report",
+        "# structlth report" + (" (smoke run)" if smoke else ""),
         "",
+        *([SMOKE, ""] if smoke else []),
         CLAIMS,
         "",
         f"Time savings are verified against the masked model and measured at batch {batch} on {machine} (see bench.csv for every engine).",
@@ -357,25 +472,38 @@ def markdown(
     lines += ["", f"## Speedup targets (batch {batch})", ""]
     if goals.get("timing_noise") is not None:
         lines += [
-            f"Timing noise of this run: {goals['timing_noise']:.1%} — the larger of the A/A test (imp's masked-dense"
-            " engine runs the same work as the dense net) and twice the median deviation of the dense net's"
-            " timings across rows. A time saving counts only above it: smaller ones show as `~0` in the tables.",
+            f"Timing noise of this run: {goals['timing_noise']:.1%} — the largest of the A/A tests (each bench stage"
+            " times the dense net against itself; imp's masked-dense engine runs the same work as the dense net)"
+            " and twice the median deviation of the dense net's timings across rows."
+            " A time saving counts only above it: smaller ones show as `~0` in the tables.",
             "",
         ]
     if goals.get("ort_timing_noise") is not None:
-        lines += [f"ONNX Runtime (CPU execution provider, same threads): timing noise {goals['ort_timing_noise']:.1%}, measured the same way.", ""]
+        lines += [
+            f"ONNX Runtime (CPU execution provider, same threads): timing noise {goals['ort_timing_noise']:.1%}, measured the same way.",
+            "",
+        ]
     lines += ["| target | measured | goal | met |", "|---|---|---|---|"]
     noise, ort_noise = goals.get("timing_noise") or 0.0, goals.get("ort_timing_noise") or 0.0
     for key, what, goal, ok, fmt in TARGET_ROWS:
         v = goals.get(key)
-        lines.append(f"| {what} | {'n/a' if v is None else fmt.format(v)} | {goal} | {'n/a' if v is None else ('yes' if ok(v, noise) else 'no')} |")
+        lines.append(
+            f"| {what} | {'n/a' if v is None else fmt.format(v)} | {goal} | {'n/a' if v is None else ('yes' if ok(v, noise) else 'no')} |"
+        )
     if suspects is not None and len(suspects):
         lines += ["", "Rows whose time saving beats their FLOP saving (the physical limit) by more than the noise — not to be trusted:", ""]
-        lines += [f"- {r['method']} {r['round']} batch {r['batch']} {r['engine']}: {r['time_saving']:.1%} time vs {r['flops_saving']:.1%} FLOPs" for _, r in suspects.iterrows()]
+        lines += [
+            f"- {r['method']} {r['round']} batch {r['batch']} {r['engine']}: {r['time_saving']:.1%} time vs {r['flops_saving']:.1%} FLOPs"
+            for _, r in suspects.iterrows()
+        ]
     for method, rows in table.groupby("method", sort=False):
         lines += [
-            "", f"## {method}", "",
-            f"| round | sparsity | source IMP sparsity | channel sparsity | {'test acc' if len(dense.get('seeds', [0])) == 1 else 'test acc, mean ± sd'} [95%] | Δ vs dense [95%] | p | wins | ≥ dense | time saving | ONNX Runtime saving | FLOP saving | engine |",
+            "",
+            f"## {method}",
+            "",
+            f"| round | sparsity | source IMP sparsity | channel sparsity"
+            f" | {'test acc' if len(dense.get('seeds', [0])) == 1 else 'test acc, mean ± sd'} [95%] | Δ vs dense [95%] | p | wins | ≥ dense"
+            " | time saving | ONNX Runtime saving | FLOP saving | engine |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for _, r in rows.iterrows():
@@ -387,15 +515,24 @@ def markdown(
             lines.append(
                 f"| {r['round']} | {sp} | {src} | {r['channel_sparsity']:.2%} | {acc} [{r['acc_low']:.4f}, {r['acc_high']:.4f}] |"
                 f" {r['diff_vs_dense']:+.2%} [{r['diff_low']:+.2%}, {r['diff_high']:+.2%}] | {_p(r['p_vs_dense'])} |"
-                f" {'yes' if r['wins'] else 'no'} | {'yes' if r['wins_paper'] else 'no'} | {ts} | {ots} | {fs} | {r['engine'] if isinstance(r['engine'], str) else ''} |"
+                f" {'yes' if r['wins'] else 'no'} | {'yes' if r['wins_paper'] else 'no'} | {ts} | {ots} | {fs}"
+                f" | {r['engine'] if isinstance(r['engine'], str) else ''} |"
             )
     lines.append("")
     for block in matched_tables:
         lines += block
     lines += [
-        *paper_lines, "## Plots", "",
-        "![accuracy](accuracy_vs_sparsity.png)", "", "![trade-off](accuracy_vs_time_saving.png)", "",
-        "![time saving](time_saving_vs_sparsity.png)", "", "![masks](masks.png)", "",
+        *paper_lines,
+        "## Plots",
+        "",
+        "![accuracy](accuracy_vs_sparsity.png)",
+        "",
+        "![trade-off](accuracy_vs_time_saving.png)",
+        "",
+        "![time saving](time_saving_vs_sparsity.png)",
+        "",
+        "![masks](masks.png)",
+        "",
     ]
     return "\n".join(lines)
 
@@ -432,11 +569,22 @@ def write_reports(p, artifacts: Path, bench_dir: Path, out: Path) -> str:
     p: validated Params. Returns report.md's text."""
     out.mkdir(parents=True, exist_ok=True)
     runs = [(m, r) for m in p.methods for r in p.rounds_of(m)]
-    metrics = pd.DataFrame([{"method": m, "round": r, **read_json(artifacts / m / r / "metrics.json")} for m, r in runs])
+    metrics = pd.DataFrame(
+        [
+            {"method": m, "round": r, **read_json(artifacts / m / r / "metrics.json"), "rows_remaining": rows_remaining(artifacts / m / r)}
+            for m, r in runs
+        ]
+    )
     correct, dense_correct = read_predictions(artifacts, p, runs)
     acc, _, lo, hi = accuracy(dense_correct)
-    dense = {"acc": acc, "low": lo, "high": hi, "n": len(dense_correct[p.train.seed]), "seeds": p.seeds,
-             "per_seed": {s: float(c.mean()) for s, c in dense_correct.items()}}
+    dense = {
+        "acc": acc,
+        "low": lo,
+        "high": hi,
+        "n": len(dense_correct[p.train.seed]),
+        "seeds": p.seeds,
+        "per_seed": {s: float(c.mean()) for s, c in dense_correct.items()},
+    }
     batch = max(p.bench.batch_sizes)
     benched = [(m, r) for m, r in runs if m not in ("imp", "imp_channel") or r in p.prune.ticket_rounds]  # dvc.yaml's bench stages
     bench, bench_layers = gather_bench(bench_dir, benched)
@@ -449,10 +597,25 @@ def write_reports(p, artifacts: Path, bench_dir: Path, out: Path) -> str:
     goals = targets(bench, batch)
     noise = goals["timing_noise"] or 0.0
     heads = headline(table, noise)
-    paper = paper_vs_run(table, dense["acc"], paper_table(p.data.dataset, p.model.arch, p.model.small_input_stem))
+    refills = [m for m, spec in p.tickets.items() if spec.kind == "refill"]
+    paper = paper_vs_run(table, dense["acc"], paper_table(p.data.dataset, p.model.arch, p.model.small_input_stem), refills, p.train.epochs)
     suspects = suspect_rows(bench[bench["engine"] != "masked_dense"], noise)
-    machine = f"{bench['machine'].iloc[0]}, {p.bench.threads} threads" if "machine" in bench and len(bench) else f"{p.bench.threads} CPU threads"
-    text = markdown(table, dense, p.report.tolerance, heads, goals, batch, machine, paper, suspects, [matched_lines(v, k, MATCH_WITHIN) for k, v in pairs.items()])
+    machine = (
+        f"{bench['machine'].iloc[0]}, {p.bench.threads} threads" if "machine" in bench and len(bench) else f"{p.bench.threads} CPU threads"
+    )
+    text = markdown(
+        table,
+        dense,
+        p.report.tolerance,
+        heads,
+        goals,
+        batch,
+        machine,
+        paper,
+        suspects,
+        [matched_lines(v, k, MATCH_WITHIN) for k, v in pairs.items()],
+        p.report.smoke,
+    )
     (out / "report.md").write_text(text)
     colors = method_colors(p.methods)
     plot_accuracy(table, dense, colors, out / "accuracy_vs_sparsity.png")
@@ -464,12 +627,17 @@ def write_reports(p, artifacts: Path, bench_dir: Path, out: Path) -> str:
     layer = p.report.mask_layer or max(masks["imp"], key=lambda n: masks["imp"][n].numel())
     plot_masks({m: v[layer] for m, v in masks.items()}, layer, last, out / "masks.png")
     brackets = bracket(table)
-    write_json(out / "headline.json", {
-        "dense_test_acc": dense["acc"],
-        "test_images": dense["n"],
-        "extreme_sparsity": {m: w for m, (w, _) in brackets.items()},
-        "first_loss_sparsity": {m: f for m, (_, f) in brackets.items()},
-        "best_time_saving": {m: float(g["time_saving"].max()) for m, g in table.dropna(subset=["time_saving"]).groupby("method", sort=False)},
-        "targets": goals,
-    })
+    write_json(
+        out / "headline.json",
+        {
+            "dense_test_acc": dense["acc"],
+            "test_images": dense["n"],
+            "extreme_sparsity": {m: w for m, (w, _) in brackets.items()},
+            "first_loss_sparsity": {m: f for m, (_, f) in brackets.items()},
+            "best_time_saving": {
+                m: float(g["time_saving"].max()) for m, g in table.dropna(subset=["time_saving"]).groupby("method", sort=False)
+            },
+            "targets": goals,
+        },
+    )
     return text

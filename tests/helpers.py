@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,3 +68,35 @@ def is_block_mask(out: torch.Tensor, min_rows: int) -> bool:
         return False
     _, counts = torch.unique(live, dim=0, return_counts=True)
     return bool((counts >= min_rows).all())
+
+
+def run_tool(cmd: list[str], cwd: Path) -> str:
+    env = tool_env()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"{cmd}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def new_dvc_repo(d: Path, raw: dict) -> Path:
+    """A git + DVC repo with the project's pipeline and `raw` as params.yaml, committed."""
+    for item in ("dvc.yaml", "stages", "structlth", ".gitignore", ".dvcignore"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / item)
+    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    run_tool(["git", "init", "-q"], d)
+    run_tool(["dvc", "init", "-q"], d)
+    run_tool(["dvc", "config", "core.analytics", "false"], d)
+    shutil.copytree(ROOT / ".dvc" / "plots", d / ".dvc" / "plots")  # the plot templates dvc.yaml names
+    run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], d)
+    run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], d)
+    return d
+
+
+def stages_changed(repo: Path) -> set[str]:
+    out = run_tool(["dvc", "status", "--json"], repo)
+    return set(json.loads(out or "{}"))
+
+
+def stages_ran(out: str) -> set[str]:
+    """Stages `dvc repro` ran, from its output."""
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from helpers import ROOT
 from structlth.config import load_params, parse_params
 from structlth.errors import ParamsError
-
-from helpers import ROOT
 
 
 def test_fixture_params_validate():
@@ -44,9 +44,21 @@ def _bad(raw, edit):
         (lambda r: r["tickets"]["refill"].update(criterion="l3"), "tickets.refill.criterion", "'saliency'"),
         (lambda r: r["tickets"]["regroup"].update(column_rule="greedy"), "tickets.regroup.column_rule", "'density'"),
         (lambda r: r["tickets"]["regroup"].update(kind="reshuffle"), "tickets.regroup", "kind must be one of"),
-        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round3": {"prev": "round2"}}), "prune.rounds", "neither round0 nor another round"),
-        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round2"}, "round2": {"prev": "round1"}}), "prune.rounds", "not reachable from round0"),
-        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2": {"prev": "round0"}}), "prune.rounds", "both follow round0"),
+        (
+            lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round3": {"prev": "round2"}}),
+            "prune.rounds",
+            "neither round0 nor another round",
+        ),
+        (
+            lambda r: r["prune"].update(rounds={"round1": {"prev": "round2"}, "round2": {"prev": "round1"}}),
+            "prune.rounds",
+            "not reachable from round0",
+        ),
+        (
+            lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2": {"prev": "round0"}}),
+            "prune.rounds",
+            "both follow round0",
+        ),
         (lambda r: r["prune"].update(rounds={"r1": {"prev": "round0"}}), "prune.rounds", "must look like round1"),
         (lambda r: r["prune"].update(ticket_rounds=["round1", "round7"]), "prune", "ticket_rounds must name distinct rounds"),
         (lambda r: r["prune"].update(ticket_rounds=["round1", "round1"]), "prune", "ticket_rounds must name distinct rounds"),
@@ -64,14 +76,26 @@ def _bad(raw, edit):
         (lambda r: r["data"].update(batch_size=10**6, train_subset=None), "data", "batch_size=1000000 is larger than the dataset"),
         (lambda r: r["bench"].update(batch_sizes=[]), "bench.batch_sizes", "at least 1 item"),
         (lambda r: r["bench"].update(batch_sizes=[1, 512]), "bench.batch_sizes", "512 is larger than the 128 test images"),
-        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2\n": {"prev": "round1"}}, ticket_rounds=["round1"]), "prune.rounds", "must look like round1"),
-        (lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2": {"prev": "round2"}}), "prune.rounds", "round2.prev = 'round2': a round cannot follow itself"),
+        (
+            lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2\n": {"prev": "round1"}}, ticket_rounds=["round1"]),
+            "prune.rounds",
+            "must look like round1",
+        ),
+        (
+            lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round2": {"prev": "round2"}}),
+            "prune.rounds",
+            "round2.prev = 'round2': a round cannot follow itself",
+        ),
         (lambda r: r["tickets"].update(data=r["tickets"]["refill"]), "tickets", "none of imp, imp_channel, data, pretrain, bench"),
         (lambda r: r["tickets"].update(pretrain=r["tickets"]["refill"]), "tickets", "none of imp, imp_channel, data, pretrain, bench"),
         (lambda r: r["tickets"].update({"t" * 300: r["tickets"]["refill"]}), "tickets", "at most 64 characters"),
         (lambda r: r["runtime"].update(device="tpu"), "runtime.device", "'cuda'"),
         (lambda r: r["model"].update(arch="resnet18", width=0.5), "model", "width must be 1.0 for resnet18"),
-        (lambda r: r["baselines"]["tp_l1"].update(match="refil"), "baselines.tp_l1.match", "'refil' is not a ticket of the tickets section (refill, refill_plus"),
+        (
+            lambda r: r["baselines"]["tp_l1"].update(match="refil"),
+            "baselines.tp_l1.match",
+            "'refil' is not a ticket of the tickets section (refill, refill_plus",
+        ),
         (lambda r: r["baselines"]["tp_l1"].update(importance="hessian"), "baselines.tp_l1.importance", "'taylor'"),
         (lambda r: r["baselines"]["tp_l1"].update(start="scratch"), "baselines.tp_l1.start", "'finetune'"),
         (lambda r: r["baselines"].update(refill=r["baselines"]["tp_l1"]), "baselines", "no ticket's name"),
@@ -83,17 +107,25 @@ def test_bad_params_name_key_and_allowed_values(raw_params, edit, key, hint):
     assert hint in msg, msg
 
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda r: r["prune"].update(rate=2), "prune.rate"),
-    (lambda r: r["report"].update(mask_layer="no.such.layer"), "report.mask_layer: 'no.such.layer' is not a prunable layer"),  # the machine-side checks too
-])
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda r: r["prune"].update(rate=2), "prune.rate"),
+        (
+            lambda r: r["report"].update(mask_layer="no.such.layer"),
+            "report.mask_layer: 'no.such.layer' is not a prunable layer",
+        ),  # the machine-side checks too
+    ],
+)
 def test_cli_validate_exits_2_without_traceback_and_writes_nothing(tmp_path, raw_params, edit, key):
     edit(raw_params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
     before = sorted(p.name for p in tmp_path.iterdir())
     proc = subprocess.run(
         [sys.executable, "-m", "structlth.cli", "validate", "params.yaml"],
-        cwd=tmp_path, capture_output=True, text=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert key in proc.stderr and "Traceback" not in proc.stderr
@@ -105,7 +137,9 @@ def _prepare_fails_cleanly(tmp_path, raw: dict, hint: str) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "stages" / "prepare.py"), "--out", "artifacts/data", "--metrics", "artifacts/data_metrics.json"],
-        cwd=tmp_path, capture_output=True, text=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2, proc.stderr
     assert hint in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -145,6 +179,28 @@ def test_fashion_mnist_without_a_local_copy_does_not_download_when_download_is_f
 
 
 @pytest.mark.parametrize(
+    "dataset, expected",
+    [
+        (
+            "cifar10",
+            "cifar-10-batches-py/ with data_batch_1, data_batch_5, test_batch, batches.meta, ...; offline: copy cifar-10-python.tar.gz",
+        ),
+        ("cifar100", "cifar-100-python/ with train, test, meta, ...; offline: copy cifar-100-python.tar.gz"),
+        ("fashion_mnist", "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz"),
+    ],
+)
+def test_a_missing_dataset_names_what_data_root_must_hold(tmp_path, monkeypatch, raw_params, dataset, expected):
+    from structlth import data
+    from structlth.pipeline import check_runnable
+
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    raw_params["data"].update(dataset=dataset, root=str(tmp_path), download=False)
+    with pytest.raises(ParamsError, match=re.escape(f"data.root: no {dataset} under {str(tmp_path)!r}. It must hold")) as err:
+        check_runnable(parse_params(raw_params))
+    assert expected in str(err.value) and "data.download: true" in str(err.value)
+
+
+@pytest.mark.parametrize(
     "content, hint",
     [
         (b"data:\n  dataset: cifar10\ndata:\n  dataset: fashion_mnist\n", "duplicate key 'data'"),
@@ -168,8 +224,18 @@ def test_params_hash_is_stable_across_processes_and_ignores_runtime(raw_params):
 
     p = parse_params(raw_params)
     here = params_hash(p.data, p.model, p.train)
-    code = "import sys, yaml; from structlth.config import parse_params, params_hash; p = parse_params(yaml.safe_load(sys.stdin.read())); print(params_hash(p.data, p.model, p.train))"
-    other = subprocess.run([sys.executable, "-c", code], input=yaml.safe_dump(raw_params), capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
+    code = (
+        "import sys, yaml; from structlth.config import parse_params, params_hash;"
+        " p = parse_params(yaml.safe_load(sys.stdin.read())); print(params_hash(p.data, p.model, p.train))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        input=yaml.safe_dump(raw_params),
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    ).stdout.strip()
     assert other == here
     raw_params["runtime"].update(threads=7, device="cpu", progress="always")
     q = parse_params(raw_params)

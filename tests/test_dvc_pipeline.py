@@ -17,65 +17,29 @@ import pytest
 import torch
 import yaml
 
+from helpers import is_block_mask, new_dvc_repo, run_tool, stages_changed, stages_ran, tiny_raw, tool_env
 from structlth.artifacts import load_tensors
 from structlth.export import is_channel_wise
-from structlth.imagefolder import write_tree
-
-from helpers import ROOT, is_block_mask, tiny_raw, tool_env
+from structlth.repro import planned_stages
 
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = tool_env()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, f"{cmd}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
-def _new_repo(d: Path, raw: dict) -> Path:
-    """A git + DVC repo with the project's pipeline and `raw` as params.yaml, committed."""
-    for item in ("dvc.yaml", "stages", "structlth", ".gitignore", ".dvcignore"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, d / item)
-    (d / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    _run(["git", "init", "-q"], d)
-    _run(["dvc", "init", "-q"], d)
-    _run(["dvc", "config", "core.analytics", "false"], d)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], d)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], d)
-    return d
+def pipeline_raw() -> dict:
+    """The suite's params cut to what the DVC paths need: both chains over two rounds, one
+    ticket of each kind and the baseline at the last round (every kind's code runs in the unit
+    tests; here every stage kind runs once under DVC)."""
+    raw = tiny_raw()
+    raw["prune"]["ticket_rounds"] = ["round2"]
+    raw["tickets"] = {k: raw["tickets"][k] for k in ("refill", "regroup")}
+    return raw
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    d = _new_repo(tmp_path_factory.mktemp("repo"), tiny_raw())
-    _run(["dvc", "repro", "-q"], d)
+    d = new_dvc_repo(tmp_path_factory.mktemp("repo"), pipeline_raw())
+    run_tool(["dvc", "repro", "-q"], d)
     return d
-
-
-@pytest.mark.parametrize(
-    "edit, key",
-    [
-        (lambda r: r["train"].update(rewind_epoch=5), "rewind_epoch (5) must be smaller than epochs (2)"),
-        (lambda r: r["tickets"]["refill"].update(criterion="l3"), "tickets.refill.criterion"),
-        (lambda r: r["data"].update(train_subset=10**6), "data: train_subset=1000000 is larger than the dataset"),
-    ],
-)
-def test_bad_params_under_dvc_repro_fail_with_one_message(tmp_path, edit, key):
-    raw = tiny_raw()
-    edit(raw)
-    d = _new_repo(tmp_path, raw)
-    env = tool_env()
-    proc = subprocess.run(["dvc", "repro"], cwd=d, capture_output=True, text=True, env=env)
-    assert proc.returncode != 0
-    assert key in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    assert not (d / "artifacts").exists() and not (d / "dvc.lock").exists()
-
-
-def _changed(repo: Path) -> set[str]:
-    out = _run(["dvc", "status", "--json"], repo)
-    return set(json.loads(out or "{}"))
 
 
 def _edit(repo: Path, fn) -> None:
@@ -92,9 +56,11 @@ def pristine(repo):
 
 
 def test_repro_writes_every_round_and_ticket_with_its_structure(repo):
-    assert _changed(repo) == set()
-    for method in ("imp", "imp_channel", "refill", "refill_plus", "regroup", "regroup_channel", "tp_l1"):
-        for rnd in ("round1", "round2"):
+    assert stages_changed(repo) == set()
+    raw = pipeline_raw()
+    methods = ("imp", "imp_channel", "refill", "regroup", "tp_l1")
+    for method in methods:
+        for rnd in ("round1", "round2") if method.startswith("imp") else raw["prune"]["ticket_rounds"]:
             d = repo / "artifacts" / method / rnd
             metrics = json.loads((d / "metrics.json").read_text())
             assert 0 <= metrics["test_acc"] <= 1 and "layers" not in metrics
@@ -104,15 +70,15 @@ def test_repro_writes_every_round_and_ticket_with_its_structure(repo):
             layers = json.loads((d / "layers.json").read_text())
             assert layers and all(0 <= r["density"] <= 1 for r in layers)
             masks, _ = load_tensors(d / "mask.safetensors")
-            if method in ("imp_channel", "refill", "refill_plus", "tp_l1"):
+            if method in ("imp_channel", "refill", "tp_l1"):
                 assert all(is_channel_wise(m) for m in masks.values()), f"{method} not channel-wise"
             if method.startswith("regroup"):
-                min_rows = tiny_raw()["tickets"][method]["min_rows"]
+                min_rows = raw["tickets"][method]["min_rows"]
                 assert all(is_block_mask(m.bool(), min_rows) for m in masks.values()), f"{method} not blocks"
     imp = {r: json.loads((repo / "artifacts/imp" / r / "metrics.json").read_text())["sparsity"] for r in ("round1", "round2")}
     assert abs((1 - imp["round1"]) - 0.8) < 0.01 and abs((1 - imp["round2"]) - 0.64) < 0.01
     bench = (repo / "reports" / "bench.csv").read_text()
-    assert "regroup_channel" in bench and "slim" in bench and "csr" in bench and "onnxruntime" in bench
+    assert all(m in bench for m in methods) and "slim" in bench and "csr" in bench and "onnxruntime" in bench
     tp, refill = (json.loads((repo / "artifacts" / m / "round2" / "metrics.json").read_text()) for m in ("tp_l1", "refill"))
     assert tp["flops"] <= tp["matched_flops"] == refill["flops"]  # Torch-Pruning at the refill ticket's FLOPs
     report = (repo / "reports" / "report.md").read_text()
@@ -120,22 +86,30 @@ def test_repro_writes_every_round_and_ticket_with_its_structure(repo):
     assert (repo / "reports" / "accuracy_vs_time_saving.png").is_file()
 
 
-def _ran(out: str) -> set[str]:
-    """Stages `dvc repro` ran, from its output."""
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+def test_speed_is_a_dvc_metric_and_runs_compare_as_dvc_plots(repo):
+    speed = json.loads((repo / "reports/bench/refill/round2/speed.json").read_text())
+    assert set(speed) == {"test_acc", "sparsity", "flops_saving", "noise", "saving"}
+    assert set(speed["saving"]) == {"torch_b2", "ort_b2"}  # per runtime x batch size
+    shown = run_tool(["dvc", "metrics", "show"], repo)
+    assert "reports/bench/refill/round2/speed.json" in shown and "metrics.json" not in shown
+    assert max(map(len, shown.splitlines())) <= 200, shown
+    plots = json.loads(run_tool(["dvc", "plots", "show", "--json", "--split"], repo))
+    ids = list(plots.get("data", plots))
+    assert ids[:2] == ["accuracy_vs_sparsity", "accuracy_vs_time_saving"], ids
+    assert '"method"' in json.dumps(plots["data"]["accuracy_vs_sparsity"] if "data" in plots else plots["accuracy_vs_sparsity"])
 
 
 def test_editing_one_ticket_reruns_and_rebenches_only_that_ticket(repo, tmp_path):
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy, symlinks=True)
-    _edit(copy, lambda r: r["tickets"]["refill_plus"].update(refill_rate=0.5))
-    # baselines read every ticket's params (the one they match cannot be declared alone), and
-    # rerun to the same bytes: DVC then skips their bench stages
-    baseline = {"baseline@tp_l1-round1", "baseline@tp_l1-round2"}
-    assert _changed(copy) == {"check_params", "ticket@refill_plus-round1", "ticket@refill_plus-round2", *baseline, "report"}
-    ran = _ran(_run(["dvc", "repro"], copy))
-    assert {s for s in ran if s.startswith("bench")} == {"bench_ticket@refill_plus-round1", "bench_ticket@refill_plus-round2"}
-    assert ran == {"check_params", "ticket@refill_plus-round1", "ticket@refill_plus-round2", *baseline, "bench_ticket@refill_plus-round1", "bench_ticket@refill_plus-round2", "report"}
+    _edit(copy, lambda r: r["tickets"]["regroup"].update(rows_per_part=2))
+    # the baseline reads every ticket's params (the one it matches cannot be declared alone), and
+    # reruns to the same bytes (it matches refill): DVC then skips its bench stage
+    assert stages_changed(copy) == {"check_params", "ticket@regroup-round2", "baseline@tp_l1-round2", "report"}
+    plan = planned_stages(copy)  # what `structlth repro` counts as "stage k of N"
+    ran = stages_ran(run_tool(["dvc", "repro"], copy))
+    assert ran <= set(plan) and set(plan) - ran <= {"bench_baseline@tp_l1-round2"}
+    assert ran == {"check_params", "ticket@regroup-round2", "baseline@tp_l1-round2", "bench_ticket@regroup-round2", "report"}
 
 
 def test_importing_the_library_with_bytecode_on_leaves_dvc_status_clean(repo):
@@ -143,7 +117,7 @@ def test_importing_the_library_with_bytecode_on_leaves_dvc_status_clean(repo):
     code = "import structlth.pipeline, structlth.speedup.bench, structlth.models, structlth.report"
     subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True)  # cwd first on sys.path: the repo's copy
     assert any((repo / "structlth" / "speedup" / "__pycache__").iterdir())
-    assert _changed(repo) == set()
+    assert stages_changed(repo) == set()
 
 
 def test_appending_a_round_adds_stages_and_recomputes_nothing_earlier(pristine):
@@ -152,73 +126,53 @@ def test_appending_a_round_adds_stages_and_recomputes_nothing_earlier(pristine):
         r["prune"]["ticket_rounds"].append("round3")
 
     _edit(pristine, append)
-    changed = _changed(pristine)
+    changed = stages_changed(pristine)
     assert {s for s in changed if "round1" in s or "round2" in s} == set()
     assert {"imp@round3", "imp_channel@round3", "ticket@refill-round3"} <= changed
 
 
 def test_editing_the_rate_invalidates_the_imp_chain(pristine):
     _edit(pristine, lambda r: r["prune"].update(rate=0.3))
-    assert _changed(pristine) == {"check_params", "imp@round1", "imp@round2"}  # the rest follows from their outs
+    assert stages_changed(pristine) == {"check_params", "imp@round1", "imp@round2"}  # the rest follows from their outs
 
 
 def test_runtime_section_invalidates_nothing_but_the_params_check(pristine):
     _edit(pristine, lambda r: r["runtime"].update(threads=1, device="cpu"))
-    assert _changed(pristine) == {"check_params"}  # seconds; its unchanged output reruns nothing else
+    assert stages_changed(pristine) == {"check_params"}  # seconds; its unchanged output reruns nothing else
 
 
 def test_rerun_of_a_round_gives_byte_identical_masks(repo):
     mask = repo / "artifacts" / "imp" / "round1" / "mask.safetensors"
     before = mask.read_bytes()
-    _run(["dvc", "repro", "-f", "-s", "-q", "imp@round1"], repo)
+    run_tool(["dvc", "repro", "-f", "-s", "-q", "imp@round1"], repo)
     assert mask.read_bytes() == before
     w = load_tensors(repo / "artifacts" / "imp" / "round1" / "weights.safetensors")[0]
     assert all(t.dtype in (torch.float32, torch.int64) for t in w.values())
 
 
-def test_imagenet_preset_streams_a_jpeg_tree_and_reruns_prepare_when_an_image_changes(tmp_path):
-    tree = write_tree(tmp_path / "imagenet", classes=3, per_class=12, val_per_class=3, side=40)
-    raw = yaml.safe_load((ROOT / "configs" / "imagenet_resnet50.yaml").read_text())
-    raw["data"].update(root=str(tree), image_size=32, val_size=6, batch_size=8, eval_batch_size=16)  # tiny: CPU seconds
-    raw["train"].update(epochs=2, rewind_epoch=1, milestones=[1])
-    raw["runtime"].update(device="cpu", loader_workers=2)
-    (tmp_path / "repo").mkdir()
-    d = _new_repo(tmp_path / "repo", raw)
-    assert _ran(_run(["dvc", "repro", "pretrain"], d)) == {"check_params", "prepare", "pretrain"}
-    data = d / "artifacts" / "data"
-    assert [f.name for f in data.iterdir()] == ["index.json"] and (data / "index.json").stat().st_size < 10_000
-    metrics = json.loads((d / "artifacts" / "pretrain" / "metrics.json").read_text())
-    assert 0 <= metrics["test_acc"] <= 1 and len(json.loads((d / "artifacts" / "pretrain" / "curve.json").read_text())) == 2
-    assert json.loads((d / "artifacts" / "data_metrics.json").read_text())["train_images"] == 30
-    image = next((tree / "train" / "class001").iterdir())
-    image.write_bytes((tree / "train" / "class002" / "00000.JPEG").read_bytes())  # one image edited in place
-    assert _changed(d) >= {"prepare"} and "check_params" not in _changed(d)
-    assert _ran(_run(["dvc", "repro", "pretrain"], d)) == {"prepare", "pretrain"}
-
-
 def _git(repo: Path, *args: str) -> str:
-    return _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], repo)
+    return run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], repo)
 
 
 @pytest.fixture(scope="module")
 def published(repo, tmp_path_factory) -> tuple[Path, Path]:
     """The tiny repo with its results committed and pushed to a local-directory remote."""
     remote = tmp_path_factory.mktemp("remote")
-    _run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+    run_tool(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "results")
-    _run(["dvc", "push", "-q"], repo)
+    run_tool(["dvc", "push", "-q"], repo)
     return repo, remote
 
 
 def test_pull_into_a_fresh_clone_recomputes_nothing(published, tmp_path):
     repo, _ = published
     clone = tmp_path / "clone"
-    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], clone))  # from git alone
-    assert "artifacts/imp/round1/metrics.json" in json.dumps(metrics)
-    _run(["dvc", "pull", "-q"], clone)
-    assert _changed(clone) == set()
+    run_tool(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    metrics = json.loads(run_tool(["dvc", "metrics", "show", "--json"], clone))  # from git alone
+    assert "reports/bench/refill/round2/speed.json" in json.dumps(metrics)
+    run_tool(["dvc", "pull", "-q"], clone)
+    assert stages_changed(clone) == set()
     mask = "artifacts/imp/round1/mask.safetensors"
     assert (clone / mask).read_bytes() == (repo / mask).read_bytes()
 
@@ -245,17 +199,17 @@ def test_corrupted_remote_object_never_passes_unnoticed(published, tmp_path):
     assert not (bad_remote / "files" / "md5" / md5[:2] / md5[2:]).stat().st_mode & 0o222  # read-only, as pushed
 
     clone = tmp_path / "clone"  # as the README sets a remote up: verify = true
-    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    _run(["dvc", "remote", "modify", "--local", "shared", "url", str(bad_remote)], clone)
-    _run(["dvc", "remote", "modify", "--local", "shared", "verify", "true"], clone)
+    run_tool(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run_tool(["dvc", "remote", "modify", "--local", "shared", "url", str(bad_remote)], clone)
+    run_tool(["dvc", "remote", "modify", "--local", "shared", "verify", "true"], clone)
     proc = subprocess.run(["dvc", "pull"], cwd=clone, capture_output=True, text=True, env=tool_env())
     assert proc.returncode != 0
     assert not (clone / target).exists(), "the corrupt object reached the workspace"
     assert (clone / "artifacts/imp/round2/mask.safetensors").exists()  # the intact rest arrived
 
     trusting = tmp_path / "trusting"  # without verify DVC places it; structlth verify names it
-    _run(["git", "clone", "-q", str(repo), str(trusting)], tmp_path)
-    _run(["dvc", "remote", "modify", "--local", "shared", "url", str(bad_remote)], trusting)
+    run_tool(["git", "clone", "-q", str(repo), str(trusting)], tmp_path)
+    run_tool(["dvc", "remote", "modify", "--local", "shared", "url", str(bad_remote)], trusting)
     subprocess.run(["dvc", "pull", "-q"], cwd=trusting, capture_output=True, env=tool_env())
     proc = subprocess.run(["structlth", "verify"], cwd=trusting, capture_output=True, text=True, env=tool_env())
     assert proc.returncode == 1 and f"{target}: content differs from dvc.lock" in proc.stderr, proc.stderr + proc.stdout
@@ -278,20 +232,20 @@ def test_a_rejected_params_edit_deletes_no_output(repo, tmp_path):
         assert {f: (copy / f).read_bytes() for f in kept} == before
         (copy / "params.yaml").write_text(pristine)
     # a good params file again: at most the check reruns (DVC may restore it from its run cache)
-    assert _ran(_run(["dvc", "repro"], copy)) <= {"check_params"} and _changed(copy) == set()
+    assert stages_ran(run_tool(["dvc", "repro"], copy)) <= {"check_params"} and stages_changed(copy) == set()
 
 
 def test_queued_experiments_run_in_parallel_and_show_their_metrics(published):
     repo, _ = published
     for tol in ("0.02", "0.5"):
-        _run(["dvc", "exp", "run", "--queue", "-q", "-n", f"tol{tol[2:]}", "-S", f"report.tolerance={tol}"], repo)
-    _run(["dvc", "queue", "start", "-j", "2"], repo)
+        run_tool(["dvc", "exp", "run", "--queue", "-q", "-n", f"tol{tol[2:]}", "-S", f"report.tolerance={tol}"], repo)
+    run_tool(["dvc", "queue", "start", "-j", "2"], repo)
     deadline = time.monotonic() + 600
-    while any(s in _run(["dvc", "queue", "status"], repo) for s in ("Queued", "Running")):
-        assert time.monotonic() < deadline, _run(["dvc", "queue", "status"], repo)
+    while any(s in run_tool(["dvc", "queue", "status"], repo) for s in ("Queued", "Running")):
+        assert time.monotonic() < deadline, run_tool(["dvc", "queue", "status"], repo)
         time.sleep(2)
-    assert "Failed" not in _run(["dvc", "queue", "status"], repo), _run(["dvc", "queue", "logs", "tol02"], repo)
-    shown = json.dumps(json.loads(_run(["dvc", "exp", "show", "--json"], repo)))
+    assert "Failed" not in run_tool(["dvc", "queue", "status"], repo), run_tool(["dvc", "queue", "logs", "tol02"], repo)
+    shown = json.dumps(json.loads(run_tool(["dvc", "exp", "show", "--json"], repo)))
     for name in ("tol02", "tol5"):
         assert f'"{name}"' in shown
-    assert "headline.json" in shown
+    assert "speed.json" in shown

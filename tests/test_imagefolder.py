@@ -11,13 +11,12 @@ import shutil
 import pytest
 import torch
 
+from helpers import tiny_raw
 from structlth.config import Augment, parse_params
 from structlth.data import load_dataset, prepare_data, train_batches
 from structlth.errors import DataError, ParamsError
 from structlth.imagefolder import ImageFiles, sample_seed, scan, train_transform, write_tree
 from structlth.pipeline import check_runnable
-
-from helpers import tiny_raw
 
 
 @pytest.fixture
@@ -167,7 +166,10 @@ def test_the_listing_digest_follows_any_file_change(tree):
     "data, message",
     [
         ({"dataset": "fashion_mnist", "loader": "stream"}, "loader=stream reads image files: fashion_mnist has none"),
-        ({"loader": "memory", "augment": {"crop_padding": 0, "random_resized_crop": True}}, "random_resized_crop needs the original images"),
+        (
+            {"loader": "memory", "augment": {"crop_padding": 0, "random_resized_crop": True}},
+            "random_resized_crop needs the original images",
+        ),
         ({"augment": {"crop_padding": 4, "random_resized_crop": True}}, "two crops: set crop_padding: 0"),
     ],
 )
@@ -179,7 +181,7 @@ def test_loader_and_crop_params_that_cannot_work_are_refused(tree, data, message
 def test_the_params_check_refuses_an_image_folder_dataset_without_its_tree(tmp_path):
     raw = copy.deepcopy(tiny_raw())
     raw["data"].update(dataset="imagenet", root=str(tmp_path / "nowhere"), image_size=16, train_subset=None, test_subset=None)
-    with pytest.raises(ParamsError, match=r"data.root: imagenet reads an ImageFolder tree with train/ and val/ under .*nowhere"):
+    with pytest.raises(ParamsError, match=r"data.root: no imagenet under .*nowhere'. It must hold train/<class>/<images> and val/<class>"):
         check_runnable(parse_params(raw))
 
 

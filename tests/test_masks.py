@@ -6,21 +6,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from helpers import randomised_model
 from structlth.graph import bn_masks
 from structlth.masks import effective_flops, layer_effective_flops, mask_stats
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.slim import kept_channels, slim_model
-
-from helpers import randomised_model
 
 
 def _net() -> nn.Module:
     """conv 1->4 (3x3, pad 1) -> BN -> ReLU -> conv 4->2 (1x1) -> BN -> ReLU -> pool -> linear 2->3."""
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.Conv2d(4, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3),
+        nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 2, 1, bias=False),
+        nn.BatchNorm2d(2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 3),
     ).eval()
     for bn in (net[1], net[4]):  # BN shifts that would leak into dead channels if not masked
         bn.bias.data.uniform_(0.5, 1.0)
@@ -72,8 +77,21 @@ def test_a_fully_dead_layer_kills_everything_after_it_and_slims_exactly():
     dead = next(n for n in masks if n != "features.0.weight")
     masks[dead] = torch.zeros_like(masks[dead])
     flops = layer_effective_flops(m, masks, (1, 1, 32, 32))
-    after = list(flops)[list(flops).index(dead.removesuffix(".weight")):]
+    after = list(flops)[list(flops).index(dead.removesuffix(".weight")) :]
     assert all(flops[n][1] == 0 for n in after if n != list(flops)[-1])  # convs after it compute nothing
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(slim_model(m, masks, 1)(x), masked_reference(m, masks, 1)(x), atol=1e-5)
+
+
+def test_row_density_counts_whole_rows_with_any_survivor():
+    import torch
+
+    from structlth.masks import row_density
+
+    conv = torch.zeros(4, 2, 3, 3, dtype=torch.bool)
+    conv[0, 0, 0, 0] = True  # one weight keeps row 0 whole: 18 of the layer's 72
+    conv[2] = True  # a full row: 18 more
+    fc = torch.zeros(2, 8, dtype=torch.bool)
+    fc[1, :3] = True  # 8 of 16
+    assert row_density({"conv": conv, "fc": fc}) == (18 + 18 + 8) / (72 + 16)

@@ -7,11 +7,10 @@ import pytest
 import torch
 import yaml
 
+from helpers import ROOT
 from structlth.config import parse_params
 from structlth.models import build_model
 from structlth.presets import DATASET_SHAPES, PRESETS
-
-from helpers import ROOT
 
 # name: (weight decay, batch size, epochs, milestones, stem 3x3), from the paper's Table 1 and text;
 # Tiny-ImageNet / ImageNet batch sizes are ours (not in the transcription), marked None.
@@ -34,7 +33,8 @@ def _load(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
 
 
-EXTRA = {"default_all_tickets", "default_3seeds"}  # the default with every ticket kind; with three seeds
+# the default with every ticket kind; with three seeds; with re-initialised tickets; the smoke run
+EXTRA = {"default_all_tickets", "default_3seeds", "default_reinit", "quick"}
 
 
 def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
@@ -43,9 +43,17 @@ def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
     extra = parse_params(_load("default_all_tickets"))
     assert {"refill", "refill_plus", "regroup", "regroup_paper"} <= set(extra.tickets)
     assert set(extra.baselines) >= {"tp_l1", "tp_l1_rewind", "tp_bn_scale", "tp_taylor"}
+    reinit = parse_params(_load("default_reinit"))
+    assert {t.init for t in reinit.tickets.values()} == {"rewind", "original", "random"}
+    assert (reinit.data, reinit.model, reinit.train, reinit.prune) == (extra.data, extra.model, extra.train, extra.prune)
     seeds = parse_params(_load("default_3seeds"))
     assert seeds.seeds == [0, 1, 2]
-    assert (seeds.data, seeds.model, seeds.train, seeds.prune) == (extra.data, extra.model, extra.train, extra.prune)  # one default, two variants
+    assert (seeds.data, seeds.model, seeds.train, seeds.prune) == (
+        extra.data,
+        extra.model,
+        extra.train,
+        extra.prune,
+    )  # one default, two variants
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

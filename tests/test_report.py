@@ -9,7 +9,18 @@ import pytest
 from structlth.errors import ArtifactError
 from structlth.evidence import versus_dense
 from structlth.paper import paper_table
-from structlth.report import extreme_sparsity, gather_bench, headline, markdown, method_colors, paper_vs_run, summary, suspect_rows, targets, timing_noise
+from structlth.report import (
+    extreme_sparsity,
+    gather_bench,
+    headline,
+    markdown,
+    method_colors,
+    paper_vs_run,
+    summary,
+    suspect_rows,
+    targets,
+    timing_noise,
+)
 
 COLS = ["method", "round", "runtime", "batch", "engine", "t_dense_ms", "time_saving", "flops_saving"]
 
@@ -62,11 +73,13 @@ def test_suspect_rows_beat_their_flop_limit_by_more_than_the_noise():
 
 
 def _metrics() -> pd.DataFrame:
-    return pd.DataFrame([
-        {"method": "refill", "round": "round1", "sparsity": 0.2, "channel_sparsity": 0.2, "test_acc": 0.90, "source_sparsity": 0.2},
-        {"method": "refill", "round": "round2", "sparsity": 0.4, "channel_sparsity": 0.4, "test_acc": 0.85, "source_sparsity": 0.36},
-        {"method": "imp", "round": "round1", "sparsity": 0.2, "channel_sparsity": 0.0, "test_acc": 0.91},
-    ])
+    return pd.DataFrame(
+        [
+            {"method": "refill", "round": "round1", "sparsity": 0.2, "channel_sparsity": 0.2, "test_acc": 0.90, "source_sparsity": 0.2},
+            {"method": "refill", "round": "round2", "sparsity": 0.4, "channel_sparsity": 0.4, "test_acc": 0.85, "source_sparsity": 0.36},
+            {"method": "imp", "round": "round1", "sparsity": 0.2, "channel_sparsity": 0.0, "test_acc": 0.91},
+        ]
+    )
 
 
 N = 1000
@@ -89,12 +102,17 @@ def test_summary_headline_and_markdown():
     assert table["method"].tolist() == ["refill", "refill", "imp"]  # the metrics' method order, rounds in chain order
     heads = headline(table)
     assert list(heads) == ["refill"]  # round2 loses: round1 is refill's sparsest winning ticket
-    assert heads["refill"].startswith("30.00% time saving at 20.00% sparsity (50.0% FLOP saving), round1: test acc 0.9000, -0.50% vs dense [-0.94%, -0.06%]")
+    assert heads["refill"].startswith(
+        "30.00% time saving at 20.00% sparsity (50.0% FLOP saving), round1: test acc 0.9000, -0.50% vs dense [-0.94%, -0.06%]"
+    )
     assert headline(table, noise=0.35)["refill"].startswith("~0 (30.00%, inside the noise)")
     md = markdown(table, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU, 2 threads")
     assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | 0.80 | ≥ 0.6 | yes |" in md
     # Wilson 850/1000 and the paired Wald interval, computed by hand; p = 2 * 0.5**55
-    assert "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 [0.8265, 0.8708] | -5.50% [-6.91%, -4.09%] | 5.6e-17 | no | no | 60.0% |  | 60.0% | slim |" in md
+    assert (
+        "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 [0.8265, 0.8708] | -5.50% [-6.91%, -4.09%] | 5.6e-17 | no | no"
+        " | 60.0% |  | 60.0% | slim |" in md
+    )
     assert "| refill | 20.00% | 40.00% | none |" in md  # its bracket: wins at 20%, loses at 40%
     assert "| imp | 20.00% | not reached within the rounds run | 20.00% |" in md
     noisy = markdown(table, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU")
@@ -115,14 +133,17 @@ def test_method_colors_are_fixed_by_params_order():
 
 def test_paper_vs_run_on_a_tiny_fake_preset_run():
     """A fake RN-18 CIFAR-10 run: rows beside Tables A3/A4 with differences in points."""
-    table = _table()
-    lines = "\n".join(paper_vs_run(table, 0.905, paper_table("cifar10", "resnet18")))
-    assert "Tables A3/A4" in lines
-    # run refill round1: 80.00% remaining vs the paper's 80.29%; 90.00% vs 94.14% accuracy
-    assert "| refill | round1 | 80.29% | 80.00% | -0.29 | 94.14% | 90.00% | -4.14 |" in lines
-    assert "| regroup | round1 | 80.00% | – | – | 94.48% | – | – |" in lines  # not in the run
+    table = _table().assign(rows_remaining=0.85)
+    lines = "\n".join(paper_vs_run(table, 0.905, paper_table("cifar10", "resnet18"), ["refill"], 160))
+    assert "Tables A3/A4" in lines and "Not like for like" not in lines
+    # run refill round1: 85.00% remaining counted in whole rows (the paper's count) vs the
+    # paper's 80.29%, and 80.00% counted ours; 90.00% vs 94.14% accuracy
+    assert "| refill | round1 | 80.29% | 85.00% | +4.71 | 80.00% | 94.14% | 90.00% | -4.14 |" in lines
+    assert "| regroup | round1 | 80.00% | – | – | – | 94.48% | – | – |" in lines  # not in the run
     assert "| regroup | 78% | none wins | none wins |" in lines
-    assert "| refill | 50% | 20.00% | none wins |" in lines  # non-inferior at 20%, but below dense
+    assert "| refill(+) | 50% | 20.00% | none wins |" in lines  # non-inferior at 20%, but below dense
+    plus = "\n".join(paper_vs_run(table, 0.7, paper_table("cifar100", "vgg16"), [], 160))
+    assert "Not like for like:** Table A5 is the paper's (+) setting (240 epochs" in plus and "trains 160 epochs" in plus
     assert "no table" in "\n".join(paper_vs_run(table, 0.905, paper_table("fashion_mnist", "resnet20")))
     assert paper_table("tiny_imagenet", "resnet50", small_input_stem=False) is None
 
@@ -174,10 +195,38 @@ def test_gather_bench_concatenates_stage_tables_and_names_a_missing_one(tmp_path
 def test_matched_lines_bold_only_what_the_interval_and_the_test_both_support():
     from structlth.report import matched_lines
 
-    pairs = pd.DataFrame([
-        {"a": "refill", "round_a": "round4", "by_a": 0.77, "acc_a": 0.889, "b": "imp_channel", "round_b": "round7", "by_b": 0.77, "acc_b": 0.873, "diff": 0.0165, "low": 0.012, "high": 0.021, "p": 1e-12},
-        {"a": "regroup", "round_a": "round4", "by_a": 0.42, "acc_a": 0.880, "b": "imp_channel", "round_b": "round3", "by_b": 0.44, "acc_b": 0.884, "diff": 0.0043, "low": 0.0001, "high": 0.0085, "p": 0.051},
-    ])
+    pairs = pd.DataFrame(
+        [
+            {
+                "a": "refill",
+                "round_a": "round4",
+                "by_a": 0.77,
+                "acc_a": 0.889,
+                "b": "imp_channel",
+                "round_b": "round7",
+                "by_b": 0.77,
+                "acc_b": 0.873,
+                "diff": 0.0165,
+                "low": 0.012,
+                "high": 0.021,
+                "p": 1e-12,
+            },
+            {
+                "a": "regroup",
+                "round_a": "round4",
+                "by_a": 0.42,
+                "acc_a": 0.880,
+                "b": "imp_channel",
+                "round_b": "round3",
+                "by_b": 0.44,
+                "acc_b": 0.884,
+                "diff": 0.0043,
+                "low": 0.0001,
+                "high": 0.0085,
+                "p": 0.051,
+            },
+        ]
+    )
     text = "\n".join(matched_lines(pairs, "sparsity", 0.03))
     assert "## Methods at matched sparsity (within 3 points)" in text
     assert "| **1e-12** |" in text and "| 0.051 |" in text  # the second's interval excludes 0, its p does not

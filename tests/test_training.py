@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from helpers import synthetic_dataset
 from structlth.config import Augment, TrainParams
 from structlth.graph import bn_masks
 from structlth.masks import ones_masks, training_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune
 from structlth.train import lr_at, state_of, train
-
-from helpers import synthetic_dataset
 
 HP = TrainParams(epochs=2, lr=0.1, momentum=0.9, weight_decay=5e-3, rewind_epoch=1, schedule="cosine")
 AUG = Augment(crop_padding=2, hflip=True)
@@ -124,34 +126,35 @@ def test_lr_schedules():
     assert lr_at(multi, 40, 80) == pytest.approx(0.01)  # retraining in 80 epochs halves the milestones
 
 
-def test_code_digest_follows_the_source_and_ignores_bytecode(tmp_path):
-    from structlth.pipeline import code_digest
-
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "a.py").write_text("x = 1\n")
-    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
-    before = code_digest(tmp_path)
-    (tmp_path / "sub" / "__pycache__").mkdir()
-    (tmp_path / "sub" / "__pycache__" / "b.cpython-311.pyc").write_bytes(b"\x00")
-    assert code_digest(tmp_path) == before
-    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
-    assert code_digest(tmp_path) != before
-
-
-def test_checkpoint_identity_covers_the_library_code(monkeypatch, params):
+def test_checkpoint_identity_covers_the_library_code(monkeypatch, params, tmp_path):
     """A code change must not resume from the old code's checkpoint: the identity train() gets
-    ends with the code digest."""
+    ends with the code digest, and each identity has its own checkpoint file, so another run of
+    the same stage (an experiment) never overwrites a resumable one."""
     from structlth import pipeline
     from structlth.train import TrainResult
 
     seen = []
-    monkeypatch.setattr(pipeline, "train", lambda *a, **kw: seen.append(kw["identity"]) or TrainResult())
+    monkeypatch.setattr(pipeline, "train", lambda *a, **kw: seen.append((kw["identity"], kw["checkpoint"])) or TrainResult())
     ctx = pipeline.Context(params, synthetic_dataset(), torch.device("cpu"))
     model = ctx.model()
-    for digest in ("code-a", "code-b"):
+    for digest in ("code-a", "code-b", "code-b"):
         monkeypatch.setattr(pipeline, "code_digest", lambda digest=digest: digest)
-        pipeline._train(ctx, model, ones_masks(model), start_epoch=0, rewind_epoch=None, checkpoint=None, identity="params")
-    assert seen == ["paramscode-a", "paramscode-b"]
+        pipeline._train(
+            ctx, model, ones_masks(model), start_epoch=0, rewind_epoch=None, checkpoint=tmp_path / "pretrain.safetensors", identity="params"
+        )
+    assert [i for i, _ in seen] == ["paramscode-a", "paramscode-b", "paramscode-b"]
+    (a, path_a), (_, path_b), (_, again) = seen
+    assert path_a != path_b and path_b == again and path_a.parent == tmp_path
+    assert path_a.name.startswith("pretrain.") and path_a.suffix == ".safetensors"
+
+
+def test_code_digest_is_the_training_code_closure():
+    from structlth import pipeline
+    from structlth.codedeps import closure
+
+    files = {f.name for f in closure(Path(pipeline.__file__), Path(pipeline.__file__).parents[1])}
+    assert {"pipeline.py", "train.py", "masks.py", "artifacts.py"} <= files and "report.py" not in files
+    assert len(pipeline.code_digest()) == 16
 
 
 def test_resume_before_the_rewind_epoch_keeps_the_same_rewind_point(tmp_path):
@@ -185,3 +188,26 @@ def test_a_truncated_checkpoint_restarts_as_a_fresh_run(tmp_path):
     assert [line.split()[1] for line in logs] == ["1/2", "2/2"]
     train(fresh, ds, HP, AUG, 32, masks, epochs=2, log=lambda s: None)
     assert all(torch.equal(v, state_of(restarted)[k]) for k, v in state_of(fresh).items())
+
+
+def test_a_ticket_retrains_from_the_start_its_init_names(monkeypatch, params):
+    """init: original restarts from pretraining's own initialisation (train.seed), random from a
+    fresh one under another seed (the same every time); the mask applies to either."""
+    from structlth import pipeline
+    from structlth.train import TrainResult
+
+    starts = []
+    monkeypatch.setattr(pipeline, "_train", lambda ctx, model, masks, **kw: starts.append(copy_state(model)) or TrainResult())
+    ctx = pipeline.Context(params, synthetic_dataset(), torch.device("cpu"))
+    masks = magnitude_prune(ctx.model().state_dict(), ones_masks(ctx.model()), 0.5)
+    for init in ("original", "random", "random"):
+        pipeline._retrain(ctx, masks, Path("unused"), None, "id", init)
+    original, random_a, random_b = starts
+    fresh = ctx.model().state_dict()
+    assert all(torch.equal(original[k], fresh[k]) for k in fresh)
+    assert all(torch.equal(random_a[k], random_b[k]) for k in fresh)
+    assert any(not torch.equal(random_a[k], original[k]) for k in masks)
+
+
+def copy_state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}

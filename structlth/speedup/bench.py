@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -26,7 +27,9 @@ from structlth.speedup.layout import fold_bn
 from structlth.speedup.timing import Timing, conv_inputs, machine_name, time_pair, verify
 
 
-def layer_rows(dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, flops: Mapping[str, tuple[int, int]], runtime: str = "torch") -> list[dict]:
+def layer_rows(
+    dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, flops: Mapping[str, tuple[int, int]], runtime: str = "torch"
+) -> list[dict]:
     """Per conv layer (BN folded, ReLU excluded): dense conv on its dense input vs the fast
     model's module of the same name on the fast model's input, each in `runtime` (in ONNX
     Runtime: each layer exported on its own); flops: the layer's (dense, effective) FLOPs
@@ -42,7 +45,16 @@ def layer_rows(dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, flops:
         f = in_runtime(runtime, f_mods[name], f_in[name], bench.threads)
         t = time_pair(d, f, inp, bench.repeats, bench.warmup, f_in[name])
         dn, k = flops.get(name, (1, 1))
-        rows.append({"layer": name, "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving, "flops_saving": 1 - k / dn, "engine": type(f_mods[name]).__name__})
+        rows.append(
+            {
+                "layer": name,
+                "t_dense_ms": t.t_dense_ms,
+                "t_ticket_ms": t.t_ticket_ms,
+                "time_saving": t.saving,
+                "flops_saving": 1 - k / dn,
+                "engine": type(f_mods[name]).__name__,
+            }
+        )
     return rows
 
 
@@ -53,8 +65,28 @@ def ticket_kind(method: str, params) -> str:
     return params.ticket_spec(method).kind
 
 
-BENCH_COLUMNS = ["method", "round", "machine", "runtime", "batch", "threads", "channels_last", "retimed", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "params_saving", "max_abs_err", "sparsity", "test_acc"]
+BENCH_COLUMNS = [
+    "method",
+    "round",
+    "machine",
+    "runtime",
+    "batch",
+    "threads",
+    "channels_last",
+    "retimed",
+    "engine",
+    "t_dense_ms",
+    "t_ticket_ms",
+    "time_saving",
+    "aa_noise",
+    "flops_saving",
+    "params_saving",
+    "max_abs_err",
+    "sparsity",
+    "test_acc",
+]
 RUNTIMES = ("torch", "onnxruntime")
+PRODUCTION_ENGINES = ("slim", "slim+blocks")  # chosen per ticket kind before any timing (speedup.choice)
 ORT_ENGINES = ("slim", "slim+blocks", "masked_dense")  # exportable to ONNX (torch's sparse CSR is not)
 
 
@@ -81,6 +113,7 @@ class DenseBaseline:
 
     formats: dict[int, bool]  # batch -> channels_last
     t_dense_ms: dict[str, dict[int, float]]  # runtime -> batch -> ms
+    aa_noise: dict[str, dict[int, float]]  # runtime -> batch -> |saving| of dense timed against itself (A/A)
 
 
 STRAY = 0.25  # a dense timing this far from the baseline's is re-timed (up to RETRIES times)
@@ -89,7 +122,7 @@ RETRIES = 2
 
 def dense_baseline(model: nn.Module, test_x: torch.Tensor, bench) -> DenseBaseline:
     dense = fold_bn(model.cpu().eval())
-    formats, times = {}, {r: {} for r in runtimes(bench)}
+    formats, times, aa = {}, {r: {} for r in runtimes(bench)}, {r: {} for r in runtimes(bench)}
     for b in bench.batch_sizes:
         fmt = fastest_format(dense, test_x[:b], bench.repeats, bench.warmup)
         formats[b] = fmt == torch.channels_last
@@ -97,8 +130,9 @@ def dense_baseline(model: nn.Module, test_x: torch.Tensor, bench) -> DenseBaseli
         for runtime in times:
             x = test_x[:b].contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
             d = in_runtime(runtime, dense, x, bench.threads)
-            times[runtime][b] = time_pair(d, d, x, bench.repeats, bench.warmup).t_dense_ms
-    return DenseBaseline(formats, times)
+            t = time_pair(d, d, x, bench.repeats, bench.warmup)
+            times[runtime][b], aa[runtime][b] = t.t_dense_ms, abs(t.saving)
+    return DenseBaseline(formats, times, aa)
 
 
 def _timed(dense, fast, x: torch.Tensor, bench, expected_ms: float) -> tuple[Timing, int]:
@@ -126,8 +160,17 @@ def _phase(phases: dict[str, float] | None, name: str) -> Iterator[None]:
 
 
 def bench_ticket(
-    method: str, kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], metrics: dict, test_x: torch.Tensor, bench, *,
-    layers: bool, baseline: DenseBaseline | None = None, phases: dict[str, float] | None = None,
+    method: str,
+    kind: str,
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    metrics: dict,
+    test_x: torch.Tensor,
+    bench,
+    *,
+    layers: bool,
+    baseline: DenseBaseline | None = None,
+    phases: dict[str, float] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Rows for bench.csv (every runtime x engine x batch size) and bench_layers.csv (largest
     batch, production engines and csr).
@@ -163,17 +206,47 @@ def bench_ticket(
                 with _phase(phases, f"{runtime}: timing"):
                     t, retimed = _timed(d, f, x, bench, baseline.t_dense_ms[runtime][b])
                 physical = sum(p.numel() for p in fast.parameters()) if engine == "slim" else metrics["params_kept"]
-                rows.append({
-                    "method": method, "runtime": runtime, "engine": engine, "batch": b, "machine": machine, "threads": torch.get_num_threads(),
-                    "channels_last": baseline.formats[b] and runtime == "torch", "retimed": retimed,
-                    "t_dense_ms": t.t_dense_ms, "t_ticket_ms": t.t_ticket_ms, "time_saving": t.saving,
-                    "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],
-                    "params_saving": 1 - physical / dense_params, "max_abs_err": err,
-                    "sparsity": metrics["sparsity"], "test_acc": metrics["test_acc"],
-                })
+                rows.append(
+                    {
+                        "method": method,
+                        "runtime": runtime,
+                        "engine": engine,
+                        "batch": b,
+                        "machine": machine,
+                        "threads": torch.get_num_threads(),
+                        "channels_last": baseline.formats[b] and runtime == "torch",
+                        "retimed": retimed,
+                        "t_dense_ms": t.t_dense_ms,
+                        "t_ticket_ms": t.t_ticket_ms,
+                        "time_saving": t.saving,
+                        "aa_noise": baseline.aa_noise[runtime][b],
+                        "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],
+                        "params_saving": 1 - physical / dense_params,
+                        "max_abs_err": err,
+                        "sparsity": metrics["sparsity"],
+                        "test_acc": metrics["test_acc"],
+                    }
+                )
                 if layers and b == max(bench.batch_sizes) and engine in ("slim", "slim+blocks", "csr"):
                     flops = layer_effective_flops(model, masks, (1, *test_x.shape[1:]))
                     with _phase(phases, f"{runtime}: per-layer rows"):
                         for r in layer_rows(dense, fast, x, bench, flops, runtime):
                             layer_out.append({"method": method, "runtime": runtime, "batch": b, **r})
     return rows, layer_out
+
+
+def timing_noise(bench: pd.DataFrame, batch: int, runtime: str = "torch") -> float | None:
+    """The run's own timing noise at `batch` in `runtime`, the largest of:
+    - A/A: the dense net timed against itself by each bench stage (aa_noise), and the
+      |time saving| of imp's masked-dense engine (the same work as dense);
+    - the spread of the dense net's timings across rows: every row times the same dense net, so
+      twice the median of |t_dense / median(t_dense) - 1| says how far a measurement typically
+      strays (rows that stray more than STRAY are re-timed by the bench stage, and listed).
+    None where neither can be measured."""
+    b = bench[(bench["batch"] == batch) & (bench["runtime"] == runtime)]
+    parts = [float(b.loc[b["engine"] == "masked_dense", "time_saving"].abs().max())] if (b["engine"] == "masked_dense").any() else []
+    if "aa_noise" in b and b["aa_noise"].notna().any():
+        parts.append(float(b["aa_noise"].max()))
+    if "t_dense_ms" in b and len(b) > 1:
+        parts.append(2 * float((b["t_dense_ms"] / b["t_dense_ms"].median() - 1).abs().median()))
+    return max(parts) if parts else None
