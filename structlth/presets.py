@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 CIFAR_SCHEDULE = {"epochs": 160, "milestones": [80, 120]}
 IMAGENET_SCHEDULE = {"epochs": 95, "milestones": [30, 60]}
+PLUS_SCHEDULE = {"epochs": 240, "milestones": [150, 180, 210]}  # the (+) settings of Tables A5/A6
 REWIND_EPOCH = 8  # the paper rewinds to epoch 8 in every setting
 
 DATASET_SHAPES = {  # dataset -> (classes, channels, image side)
@@ -60,6 +61,7 @@ class Preset:
     batch_size: int = 128
     small_input_stem: bool = True
     suffix: str = ""
+    long: bool = False  # the (+) schedule of Tables A5/A6 (PLUS_SCHEDULE)
 
     @property
     def name(self) -> str:
@@ -70,7 +72,7 @@ class Preset:
         cifar = self.dataset.startswith("cifar")
         small = cifar or self.dataset == "fashion_mnist"
         side = DATASET_SHAPES[self.dataset][2]
-        schedule = CIFAR_SCHEDULE if small else IMAGENET_SCHEDULE
+        schedule = PLUS_SCHEDULE if self.long else CIFAR_SCHEDULE if small else IMAGENET_SCHEDULE
         return {
             "data": {
                 "dataset": self.dataset,
@@ -157,5 +159,10 @@ PRESETS = {
             "tiny_imagenet", "resnet50", rounds=8, weight_decay=5e-4, batch_size=256, small_input_stem=True, suffix="_plus"
         ),  # "RN-50(+)": 3x3 stem
         Preset("imagenet", "resnet50", rounds=5, weight_decay=1e-4, batch_size=256, small_input_stem=False),
+        # the (+) settings Tables A5 (VGG-16) and A6 (WRN-32-2) report on CIFAR-100: 240 epochs
+        *(
+            Preset("cifar100", arch, rounds=10, weight_decay=WEIGHT_DECAY["cifar100", arch], suffix="_plus", long=True)
+            for arch in ("vgg16", "wrn32_2")
+        ),
     ]
 }

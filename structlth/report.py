@@ -134,7 +134,8 @@ def paper_vs_run(table: pd.DataFrame, dense_acc: float, paper, refills: list[str
     if "(+)" in paper.source and epochs is not None and epochs != PLUS_EPOCHS:
         lines += [
             f"**Not like for like:** {paper.source.split(' (')[0]} is the paper's (+) setting ({PLUS_EPOCHS} epochs, decays at"
-            f" 150/180/210; Table A6 without a validation split); this run trains {epochs} epochs. The `_plus` presets run it.",
+            f" 150/180/210; Table A6 without a validation split); this run trains {epochs} epochs."
+            " configs/cifar100_vgg16_plus.yaml and cifar100_wrn32_2_plus.yaml run that schedule.",
             "",
         ]
     if paper.rounds:

@@ -26,6 +26,8 @@ PAPER = {
     "tiny_imagenet_resnet50": (5e-4, None, 95, [30, 60], False),
     "tiny_imagenet_resnet50_plus": (5e-4, None, 95, [30, 60], True),
     "imagenet_resnet50": (1e-4, None, 95, [30, 60], False),
+    "cifar100_vgg16_plus": (5e-4, 128, 240, [150, 180, 210], True),  # Table A5's (+) schedule
+    "cifar100_wrn32_2_plus": (2e-4, 128, 240, [150, 180, 210], True),  # Table A6's
 }
 
 
