@@ -347,7 +347,7 @@ def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_
 def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State, masks: Masks) -> Masks:
     """Post-process one IMP round's masks into a structured ticket's masks."""
     if isinstance(spec, RegroupParams):
-        return regroup_layers(masks, **spec.model_dump(exclude={"kind"}))
+        return regroup_layers(masks, **spec.model_dump(exclude={"kind", "init"}))
     if spec.criterion in ("magnitude", "remain"):
         scores = weight_scores(spec.criterion, state, masks)
     else:

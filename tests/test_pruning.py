@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import is_block_mask
+from helpers import is_block_mask, synthetic_dataset
+from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, refill, refill_count, regroup
 from structlth.pruning.regroup import choose_columns, units
 
@@ -395,3 +396,23 @@ def test_disjoint_blocks_need_channel_granularity():
         regroup(torch.ones(16, 4, 3, 3, dtype=torch.bool), parts=2, min_rows=2, inputs="disjoint")
     with pytest.raises(ValueError, match="needs granularity: channel"):
         RegroupParams(kind="regroup", granularity="column", inputs="disjoint")
+
+
+@pytest.mark.parametrize("name", ["refill", "regroup"])
+def test_every_ticket_param_reaches_its_post_processing(params, name):
+    """ticket_masks takes a ticket's whole params section (init included) to masks of the
+    ticket's structure: a field the post-processing does not take must not reach it."""
+    from structlth.export import is_channel_wise
+    from structlth.pipeline import Context, ticket_masks
+
+    ctx = Context(params, synthetic_dataset(), torch.device("cpu"))
+    model = ctx.model()
+    state = model.state_dict()
+    masks = magnitude_prune(state, ones_masks(model), 0.6)
+    spec = params.tickets[name].model_copy(update={"init": "random"})
+    out = ticket_masks(ctx, spec, state, masks)
+    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in masks.items()}
+    if name == "refill":
+        assert all(is_channel_wise(m) for m in out.values())
+    else:
+        assert all(is_block_mask(m.bool(), spec.min_rows) for m in out.values())
