@@ -213,7 +213,19 @@ class ChannelPruneParams(Strict):
     rate: float = Field(0.2, gt=0, lt=1, description="fraction of alive channels per layer")
 
 
-class TicketInit(Strict):
+class TicketOrigin(Strict):
+    """Where a refill or regroup ticket starts: the mask it post-processes and the weights it
+    retrains from."""
+
+    source: Literal["imp", "omp", "random", "snip", "synflow"] = Field(
+        "imp",
+        description=(
+            "the unstructured mask post-processed: the IMP round's, or a one-shot one at its density (omp: magnitude of the"
+            " trained dense net; random: uniform per layer; snip, synflow: at initialisation; structlth.pruning.sources)"
+        ),
+    )
+    source_batches: int = Field(1, ge=1, description="snip: training batches its sensitivities are summed over")
+    source_iterations: int = Field(100, ge=1, description="synflow: pruning rounds to the density")
     init: Literal["rewind", "original", "random"] = Field(
         "rewind",
         description=(
@@ -223,7 +235,7 @@ class TicketInit(Strict):
     )
 
 
-class RefillParams(TicketInit):
+class RefillParams(TicketOrigin):
     kind: Literal["refill"]
     criterion: Literal[REFILL_CRITERIA] = "magnitude"  # type: ignore[valid-type]
     refill_rate: float = Field(0.0, ge=0, lt=1)
@@ -234,7 +246,7 @@ class RefillParams(TicketInit):
     channel_align: int = Field(1, ge=1, le=64, description="kept channels rounded up to a multiple (CPU kernels work in blocks of 8/16)")
 
 
-class RegroupParams(TicketInit):
+class RegroupParams(TicketOrigin):
     kind: Literal["regroup"]
     granularity: Literal["column", "channel"] = "column"
     hypergraph: Literal["channel", "column"] = Field("channel", description="hyperedges per input channel (fast) or per column (the paper)")

@@ -20,7 +20,7 @@ from torch import nn
 from structlth import distributed as dist
 from structlth.artifacts import check_state, load_tensors, read_json, save_tensors, staged_dir, tensor_digest, write_json
 from structlth.codedeps import code_manifest, manifest_digest
-from structlth.config import IMAGE_FOLDERS, Params, RefillParams, RegroupParams, TorchPruningParams, params_hash
+from structlth.config import IMAGE_FOLDERS, Params, RefillParams, RegroupParams, TicketOrigin, TorchPruningParams, params_hash
 from structlth.data import Dataset, eval_batches, has_raw, load_dataset, prepare_data, raw_layout
 from structlth.errors import ArtifactError, ParamsError
 from structlth.masks import (
@@ -38,6 +38,7 @@ from structlth.models import build_model
 from structlth.pruning import channel_prune, magnitude_prune, regroup_layers
 from structlth.pruning.baseline import match_flops
 from structlth.pruning.refill import activation_scores, refill_masks, weight_scores
+from structlth.pruning.sources import keep_top, omp_masks, random_masks, snip_scores, synflow_masks
 from structlth.train import State, TrainResult, state_of, train
 
 RANDOM_INIT_SEED = 10_007  # a re-initialised ticket's seed is train.seed + this: no training seed's init
@@ -347,7 +348,7 @@ def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_
 def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State, masks: Masks) -> Masks:
     """Post-process one IMP round's masks into a structured ticket's masks."""
     if isinstance(spec, RegroupParams):
-        return regroup_layers(masks, **spec.model_dump(exclude={"kind", "init"}))
+        return regroup_layers(masks, **spec.model_dump(exclude={"kind", *TicketOrigin.model_fields}))
     if spec.criterion in ("magnitude", "remain"):
         scores = weight_scores(spec.criterion, state, masks)
     else:
@@ -361,12 +362,44 @@ def ticket_masks(ctx: Context, spec: RefillParams | RegroupParams, state: State,
     return refill_masks(masks, scores, spec.refill_rate, spec.count, spec.channel_align)
 
 
+def source_masks(ctx: Context, spec: TicketOrigin, density: float, pretrain_dir: Path) -> tuple[State, Masks]:
+    """A ticket's unstructured mask from spec.source at `density` (the IMP round's), and the
+    weights refill scores channels by: the trained dense net's (structlth.pruning.sources)."""
+    p = ctx.params
+    model = ctx.model()  # the initialisation (train.seed): what snip and synflow score
+    dense, _ = load_state(ctx, pretrain_dir / "weights.safetensors", model, {"kind": "weights"})
+    names = list(ones_masks(model, p.prune.prunable))
+    if spec.source == "omp":
+        masks = omp_masks({n: dense[n] for n in names}, density)
+    elif spec.source == "random":
+        masks = random_masks({n: dense[n].shape for n in names}, density, p.train.seed)
+    elif spec.source == "snip":
+        batches = list(islice(eval_batches(ctx.data.train, ctx.data, p.data.batch_size), spec.source_batches))
+        masks = keep_top(snip_scores(model.to(ctx.device), names, batches), density)
+    else:
+        masks = synflow_masks(model, names, density, ctx.input_shape, spec.source_iterations)
+    return dense, drop_untrainable(ctx.model(), masks, ctx.data.in_channels)
+
+
+def structured_masks(
+    ctx: Context, spec: RefillParams | RegroupParams, state: State, masks: Masks, pretrain_dir: Path
+) -> tuple[Masks, dict]:
+    """A refill or regroup ticket's masks from one IMP round (state, masks): its source's mask
+    at the round's density (spec.source; the round's own for imp), post-processed, untrainable
+    weights dropped; and what the metrics record of the source."""
+    extra = {}
+    if spec.source != "imp":
+        state, masks = source_masks(ctx, spec, density(masks), pretrain_dir)
+        extra = {"source": spec.source, "source_density": density(masks)}
+    return drop_untrainable(ctx.model(), ticket_masks(ctx, spec, state, masks), ctx.data.in_channels), extra
+
+
 def baseline_masks(ctx: Context, spec: TorchPruningParams, state: State, masks: Masks, pretrain_dir: Path) -> tuple[Masks, dict]:
     """Torch-Pruning's channel masks of the trained dense net at the FLOPs of ticket
     `spec.match` made from this IMP round (state, masks); and what the metrics record of it."""
     model = ctx.model()
     flops_of = lambda m: effective_flops(model, m, ctx.input_shape)[1]  # noqa: E731
-    target = flops_of(drop_untrainable(model, ticket_masks(ctx, ctx.params.tickets[spec.match], state, masks), ctx.data.in_channels))
+    target = flops_of(structured_masks(ctx, ctx.params.tickets[spec.match], state, masks, pretrain_dir)[0])
     model.load_state_dict(load_state(ctx, pretrain_dir / "weights.safetensors", model, {"kind": "weights"})[0])
     example = torch.zeros(ctx.input_shape)
     gradients = None
@@ -411,10 +444,10 @@ def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_
         new, extra = baseline_masks(ctx, spec, state, masks, pretrain_dir)
         start_from = "weights" if spec.start == "finetune" else "rewind"
     else:
-        new = drop_untrainable(model, ticket_masks(ctx, spec, state, masks), ctx.data.in_channels)
+        new, extra = structured_masks(ctx, spec, state, masks, pretrain_dir)
     if getattr(spec, "channel_align", 1) > 1:  # what alignment gave back: the sparsity the ticket had before it
-        unaligned = ticket_masks(ctx, spec.model_copy(update={"channel_align": 1}), state, masks)
-        extra["unaligned_sparsity"] = 1 - density(drop_untrainable(model, unaligned, ctx.data.in_channels))
+        unaligned = structured_masks(ctx, spec.model_copy(update={"channel_align": 1}), state, masks, pretrain_dir)[0]
+        extra["unaligned_sparsity"] = 1 - density(unaligned)
     identity = params_hash(p.data, p.model, p.train, spec) + file_digest(imp_dir / "mask.safetensors", imp_dir / "weights.safetensors")
     if isinstance(spec, TorchPruningParams):
         identity += params_hash(p.tickets[spec.match])

@@ -26,6 +26,7 @@ SUMMARY_COLS = [
     "round",
     "sparsity",
     "rows_remaining",
+    "source",
     "unaligned_sparsity",
     "source_sparsity",
     "channel_sparsity",
@@ -436,6 +437,7 @@ def matched_lines(pairs: pd.DataFrame, by: str, within: float) -> list[str]:
     return lines + [""]
 
 
+SOURCE_LABELS = {"omp": "one-shot magnitude (OMP)", "random": "random (RP)", "snip": "SNIP", "synflow": "SynFlow"}
 SMOKE = (
     "**This is a smoke run** (`report.smoke: true`, configs/quick.yaml): a few thousand images and epochs, to check"
     " that every stage runs on this machine. No accuracy or speed figure below is evidence of anything."
@@ -498,9 +500,10 @@ def markdown(
             for _, r in suspects.iterrows()
         ]
     for method, rows in table.groupby("method", sort=False):
+        source = rows["source"].dropna().iloc[0] if "source" in rows and rows["source"].notna().any() else None
         lines += [
             "",
-            f"## {method}",
+            f"## {method}" + (f" (mask source: {SOURCE_LABELS[source]} at each IMP round's density)" if source else ""),
             "",
             f"| round | sparsity | source IMP sparsity | channel sparsity"
             f" | {'test acc' if len(dense.get('seeds', [0])) == 1 else 'test acc, mean ± sd'} [95%] | Δ vs dense [95%] | p | wins | ≥ dense"
