@@ -300,6 +300,16 @@ class TorchPruningParams(Strict):
 TicketParams = Annotated[RefillParams | RegroupParams, Field(discriminator="kind")]
 
 
+class GroupChainParams(Strict):
+    """A group-aware IMP chain (the paper's Alg. 4): every round prunes by magnitude, then
+    post-processes with a ticket's params before rewinding, so the next round prunes a
+    structured net."""
+
+    ticket: str = Field(
+        description="a refill or regroup ticket of the tickets section (source: imp) whose post-processing each round applies"
+    )
+
+
 class ReplicateParams(Strict):
     seeds: list[Annotated[int, Field(ge=0, lt=2**63)]] = Field(
         default_factory=list,
@@ -342,6 +352,9 @@ class Params(Strict):
     tickets: dict[str, TicketParams]
     baselines: dict[str, TorchPruningParams] = Field(
         default_factory=dict, description="Torch-Pruning tickets at the FLOPs of a ticket, made at the same rounds"
+    )
+    group_chains: dict[str, GroupChainParams] = Field(
+        default_factory=dict, description="group-aware IMP chains: name -> the ticket each round is post-processed as"
     )
     replicates: ReplicateParams = ReplicateParams()
     bench: BenchParams = BenchParams()
@@ -387,6 +400,22 @@ class Params(Strict):
         return self
 
     @model_validator(mode="after")
+    def _group_chains_name_tickets(self) -> Params:
+        for name, g in self.group_chains.items():
+            if not TICKET_NAME.fullmatch(name) or name in RESERVED_NAMES or name in self.tickets or name in self.baselines:
+                raise ValueError(
+                    f"group_chains: name {name[:80]!r} must be lower_snake, at most 64 characters, no ticket's or baseline's"
+                    f" name, and none of {', '.join(RESERVED_NAMES)}"
+                )
+            spec = self.tickets.get(g.ticket)
+            if spec is None or spec.source != "imp":
+                raise ValueError(
+                    f"group_chains.{name}.ticket: {g.ticket!r} is not a ticket of the tickets section made from IMP masks"
+                    f" ({', '.join(t for t, s in self.tickets.items() if s.source == 'imp') or 'none'})"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _bench_fits_the_test_set(self) -> Params:
         n_test = self.data.test_subset or FIXED_SIZES.get(self.data.dataset, (0, None))[1]
         if n_test is not None and max(self.bench.batch_sizes) > n_test:
@@ -394,13 +423,23 @@ class Params(Strict):
         return self
 
     @property
+    def chains(self) -> list[str]:
+        """The pruning chains (every round has artifacts): imp, imp_channel, the group-aware chains."""
+        return ["imp", "imp_channel", *self.group_chains]
+
+    @property
     def methods(self) -> list[str]:
-        """Every method with artifacts: the two pruning chains, the tickets, the baselines (params order)."""
-        return ["imp", "imp_channel", *self.tickets, *self.baselines]
+        """Every method with artifacts: the pruning chains, the tickets, the baselines (params order)."""
+        return [*self.chains, *self.tickets, *self.baselines]
 
     def ticket_spec(self, name: str) -> RefillParams | RegroupParams | TorchPruningParams:
-        """The tickets or baselines entry called `name` (ParamsError naming both when neither has it)."""
-        spec = self.tickets.get(name) or self.baselines.get(name)
+        """The tickets or baselines entry called `name`, or the ticket a group-aware chain
+        post-processes as (ParamsError naming them when none has it)."""
+        spec = (
+            self.tickets.get(name)
+            or self.baselines.get(name)
+            or (self.tickets[self.group_chains[name].ticket] if name in self.group_chains else None)
+        )
         if spec is None:
             raise ParamsError(f"tickets.{name}: no such ticket or baseline (have {sorted([*self.tickets, *self.baselines])})")
         return spec
@@ -409,10 +448,10 @@ class Params(Strict):
         return chain_order(self.prune.rounds)
 
     def rounds_of(self, method: str) -> list[str]:
-        """The rounds a method has artifacts for: every round of the IMP chains, the
+        """The rounds a method has artifacts for: every round of a chain, the
         prune.ticket_rounds (in chain order) of a ticket."""
         rounds = self.round_ids()
-        return rounds if method in ("imp", "imp_channel") else [r for r in rounds if r in self.prune.ticket_rounds]
+        return rounds if method in self.chains else [r for r in rounds if r in self.prune.ticket_rounds]
 
 
 def _keys_at(parts: list[str]) -> list[str]:

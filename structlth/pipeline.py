@@ -323,7 +323,8 @@ def _retrain(
 
 
 def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> dict:
-    """One round of a pruning chain: prune round k-1's trained weights, rewind, retrain."""
+    """One round of a pruning chain: prune round k-1's trained weights (a group-aware chain
+    then post-processes the mask as its ticket), rewind, retrain."""
     p = ctx.params
     model = ctx.model()
     state, masks = load_round(ctx, prev_dir, model)
@@ -333,6 +334,10 @@ def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_
     elif chain == "imp_channel":
         new = channel_prune(state, masks, p.imp_channel.rate)
         section = p.imp_channel
+    elif chain in p.group_chains:  # Alg. 4: the pruned mask is post-processed before rewinding
+        spec = p.tickets[p.group_chains[chain].ticket]
+        new, _ = structured_masks(ctx, spec, state, magnitude_prune(state, masks, p.prune.rate), pretrain_dir)
+        section = spec
     else:
         raise ValueError(f"unknown chain {chain!r}")
     new = drop_untrainable(model, new, ctx.data.in_channels)

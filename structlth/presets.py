@@ -117,6 +117,7 @@ class Preset:
             "imp_channel": {"rate": 0.2},
             "tickets": {k: dict(v) for k, v in PAPER_TICKETS.items()},
             "baselines": {"tp_l1": dict(TP_L1)},
+            "group_chains": {},
             "replicates": {"seeds": []},
             "bench": {"batch_sizes": [1, 64], "repeats": 15, "warmup": 3, "threads": 2, "atol": 0.001},
             "report": {"tolerance": 0.01, "mask_layer": None},

@@ -1,7 +1,7 @@
 """Replicates: the whole run again under another training seed.
 
 One replicate (one DVC stage per seed) trains what the per-round stages train for train.seed:
-the dense net, both pruning chains, every ticket and baseline at the ticket rounds, with the same
+the dense net, the pruning chains (group-aware ones too), every ticket and baseline at the ticket rounds, with the same
 data split and test images, and writes them in the same layout under its own folder
 (artifacts/seeds/seed<S>/<method>/<round>/). The report pairs each round with the dense net of
 its own seed and folds the spread over seeds into its intervals. Replicates are not benched:
@@ -11,6 +11,9 @@ A replicate keeps every finished unit (pretrain, a round, a ticket) in a cache f
 the DVC outputs, stamped with the identity of what made it (the params sections it reads, the
 units it reads, the library's code). A rerun after a params edit, or after an interrupt, copies
 the units whose identity still holds and trains only the rest.
+
+A group-aware chain (params' group_chains, the paper's Alg. 4) runs the same way, one DVC stage
+per chain: its rounds are units cached by identity, read from the pipeline's own pretrain.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from structlth.artifacts import read_json, staged_dir
 from structlth.codedeps import code_manifest, manifest_digest
 from structlth.config import Params, params_hash
-from structlth.pipeline import imp_round, make_ticket, pretrain, seed_chain, setup
+from structlth.pipeline import file_digest, imp_round, make_ticket, pretrain, seed_chain, setup
 
 STAMP = "identity.txt"
 
@@ -49,7 +52,8 @@ def units(p: Params) -> list[tuple[str, str, str, tuple[str, ...]]]:
         ident[f"{method}/{rnd}"] = _digest(*(ident[r] for r in reads), params_hash(*sections) if sections else "")
         out.append((method, rnd, ident[f"{method}/{rnd}"], reads))
 
-    for chain, section in (("imp", p.prune), ("imp_channel", p.imp_channel)):
+    group = [(name, p.tickets[g.ticket]) for name, g in p.group_chains.items()]
+    for chain, section in (("imp", p.prune), ("imp_channel", p.imp_channel), *group):
         add(chain, "round0", ("pretrain",), p.prune.prunable)
         for rnd in p.round_ids():
             add(chain, rnd, (f"{chain}/{p.prune.rounds[rnd].prev}", "pretrain"), p.prune, section)
@@ -65,6 +69,45 @@ def units(p: Params) -> list[tuple[str, str, str, tuple[str, ...]]]:
 def _cached(d: Path, identity: str) -> bool:
     stamp = d / STAMP
     return stamp.is_file() and stamp.read_text() == identity
+
+
+def run_chain(
+    params: Params, chain: str, data_dir: Path, pretrain_dir: Path, out_dir: Path, cache: Path, log: Callable[[str], None] = print
+) -> dict:
+    """Every round of group-aware chain `chain` (a key of params.group_chains) from pretrain_dir,
+    each taken from cache/<chain>/<round> when its identity holds, else trained; written to
+    out_dir/<round>/.
+    Returns {'units', 'trained', 'test_acc': {round: acc}}."""
+    p = params
+    ctx = setup(p, data_dir)
+    spec = p.tickets[p.group_chains[chain].ticket]
+    prev_id = _digest(file_digest(pretrain_dir / "weights.safetensors", pretrain_dir / "rewind.safetensors"), training_code_digest())
+    trained, rounds = 0, ["round0", *p.round_ids()]
+    for rnd in rounds:
+        identity = _digest(
+            prev_id, params_hash(p.data, p.model, p.train, p.prune.prunable) if rnd == "round0" else params_hash(p.prune, spec)
+        )
+        prev_id, d = identity, cache / chain / rnd  # <chain>/<round>: the round id the files record
+        if _cached(d, identity):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        log(f"{chain}: training {rnd}")
+        if rnd == "round0":
+            seed_chain(ctx, pretrain_dir, d)
+        else:
+            imp_round(
+                ctx, chain, cache / chain / p.prune.rounds[rnd].prev, pretrain_dir, d, cache / "_checkpoints" / f"{chain}_{rnd}.safetensors"
+            )
+        (d / STAMP).write_text(identity)
+        trained += 1
+    with staged_dir(out_dir) as staged:
+        for rnd in rounds:
+            shutil.copytree(cache / chain / rnd, staged / rnd, ignore=shutil.ignore_patterns(STAMP, "curve.json"))
+    return {
+        "units": len(rounds),
+        "trained": trained,
+        "test_acc": {r: read_json(cache / chain / r / "metrics.json")["test_acc"] for r in rounds},
+    }
 
 
 def run_replicate(params: Params, seed: int, data_dir: Path, out_dir: Path, cache: Path, log: Callable[[str], None] = print) -> dict:
@@ -85,7 +128,7 @@ def run_replicate(params: Params, seed: int, data_dir: Path, out_dir: Path, cach
             pretrain(ctx, d, ckpt)
         elif rnd == "round0":
             seed_chain(ctx, cache / "pretrain", d)
-        elif method in ("imp", "imp_channel"):
+        elif method in p.chains:
             imp_round(ctx, method, cache / method / p.prune.rounds[rnd].prev, cache / "pretrain", d, ckpt)
         else:
             make_ticket(ctx, method, cache / "imp" / rnd, cache / "pretrain", d, ckpt)

@@ -590,7 +590,7 @@ def write_reports(p, artifacts: Path, bench_dir: Path, out: Path) -> str:
         "per_seed": {s: float(c.mean()) for s, c in dense_correct.items()},
     }
     batch = max(p.bench.batch_sizes)
-    benched = [(m, r) for m, r in runs if m not in ("imp", "imp_channel") or r in p.prune.ticket_rounds]  # dvc.yaml's bench stages
+    benched = [(m, r) for m, r in runs if m not in p.chains or r in p.prune.ticket_rounds]  # dvc.yaml's bench stages
     bench, bench_layers = gather_bench(bench_dir, benched)
     bench.to_csv(out / "bench.csv", index=False, float_format="%.6g")
     bench_layers.to_csv(out / "bench_layers.csv", index=False, float_format="%.6g")

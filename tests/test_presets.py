@@ -36,7 +36,7 @@ def _load(name: str) -> dict:
 
 
 # the default with every ticket kind; with three seeds; with re-initialised tickets; the smoke run
-EXTRA = {"default_all_tickets", "default_3seeds", "default_reinit", "default_sources", "quick"}
+EXTRA = {"default_all_tickets", "default_3seeds", "default_group_aware", "default_reinit", "default_sources", "quick"}
 
 
 def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
@@ -51,6 +51,9 @@ def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
     sources = parse_params(_load("default_sources"))
     assert {t.source for t in sources.tickets.values()} == {"imp", "omp", "random", "snip", "synflow"}
     assert (sources.data, sources.model, sources.train, sources.prune) == (extra.data, extra.model, extra.train, extra.prune)
+    group = parse_params(_load("default_group_aware"))
+    assert {n: g.ticket for n, g in group.group_chains.items()} == {"imp_regroup": "regroup", "imp_refill": "refill"}
+    assert group.chains == ["imp", "imp_channel", "imp_regroup", "imp_refill"]
     seeds = parse_params(_load("default_3seeds"))
     assert seeds.seeds == [0, 1, 2]
     assert (seeds.data, seeds.model, seeds.train, seeds.prune) == (

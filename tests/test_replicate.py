@@ -68,3 +68,27 @@ def test_a_replicate_trains_every_unit_once_and_retrains_only_what_an_edit_touch
     logs.clear()
     third = run_replicate(parse_params(raw_params), 1, data_dir, out, cache, log=logs.append)
     assert third["trained"] == 1 and logs == ["seed 1: training refill_plus round1"]
+
+
+def test_a_group_aware_chain_post_processes_every_round_and_reruns_only_what_an_edit_touches(tmp_path, raw_params, data_dir):
+    """The paper's Alg. 4: each round of the chain is regrouped before rewinding, so the next
+    round prunes block masks; finished rounds are reused by identity."""
+    from helpers import is_block_mask
+    from structlth.pipeline import pretrain, setup
+    from structlth.replicate import run_chain
+
+    raw_params["group_chains"] = {"imp_regroup": {"ticket": "regroup"}}
+    params = parse_params(raw_params)
+    pretrain(setup(params, data_dir), tmp_path / "pretrain", None)
+    out, cache, logs = tmp_path / "imp_regroup", tmp_path / "cache", []
+    first = run_chain(params, "imp_regroup", data_dir, tmp_path / "pretrain", out, cache, log=logs.append)
+    assert first["trained"] == first["units"] == 1 + len(params.round_ids())
+    min_rows = params.tickets["regroup"].min_rows
+    for rnd in params.round_ids():
+        masks, meta = load_tensors(out / rnd / "mask.safetensors")
+        assert meta["round"] == f"imp_regroup/{rnd}" and all(is_block_mask(m.bool(), min_rows) for m in masks.values())
+    assert run_chain(params, "imp_regroup", data_dir, tmp_path / "pretrain", out, cache)["trained"] == 0
+    raw_params["tickets"]["regroup"]["rows_per_part"] = 2
+    logs.clear()
+    again = run_chain(parse_params(raw_params), "imp_regroup", data_dir, tmp_path / "pretrain", out, cache, log=logs.append)
+    assert again["trained"] == len(params.round_ids()) and logs == [f"imp_regroup: training {r}" for r in params.round_ids()]
