@@ -465,8 +465,7 @@ def make_ticket(ctx: Context, name: str, imp_dir: Path, pretrain_dir: Path, out_
         source_sparsity=source["sparsity"],
         source_test_acc=source["test_acc"],
         kind=spec.kind,
-        start=start_from,
-        **extra,
+        **{"start": start_from, **extra},  # a baseline records its own start (finetune | rewind)
     )
     save_round(ctx, out_dir, state_of(model), new, metrics, kind=name, test_pred=result.test_pred)
     return metrics
