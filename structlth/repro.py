@@ -21,6 +21,7 @@ from statistics import median
 
 TIMES = Path("reports/stage_times.json")
 STARTED = re.compile(r"^Running stage '(.+)':")
+SKIPPED = re.compile(r"^Stage '(.+)' (?:is cached - skipping|didn't change, skipping)")  # restored from DVC's run cache
 
 
 GATES = ("check_params", "code")  # stages whose outputs change only as computed below: they do not pass a change on
@@ -78,6 +79,7 @@ class Progress:
     def __init__(self, plan: list[str], expected: dict[str, float], say: Callable[[str], None]) -> None:
         self.plan, self.expected, self.say = plan, expected, say
         self.done: dict[str, float] = {}
+        self.skips: set[str] = set()
         self.current: tuple[str, float] | None = None
 
     def remaining(self) -> float:
@@ -89,9 +91,15 @@ class Progress:
     def started(self, stage: str, now: float) -> None:
         self.finish(now)
         self.current = (stage, now)
-        k = len(self.done) + 1
+        k = len(self.done) + len(self.skips) + 1
         n = max(len(self.plan), k)
         self.say(f"── stage {k} of {n}: {stage} (about {clock(self.remaining())} left)")
+
+    def skipped(self, stage: str, now: float) -> None:
+        """A planned stage DVC restored from its run cache or skipped: counted, not timed."""
+        self.finish(now)
+        self.skips.add(stage)
+        self.expected.pop(stage, None)
 
     def finish(self, now: float) -> None:
         if self.current is not None:
@@ -121,6 +129,8 @@ def run(targets: list[str], root: Path = Path("."), say: Callable[[str], None] =
         for line in proc.stdout:
             if m := STARTED.match(line):
                 progress.started(m.group(1), time.monotonic())
+            elif m := SKIPPED.match(line):
+                progress.skipped(m.group(1), time.monotonic())
             sys.stdout.write(line)
             sys.stdout.flush()
         rc = proc.wait()

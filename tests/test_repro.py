@@ -1,0 +1,42 @@
+"""`structlth repro`'s progress: the estimate per stage and "stage k of N" as DVC reports stages."""
+
+from __future__ import annotations
+
+import pytest
+
+from structlth.repro import SKIPPED, STARTED, Progress, clock, estimates
+
+
+def test_estimates_come_from_the_stage_then_its_group_then_every_stage():
+    recorded = {"pretrain": 130.0, "imp@round1": 40.0, "imp@round2": 60.0, "report": 10.0}
+    got = estimates(["pretrain", "imp@round3", "bench_ticket@refill-round4"], recorded)
+    assert got == {"pretrain": 130.0, "imp@round3": 50.0, "bench_ticket@refill-round4": 50.0}  # own; imp's median; all stages' median
+    assert estimates(["a"], {}) == {"a": 60.0}
+
+
+def test_progress_counts_stages_and_scales_the_rest_by_this_machines_pace():
+    lines = []
+    plan = ["a", "b", "c", "d"]
+    p = Progress(plan, {"a": 10.0, "b": 10.0, "c": 10.0, "d": 10.0}, lines.append)
+    p.started("a", 0.0)
+    p.started("b", 20.0)  # a took 20 s against 10 expected: this machine runs at half the pace
+    p.skipped("c", 25.0)  # b ends; c is restored from DVC's run cache: counted, not timed
+    p.started("d", 40.0)
+    assert lines == [
+        "── stage 1 of 4: a (about 40 s left)",
+        "── stage 2 of 4: b (about 60 s left)",  # 3 stages x 10 s x pace 2
+        "── stage 4 of 4: d (about 12 s left)",  # pace (20 + 5) / 20 on d's 10 s
+    ]
+    assert p.done == {"a": 20.0, "b": 5.0} and p.skips == {"c"}
+
+
+def test_dvc_output_lines_are_recognised():
+    assert STARTED.match("Running stage 'imp@round3':").group(1) == "imp@round3"
+    assert SKIPPED.match("Stage 'check_params' is cached - skipping run, checking out outputs").group(1) == "check_params"
+    assert SKIPPED.match("Stage 'code' didn't change, skipping").group(1) == "code"
+    assert STARTED.match("Stage 'x' didn't change, skipping") is None
+
+
+@pytest.mark.parametrize("seconds, text", [(45, "45 s"), (89.4, "89 s"), (90, "2 min"), (2100, "35 min")])
+def test_clock(seconds, text):
+    assert clock(seconds) == text
