@@ -39,7 +39,7 @@ def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, folder: Path, sig: i
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_path, raw_params, data_dir, sig):
-    raw_params["train"].update(epochs=10, rewind_epoch=1)
+    raw_params["train"].update(epochs=6, rewind_epoch=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
     folder = tmp_path / "checkpoints"
     cmd = _cmd(data_dir, "artifacts/pretrain", "checkpoints/pretrain.safetensors")

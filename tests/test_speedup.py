@@ -206,7 +206,7 @@ def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
         m,
         masks,
         metrics,
-        torch.randn(2, 3, 32, 32),
+        torch.randn(2, 3, 16, 16),
         BenchParams(batch_sizes=[2], repeats=1, warmup=0, atol=1e-4, onnxruntime=False),
         layers=False,
     )
