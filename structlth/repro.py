@@ -96,10 +96,12 @@ class Progress:
         self.say(f"── stage {k} of {n}: {stage} (about {clock(self.remaining())} left)")
 
     def skipped(self, stage: str, now: float) -> None:
-        """A planned stage DVC restored from its run cache or skipped: counted, not timed."""
+        """A stage DVC restored from its run cache or skipped: a planned one is counted, not timed
+        (DVC also names every unchanged stage it passes: those were never in the plan)."""
         self.finish(now)
-        self.skips.add(stage)
-        self.expected.pop(stage, None)
+        if stage in self.plan:
+            self.skips.add(stage)
+            self.expected.pop(stage, None)
 
     def finish(self, now: float) -> None:
         if self.current is not None:

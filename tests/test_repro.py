@@ -21,6 +21,7 @@ def test_progress_counts_stages_and_scales_the_rest_by_this_machines_pace():
     p.started("a", 0.0)
     p.started("b", 20.0)  # a took 20 s against 10 expected: this machine runs at half the pace
     p.skipped("c", 25.0)  # b ends; c is restored from DVC's run cache: counted, not timed
+    p.skipped("unchanged", 26.0)  # DVC names every unchanged stage too: not in the plan, not counted
     p.started("d", 40.0)
     assert lines == [
         "── stage 1 of 4: a (about 40 s left)",
