@@ -15,8 +15,8 @@ FIRST = ("test_dvc_pipeline.py", "test_interrupt.py", "test_replicate.py", "test
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest tests first: under `-n 2 --dist loadgroup` the DVC pipeline's group starts at once
-    on one worker and the rest fill the other, so the suite takes about as long as that group."""
+    """Longest test files first: under `-n 2 --dist loadfile` they start at once, and the short
+    files fill the other worker, so the suite takes about as long as its longest file."""
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))
 

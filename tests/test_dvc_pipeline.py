@@ -22,7 +22,7 @@ from structlth.artifacts import load_tensors
 from structlth.export import is_channel_wise
 from structlth.repro import planned_stages
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dvc_repo")]  # one worker builds the shared repo
+pytestmark = pytest.mark.slow
 
 
 def pipeline_raw() -> dict:
