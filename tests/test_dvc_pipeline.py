@@ -137,7 +137,7 @@ def test_editing_the_rate_invalidates_the_imp_chain(pristine):
 
 
 def test_runtime_section_invalidates_nothing_but_the_params_check(pristine):
-    _edit(pristine, lambda r: r["runtime"].update(threads=1, device="cpu"))
+    _edit(pristine, lambda r: r["runtime"].update(threads=2, device="cpu"))
     assert stages_changed(pristine) == {"check_params"}  # seconds; its unchanged output reruns nothing else
 
 
