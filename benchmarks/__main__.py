@@ -1,5 +1,5 @@
 """Run the benchmarks (all, or those named: python -m benchmarks regroup_time) and write
-reports/benchmarks/<name>.json."""
+reports/benchmarks/<name>.json, each stamped with the machine that ran it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 from benchmarks import (
+    alignment,
     channel_align,
+    compiled,
     default_sweep,
     loader,
     onnx_profile,
@@ -21,6 +23,7 @@ from benchmarks import (
     train_throughput,
 )
 from structlth.artifacts import write_json
+from structlth.speedup.timing import machine_name
 
 OUT = Path("reports/benchmarks")
 ALL = {
@@ -28,6 +31,8 @@ ALL = {
     "regroup_time": regroup_time.run,
     "speedup_scale": speedup_scale.run,
     "channel_align": channel_align.run,
+    "alignment": alignment.run,
+    "compiled": compiled.run,
     "default_sweep": default_sweep.run,
     "regroup_parts": regroup_parts.run,
     "onnx_profile": onnx_profile.run,
@@ -45,7 +50,7 @@ if __name__ == "__main__":
     for i, name in enumerate(wanted, 1):
         print(f"[{i}/{len(wanted)}] {name} ...", flush=True)
         began = time.perf_counter()
-        result = ALL[name]()
+        result = {"machine": machine_name(), "threads": torch.get_num_threads(), **ALL[name]()}
         write_json(OUT / f"{name}.json", result)
         print(
             f"[{i}/{len(wanted)}] {name} done in {time.perf_counter() - began:.0f} s -> {OUT / name}.json:",

@@ -69,7 +69,7 @@ def run(runs: int = 30) -> dict:
     for method, rnd in runs_of:
         model, masks = load_ticket(ctx, Path("artifacts") / method / rnd)
         kind = ticket_kind(method, params)
-        [(engine, fast)] = fast_models(kind, model.eval(), masks, ds.in_channels, x, 5, 1).items()
+        [(engine, fast)] = fast_models(kind, model.eval(), masks, ds.in_channels, x, 5, 1, "onnxruntime", params.bench.threads).items()
         out["models"][f"{method}/{rnd} ({engine})"] = profile(to_onnx(fast, x), x, params.bench.threads, runs)
     d = out["models"]["dense"]["total_ms"]
     out["summary"] = {

@@ -324,6 +324,9 @@ class BenchParams(Strict):
     threads: int = Field(2, ge=1)
     atol: float = Field(1e-3, gt=0, description="max |fast - masked| relative to output scale")
     onnxruntime: bool = Field(True, description="also time dense and tickets exported to ONNX, in ONNX Runtime (the onnx extra)")
+    compile: bool = Field(
+        False, description="also time the production engines and dense compiled by torch.compile (inductor; tens of seconds each)"
+    )
 
 
 class ReportParams(Strict):

@@ -126,9 +126,10 @@ def export_onnx(
     kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mapping, images: torch.Tensor, out_dir: str | Path, atol: float
 ) -> tuple[str, list[str]]:
     """Write model.onnx + architecture.json for a structured ticket of `kind`: the fast model the
-    bench times (channel-wise: the slim net; group-wise: the slim net with its grouped/sub convs,
-    engines chosen by timing on `images`), checked by onnx.checker and, in ONNX Runtime, against
-    the masked model on `images` (normalised [N, C, H, W]) at `atol` (VerificationError).
+    bench times in ONNX Runtime (channel-wise: the slim net; group-wise: the slim net with its
+    grouped/sub convs; alignment and engines chosen by timing on `images` in ONNX Runtime on
+    this machine), checked by onnx.checker and, in ONNX Runtime, against the masked model on
+    `images` (normalised [N, C, H, W]) at `atol` (VerificationError).
     Returns the engine and the ONNX operator types."""
     from structlth.speedup.onnxrt import OrtModel, op_types, to_onnx
 
@@ -140,7 +141,7 @@ def export_onnx(
             f" and group-wise ({', '.join(GROUP_KINDS)}) tickets"
         )
     model = model.cpu().eval()
-    [(engine, fast)] = fast_models(kind, model, masks, arch["in_channels"], images, 5, 1).items()
+    [(engine, fast)] = fast_models(kind, model, masks, arch["in_channels"], images, 5, 1, "onnxruntime", torch.get_num_threads()).items()
     data = to_onnx(fast.to(memory_format=torch.contiguous_format), images)
     verify(
         masked_reference(model, masks, arch["in_channels"]),

@@ -41,12 +41,14 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return float((a - b).abs().max()) <= 1e-4 * float(b.abs().max())
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("kind", ["refill", "imp_channel", "regroup", "imp"])
-def test_the_benched_fast_model_runs_in_onnxruntime_with_the_masked_outputs(kind):
+def test_the_benched_fast_model_runs_in_onnxruntime_with_the_masked_outputs(kind, runtime):
+    """Whichever runtime chose its alignment and engines."""
     m, masks = _ticket(kind)
     x = torch.randn(4, 1, 28, 28)
     ref = masked_reference(m, masks, 1)
-    for engine, fast in fast_models(kind, m, masks, 1, x, 1, 0).items():
+    for engine, fast in fast_models(kind, m, masks, 1, x, 1, 0, runtime, 1).items():
         if engine == "csr":  # torch sparse CSR tensors do not export
             continue
         y = torch.randn(7, 1, 28, 28)  # another batch size than the traced one
@@ -119,3 +121,21 @@ def test_a_missing_onnxruntime_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     with pytest.raises(StructlthError, match=r"onnxruntime is not installed: pip install -e '.\[onnx\]'.*bench.onnxruntime: false"):
         OrtModel(b"", 1)
+
+
+def test_engines_for_onnxruntime_are_chosen_by_timings_in_onnxruntime(monkeypatch):
+    import structlth.speedup.choice as choice
+
+    timed, time_pair = [], choice.time_pair
+
+    def record(dense, fast, x, *a, **k):
+        timed.append((type(dense) is OrtModel, type(fast) is OrtModel))
+        return time_pair(dense, fast, x, 1, 0)
+
+    m, masks = _ticket("regroup")
+    monkeypatch.setattr(choice, "time_pair", record)
+    metrics = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
+    bench_ticket(
+        "regroup", "regroup", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0), layers=False
+    )
+    assert set(timed) == {(False, False), (True, True)}  # alignment and engines: each runtime's own timings

@@ -107,7 +107,7 @@ def test_summary_headline_and_markdown():
     )
     assert headline(table, noise=0.35)["refill"].startswith("~0 (30.00%, inside the noise)")
     md = markdown(table, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU, 2 threads")
-    assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | 0.80 | ≥ 0.6 | yes |" in md
+    assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | PyTorch | 0.80 | ≥ 0.6 | yes |" in md
     # Wilson 850/1000 and the paired Wald interval, computed by hand; p = 2 * 0.5**55
     assert (
         "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 [0.8265, 0.8708] | -5.50% [-6.91%, -4.09%] | 5.6e-17 | no | no"
@@ -167,12 +167,16 @@ def test_onnxruntime_savings_sit_beside_pytorch_and_have_their_own_noise():
     bench = _with_ort(_bench(aa=0.01), aa=-0.12, refill=(0.40, 0.05))
     t = targets(bench, 64)
     assert t["timing_noise"] == pytest.approx(0.01) and t["ort_timing_noise"] == pytest.approx(0.12)
-    assert t["best_group_time_saving"] == pytest.approx(0.25)  # targets stay PyTorch's
+    assert t["best_group_time_saving"] == pytest.approx(0.25)  # unprefixed: PyTorch's
+    assert t["ort_channel_time_per_flop_saving"] == pytest.approx((0.40 / 0.5 + 0.05 / 0.6) / 2)
+    assert t["ort_best_group_time_saving"] is None  # no regroup row in ONNX Runtime
     table = _table(bench)
     refill = table[table["method"] == "refill"]
     assert refill["time_saving"].tolist() == [0.30, 0.60] and refill["ort_time_saving"].tolist() == [0.40, 0.05]
     md = markdown(table, DENSE_INFO, 0.01, {}, t, 64, "a test CPU")
     assert "| yes | no | 30.0% | 40.0% | 50.0% | slim |" in md
+    assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | ONNX Runtime | 0.44 | ≥ 0.6 | no |" in md
+    assert "| group-wise: best regroup time saving | ONNX Runtime |" not in md  # nothing measured, no row
     assert "| no | no | 60.0% | ~0 (5.0%) | 60.0% | slim |" in md  # inside ORT's 12%
     assert "timing noise 12.0%" in md
 

@@ -17,10 +17,11 @@ from structlth.export import export_slim, load_slim
 from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
 from structlth.speedup.bench import bench_ticket
-from structlth.speedup.engines import CsrConv, GroupedConv, SubConv, masked_reference, row_groups, swap_convs
+from structlth.speedup.choice import ALIGN, ALIGNS, choose_alignment
+from structlth.speedup.engines import CsrConv, GroupedConv, SubConv, masked_reference, round_up, row_groups, swap_convs
 from structlth.speedup.layout import FEEDER_GROWTH, feeders, fold_bn, fold_layouts
-from structlth.speedup.slim import StreamAdd, add_segments, slim_model
-from structlth.speedup.timing import verify
+from structlth.speedup.slim import StreamAdd, add_segments, kept_channels, slim_model
+from structlth.speedup.timing import Timing, machine_name, verify
 
 
 @pytest.mark.parametrize("arch, width", [("resnet20", 0.5), ("vgg16", 0.125), ("mobilenet_v1", 0.125), ("resnet18", 1.0)])
@@ -197,6 +198,8 @@ def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
         # 64 rows per part (the default's) and the pipeline's pin budget: blocks in every layer, partitioned in seconds
         masks = {
             n: regroup(v, parts=parts_for(v.shape[0], 64), min_rows=4, t2=0.3, b2=2, granularity="channel", max_pins=50_000)
+            if v.shape[0] <= 256  # wider layers stay unstructured: the dense engine's path, at a fifth of the partitioning
+            else v
             for n, v in masks.items()
         }
     metrics = {"flops": 1, "flops_dense": 2, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
@@ -329,6 +332,64 @@ def test_slim_pads_channel_counts_with_dead_channels_and_stays_exact():
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(padded(x), masked_reference(m, masks, 3)(x), atol=1e-5, rtol=1e-4)
+
+
+def _convs(m: nn.Module) -> dict[str, nn.Conv2d]:
+    return {n: mod for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d)}
+
+
+def test_per_layer_alignment_pads_each_conv_to_its_own_multiple_and_stays_exact():
+    m = randomised_model("vgg16", 0.25)
+    masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.4)
+    live, full = kept_channels(m, masks, 3), _convs(m)
+    align = {n: ALIGNS[i % len(ALIGNS)] for i, n in enumerate(full)}
+    slim = _convs(slim_model(m, masks, 3, align))
+    assert {n: c.out_channels for n, c in slim.items()} == {n: min(full[n].out_channels, round_up(len(live[n]), align[n])) for n in full}
+    assert len({c.out_channels % 16 for c in slim.values()}) > 1  # the multiples differ by layer
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fold_bn(slim_model(m, masks, 3, align))(x), masked_reference(m, masks, 3)(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fast_counts, expect", [(32, "multiple of 32"), (None, "all ALIGN")])
+def test_alignment_is_the_fastest_padded_count_per_layer(monkeypatch, fast_counts, expect):
+    """Timings faked: a conv whose output count is a multiple of 32 runs in half the time."""
+    m = randomised_model("vgg16", 0.25)
+    masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.4)
+
+    def fake(dense, fast, x, *a, **k):
+        fast_enough = fast_counts and fast.out_channels % fast_counts == 0
+        return Timing(1.0, 0.5 if fast_enough else 1.0 - 0.5 * 0.03)  # else within ALIGN_MARGIN: not worth its zero channels
+
+    monkeypatch.setattr("structlth.speedup.choice.time_pair", fake)
+    choice = choose_alignment(m, masks, 3, torch.randn(2, 3, 32, 32), 1, 0)
+    live, full = kept_channels(m, masks, 3), _convs(m)
+    assert set(choice) == set(full) and set(choice.values()) <= set(ALIGNS)
+    for n, a in choice.items():
+        counts = [min(full[n].out_channels, round_up(len(live[n]), b)) for b in ALIGNS]
+        if expect == "all ALIGN" or counts[0] % 32 == 0 or all(c % 32 for c in counts):
+            assert a == ALIGN, n
+        else:  # the smallest multiple reaching the first count that is a multiple of 32
+            assert a == ALIGNS[next(i for i, c in enumerate(counts) if c % 32 == 0)], n
+    if expect == "multiple of 32":
+        assert set(choice.values()) != {ALIGN}  # some layer did pad wider
+
+
+def test_compiled_engines_are_verified_and_carry_their_compile_time(monkeypatch):
+    m, masks, metrics = _bench_case("imp_channel")
+    bench = BenchParams(batch_sizes=[4], repeats=1, warmup=0, onnxruntime=False, compile=True)
+    x = torch.randn(4, 1, 28, 28)
+    monkeypatch.setattr("structlth.speedup.bench.compile_model", lambda model, _x: (model, 1.5))  # inductor takes ~40 s: its plumbing here
+    rows, _ = bench_ticket("imp_channel", "imp_channel", m, masks, metrics, x, bench, layers=False)
+    assert [(r["engine"], r["compile_s"]) for r in rows] == [("slim", None), ("slim+compile", 1.5)]
+    monkeypatch.setattr("structlth.speedup.bench.compile_model", lambda model, _x: (lambda y: model(y) + 1, 1.5))
+    with pytest.raises(VerificationError, match=r"imp_channel slim\+compile \(torch\): fast path differs"):
+        bench_ticket("imp_channel", "imp_channel", m, masks, metrics, x, bench, layers=False)
+
+
+def test_the_machine_names_its_cpu_isa_and_runtimes():
+    name = machine_name()
+    assert f"({torch.backends.cpu.get_cpu_capability()}, " in name and "torch " in name and "ONNX Runtime " in name
 
 
 def test_load_slim_refuses_non_finite_weights(tmp_path):

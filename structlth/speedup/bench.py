@@ -22,8 +22,10 @@ from torch import nn
 
 from structlth.masks import layer_effective_flops
 from structlth.speedup.choice import fast_models, fastest_format
+from structlth.speedup.compiled import SUFFIX, compile_model
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.layout import fold_bn
+from structlth.speedup.onnxrt import RUNTIMES, in_runtime
 from structlth.speedup.timing import Timing, conv_inputs, machine_name, time_pair, verify
 
 
@@ -32,8 +34,9 @@ def layer_rows(
 ) -> list[dict]:
     """Per conv layer (BN folded, ReLU excluded): dense conv on its dense input vs the fast
     model's module of the same name on the fast model's input, each in `runtime` (in ONNX
-    Runtime: each layer exported on its own); flops: the layer's (dense, effective) FLOPs
-    (structlth.masks.layer_effective_flops), its physical limit."""
+    Runtime: each layer exported on its own), with both output channel counts (a slim conv's
+    includes the zero channels its alignment added); flops: the layer's (dense, effective)
+    FLOPs (structlth.masks.layer_effective_flops), its physical limit."""
     d_in = conv_inputs(dense, x)
     f_in = conv_inputs(fast, x, set(d_in))
     d_mods, f_mods = dict(dense.named_modules()), dict(fast.named_modules())
@@ -53,6 +56,8 @@ def layer_rows(
                 "time_saving": t.saving,
                 "flops_saving": 1 - k / dn,
                 "engine": type(f_mods[name]).__name__,
+                "dense_channels": d_mods[name].out_channels,
+                "channels": getattr(f_mods[name], "out_channels", None),  # a slim conv's, zero channels included
             }
         )
     return rows
@@ -82,10 +87,10 @@ BENCH_COLUMNS = [
     "flops_saving",
     "params_saving",
     "max_abs_err",
+    "compile_s",
     "sparsity",
     "test_acc",
 ]
-RUNTIMES = ("torch", "onnxruntime")
 PRODUCTION_ENGINES = ("slim", "slim+blocks")  # chosen per ticket kind before any timing (speedup.choice)
 ORT_ENGINES = ("slim", "slim+blocks", "masked_dense")  # exportable to ONNX (torch's sparse CSR is not)
 
@@ -93,15 +98,6 @@ ORT_ENGINES = ("slim", "slim+blocks", "masked_dense")  # exportable to ONNX (tor
 def runtimes(bench) -> tuple[str, ...]:
     """The runtimes a bench times in: PyTorch, plus ONNX Runtime when bench.onnxruntime."""
     return RUNTIMES if bench.onnxruntime else RUNTIMES[:1]
-
-
-def in_runtime(runtime: str, model: nn.Module, x: torch.Tensor, threads: int):
-    """model as a callable of the runtime: itself, or its ONNX export in ONNX Runtime (traced on x)."""
-    if runtime == "torch":
-        return model
-    from structlth.speedup.onnxrt import ort_model
-
-    return ort_model(model, x, threads)
 
 
 @dataclass(frozen=True)
@@ -148,6 +144,16 @@ def _timed(dense, fast, x: torch.Tensor, bench, expected_ms: float) -> tuple[Tim
     return best, tries
 
 
+def _compiled(ref: nn.Module, dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, engine: str, method: str):
+    """The row of a compiled engine: fast and dense compiled alike for x's shape; the fast one
+    verified against the masked model on x, then timed against the compiled dense net.
+    Returns (engine, Timing, re-runs, max error, compile seconds of the fast model)."""
+    d, _ = compile_model(dense, x)
+    f, seconds = compile_model(fast, x)
+    err = verify(ref, f, x, bench.atol, f"{method} {engine} (torch)")
+    return engine, time_pair(d, f, x, bench.repeats, bench.warmup), 0, err, seconds
+
+
 @contextmanager
 def _phase(phases: dict[str, float] | None, name: str) -> Iterator[None]:
     """Add the wall time of the block to phases[name] (where the bench's time goes)."""
@@ -172,8 +178,9 @@ def bench_ticket(
     baseline: DenseBaseline | None = None,
     phases: dict[str, float] | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """Rows for bench.csv (every runtime x engine x batch size) and bench_layers.csv (largest
-    batch, production engines and csr).
+    """Rows for bench.csv (every runtime x engine x batch size; with bench.compile also each
+    production engine compiled, against the dense net compiled alike) and bench_layers.csv
+    (largest batch, production engines and csr).
 
     model: the ticket's architecture with its trained weights; test_x: normalised test images
     [N, C, H, W], N >= max(batch sizes); bench: BenchParams; baseline: the stage's dense
@@ -192,41 +199,47 @@ def bench_ticket(
     for b in bench.batch_sizes:
         fmt = torch.channels_last if baseline.formats[b] else torch.contiguous_format
         dense = dense.to(memory_format=fmt)
-        with _phase(phases, "engine choice"):
-            candidates = fast_models(kind, model, masks, in_ch, test_x[:b].contiguous(memory_format=fmt), max(5, bench.repeats // 2), 1)
-        for engine, fast in candidates.items():
-            fast = fast.to(memory_format=fmt)
-            for runtime in runtimes(bench):
+        for runtime in runtimes(bench):
+            x = test_x[:b].contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
+            with _phase(phases, f"{runtime}: engine choice"):
+                candidates = fast_models(kind, model, masks, in_ch, x, max(5, bench.repeats // 2), 1, runtime, bench.threads)
+            for engine, fast in candidates.items():
                 if runtime != "torch" and engine not in ORT_ENGINES:
                     continue
-                x = test_x[:b].contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
+                fast = fast.to(memory_format=fmt)
                 with _phase(phases, f"{runtime}: export and verify"):
                     d, f = in_runtime(runtime, dense, x, bench.threads), in_runtime(runtime, fast, x, bench.threads)
                     err = verify(ref, f, check_x, bench.atol, f"{method} {engine} ({runtime})")
                 with _phase(phases, f"{runtime}: timing"):
                     t, retimed = _timed(d, f, x, bench, baseline.t_dense_ms[runtime][b])
                 physical = sum(p.numel() for p in fast.parameters()) if engine == "slim" else metrics["params_kept"]
-                rows.append(
-                    {
-                        "method": method,
-                        "runtime": runtime,
-                        "engine": engine,
-                        "batch": b,
-                        "machine": machine,
-                        "threads": torch.get_num_threads(),
-                        "channels_last": baseline.formats[b] and runtime == "torch",
-                        "retimed": retimed,
-                        "t_dense_ms": t.t_dense_ms,
-                        "t_ticket_ms": t.t_ticket_ms,
-                        "time_saving": t.saving,
-                        "aa_noise": baseline.aa_noise[runtime][b],
-                        "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],
-                        "params_saving": 1 - physical / dense_params,
-                        "max_abs_err": err,
-                        "sparsity": metrics["sparsity"],
-                        "test_acc": metrics["test_acc"],
-                    }
-                )
+                timed = [(engine, t, retimed, err, None)]
+                if bench.compile and runtime == "torch" and engine in PRODUCTION_ENGINES:
+                    with _phase(phases, "torch: compile, verify and time"):
+                        timed.append(_compiled(ref, dense, fast, x, bench, engine + SUFFIX, method))
+                for engine_name, t, retimed, err, compile_s in timed:
+                    rows.append(
+                        {
+                            "method": method,
+                            "runtime": runtime,
+                            "engine": engine_name,
+                            "batch": b,
+                            "machine": machine,
+                            "threads": torch.get_num_threads(),
+                            "channels_last": baseline.formats[b] and runtime == "torch",
+                            "retimed": retimed,
+                            "t_dense_ms": t.t_dense_ms,
+                            "t_ticket_ms": t.t_ticket_ms,
+                            "time_saving": t.saving,
+                            "aa_noise": baseline.aa_noise[runtime][b],
+                            "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],
+                            "params_saving": 1 - physical / dense_params,
+                            "max_abs_err": err,
+                            "compile_s": compile_s,
+                            "sparsity": metrics["sparsity"],
+                            "test_acc": metrics["test_acc"],
+                        }
+                    )
                 if layers and b == max(bench.batch_sizes) and engine in ("slim", "slim+blocks", "csr"):
                     flops = layer_effective_flops(model, masks, (1, *test_x.shape[1:]))
                     with _phase(phases, f"{runtime}: per-layer rows"):

@@ -84,7 +84,8 @@ class Reorder(nn.Module):
         return take_channels(x, self.index)
 
 
-def _round_up(n: int, align: int) -> int:
+def round_up(n: int, align: int) -> int:
+    """The smallest multiple of align that is >= n."""
     return -(-n // align) * align
 
 
@@ -108,8 +109,8 @@ class GroupedConv(nn.Module):
             raise ValueError("grouped engine: the layer has no live row")
         chans = [torch.nonzero(mask[g[0]].flatten(1).any(1)).flatten() for g in groups]
         k = len(groups)
-        r = _round_up(max(len(g) for g in groups), align)
-        c = min(_round_up(max(len(ch) for ch in chans), align), conv.in_channels)
+        r = round_up(max(len(g) for g in groups), align)
+        c = min(round_up(max(len(ch) for ch in chans), align), conv.in_channels)
         w, b = conv.weight.detach() * mask, _bias(conv)
         self.conv = nn.Conv2d(k * c, k * r, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=k)
         weight, bias = torch.zeros_like(self.conv.weight), torch.zeros(k * r)

@@ -88,3 +88,14 @@ class OrtModel:
 def ort_model(model: nn.Module, x: torch.Tensor, threads: int) -> OrtModel:
     """`model` exported (traced on x) and loaded in ONNX Runtime."""
     return OrtModel(to_onnx(model, x), threads)
+
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def in_runtime(runtime: str, model: nn.Module, x: torch.Tensor, threads: int):
+    """model as a callable of the runtime: itself (PyTorch), or its ONNX export in ONNX Runtime
+    (traced on x)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; one of {', '.join(RUNTIMES)}")
+    return model if runtime == "torch" else ort_model(model, x, threads)

@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from structlth.graph import ADD_OPS, liveness
 from structlth.masks import apply_masks, training_masks
-from structlth.speedup.engines import is_channels_last
+from structlth.speedup.engines import is_channels_last, round_up
 
 Segment = tuple[int | None, int | None, int]  # (start in b or None, start in a or None, length)
 
@@ -145,10 +145,12 @@ def _slim_linear(lin: nn.Linear, keep_in: list[int]) -> nn.Linear:
     return new
 
 
-def kept_channels(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, align: int = 1) -> dict[str, list[int]]:
+def kept_channels(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, align: int | Mapping[str, int] = 1
+) -> dict[str, list[int]]:
     """Output channels each conv keeps (sorted): its live ones (one dead channel where none is
     live), for plain convs padded with the lowest dead channels up to a multiple of `align` (at
-    most C_out).
+    most C_out): one for every conv, or per conv name (1 where a conv is not named).
 
     Dead channels are exactly zero, so padding changes no output; it keeps channel counts on
     the CPU kernels' blocks (oneDNN computes 8/16 channels at a time: measured here, a 64 -> 61
@@ -161,8 +163,9 @@ def kept_channels(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channe
         if n not in convs:
             continue
         keep = torch.nonzero(a).flatten().tolist() or [0]
-        if align > 1 and convs[n].groups == 1:
-            short = min(len(a), -(-len(keep) // align) * align) - len(keep)
+        multiple = align.get(n, 1) if isinstance(align, Mapping) else align
+        if multiple > 1 and convs[n].groups == 1:
+            short = min(len(a), round_up(len(keep), multiple)) - len(keep)
             keep = sorted(keep + [int(i) for i in torch.nonzero(~a).flatten() if int(i) not in keep][:short])
         out[n] = keep
     return out
@@ -267,10 +270,11 @@ def channel_orders(gm: fx.GraphModule, keep: Mapping[str, list[int]]) -> dict[st
 
 
 @torch.no_grad()
-def slim_model(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, align: int = 1) -> fx.GraphModule:
+def slim_model(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, align: int | Mapping[str, int] = 1) -> fx.GraphModule:
     """A physically slimmed copy of `model` with `masks` (and dead-channel BN masks) applied.
 
-    model: any registry network; masks: param name -> bool weight mask. Returns an fx
+    model: any registry network; masks: param name -> bool weight mask; align: the channel
+    multiple of plain convs, one or per conv (`kept_channels`). Returns an fx
     GraphModule in eval mode with the same input/output shapes. Inside it a tensor carries its
     kept channels in the order `channel_orders` plans (a function of the kept channel sets and
     the graph alone, so `structlth.export.load_slim` rebuilds the same net).

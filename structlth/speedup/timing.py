@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -27,7 +28,8 @@ from structlth.errors import VerificationError
 
 def machine_name() -> str:
     """The CPU that times: model, the instruction set torch's kernels use, core count,
-    torch and oneDNN versions; e.g. 'AMD EPYC (AVX2, 2 cores), torch 2.13.0, oneDNN 3.7'."""
+    torch, oneDNN and ONNX Runtime versions; e.g. 'AMD EPYC (AVX2, 2 cores), torch 2.13.0,
+    oneDNN 3.12.0, ONNX Runtime 1.32.0'."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -38,7 +40,11 @@ def machine_name() -> str:
         pass
     onednn = re.search(r"MKL-DNN v([0-9.]+)", torch.__config__.show())
     dnn = f", oneDNN {onednn.group(1)}" if onednn else ""
-    return f"{model} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores), torch {torch.__version__.split('+')[0]}{dnn}"
+    try:
+        ort = f", ONNX Runtime {metadata.version('onnxruntime')}"
+    except metadata.PackageNotFoundError:
+        ort = ""
+    return f"{model} ({torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores), torch {torch.__version__.split('+')[0]}{dnn}{ort}"
 
 
 @contextmanager

@@ -1,0 +1,70 @@
+"""torch.compile (inductor, freezing) as an engine: compile time and what it saves, against the
+dense net compiled alike, beside the eager engines (bench_ticket with bench.compile, PyTorch,
+batch 64): the default run's last-round refill and regroup tickets, and a ResNet-18 at the
+paper's scale (32x32 inputs, untrained, randomised BN) refilled and regrouped at 40% density.
+
+Reads the workspace's params.yaml and artifacts for the default's tickets (run `make repro`
+or `dvc pull` first).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import randomise_bn, ticket_of
+from benchmarks.speedup_scale import tickets
+from structlth.artifacts import read_json
+from structlth.config import BenchParams, load_params
+from structlth.data import load_dataset, normalize
+from structlth.models import build_model
+from structlth.pipeline import Context, load_ticket
+from structlth.speedup.bench import bench_ticket, ticket_kind
+
+BATCH = 64
+KEEP = ("method", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "compile_s", "max_abs_err")
+
+
+def _default_cases():
+    params = load_params("params.yaml")
+    ds = load_dataset(Path("artifacts/data"))
+    ctx = Context(params, ds, torch.device("cpu"))
+    x = normalize(ds.test.head(BATCH), ds.mean, ds.std)
+    rnd = params.prune.ticket_rounds[-1]
+    for method in ("refill", "regroup"):
+        d = Path("artifacts") / method / rnd
+        model, masks = load_ticket(ctx, d)
+        yield f"default {method} {rnd}", ticket_kind(method, params), model, masks, read_json(d / "metrics.json"), x
+
+
+def _scale_cases():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, 3, 1.0).eval()
+    randomise_bn(model)
+    x = torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for method, (kind, masks) in tickets(model, 0.4).items():
+        if method in ("refill", "regroup_disjoint"):
+            ticket, metrics = ticket_of(model, masks, (1, 3, 32, 32))
+            yield f"resnet18 {method} @0.4", kind, ticket, masks, metrics, x
+
+
+def run() -> dict:
+    bench = BenchParams(batch_sizes=[BATCH], repeats=15, warmup=3, threads=2, onnxruntime=False, compile=True)
+    rows = []
+    for case, kind, model, masks, metrics, x in [*_default_cases(), *_scale_cases()]:
+        out, _ = bench_ticket(case, kind, model, masks, metrics, x, bench, layers=False)
+        rows += [{k: r[k] for k in KEEP} for r in out]
+        print(case, [(r["engine"], f"{r['time_saving']:.1%}", r["compile_s"]) for r in out], flush=True)
+    eager = {r["method"]: r for r in rows if r["compile_s"] is None}
+    summary = {
+        r["method"]: {
+            "compile_s": round(r["compile_s"], 1),
+            "saving_eager": round(eager[r["method"]]["time_saving"], 3),
+            "saving_compiled": round(r["time_saving"], 3),
+            "compiled_over_eager_ticket": round(r["t_ticket_ms"] / eager[r["method"]]["t_ticket_ms"], 3),
+        }
+        for r in rows
+        if r["compile_s"] is not None
+    }
+    return {"batch": BATCH, "rows": rows, "summary": summary}
