@@ -36,7 +36,7 @@ def _load(name: str) -> dict:
 
 
 # the default with every ticket kind; with three seeds; with re-initialised tickets; the smoke run
-EXTRA = {"default_all_tickets", "default_3seeds", "default_group_aware", "default_reinit", "default_sources", "quick"}
+EXTRA = {"default_all_tickets", "default_3seeds", "default_group_aware", "default_reinit", "default_sources", "default_align16", "quick"}
 
 
 def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
@@ -54,6 +54,9 @@ def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
     group = parse_params(_load("default_group_aware"))
     assert {n: g.ticket for n, g in group.group_chains.items()} == {"imp_regroup": "regroup", "imp_refill": "refill"}
     assert group.chains == ["imp", "imp_channel", "imp_regroup", "imp_refill"]
+    align16 = parse_params(_load("default_align16"))
+    assert {n: t.channel_align for n, t in align16.tickets.items() if t.kind == "refill"} == {"refill": 8, "refill16": 16}
+    assert (align16.data, align16.model, align16.train, align16.prune) == (extra.data, extra.model, extra.train, extra.prune)
     seeds = parse_params(_load("default_3seeds"))
     assert seeds.seeds == [0, 1, 2]
     assert (seeds.data, seeds.model, seeds.train, seeds.prune) == (
