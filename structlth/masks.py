@@ -75,6 +75,16 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
         params[name].mul_(m.to(params[name].device, params[name].dtype))
 
 
+def split_flat(flat: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Masks:
+    """flat [sum of numels], the tensors of `like` concatenated flat in its order, back as
+    name -> tensor of like[name]'s shape (copies)."""
+    out, start = {}, 0
+    for n, t in like.items():
+        out[n] = flat[start : start + t.numel()].view(t.shape).clone()
+        start += t.numel()
+    return out
+
+
 def density(masks: Mapping[str, torch.Tensor]) -> float:
     total = sum(m.numel() for m in masks.values())
     return sum(int(m.count_nonzero()) for m in masks.values()) / max(total, 1)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from structlth.masks import Masks, row_alive
+from structlth.masks import Masks, row_alive, split_flat
 
 
 def magnitude_prune(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float) -> Masks:
@@ -27,12 +27,7 @@ def magnitude_prune(weights: Mapping[str, torch.Tensor], masks: Mapping[str, tor
     order = torch.sort(scores, stable=True).indices
     keep = torch.ones_like(alive)
     keep[order[: n_dead + n_prune]] = False
-    out, start = {}, 0
-    for n in names:
-        size = masks[n].numel()
-        out[n] = keep[start : start + size].view(masks[n].shape).clone()
-        start += size
-    return out
+    return split_flat(keep, masks)
 
 
 def channel_prune(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float) -> Masks:

@@ -24,9 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from structlth.masks import Masks, split_flat
 from structlth.pruning.magnitude import magnitude_prune
-
-Masks = dict[str, torch.Tensor]
 
 
 def keep_top(scores: Mapping[str, torch.Tensor], density: float, alive: Mapping[str, torch.Tensor] | None = None) -> Masks:
@@ -41,12 +40,7 @@ def keep_top(scores: Mapping[str, torch.Tensor], density: float, alive: Mapping[
     k = round(density * flat.numel())
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[torch.sort(flat, descending=True, stable=True).indices[:k]] = True
-    out, start = {}, 0
-    for n in names:
-        size = scores[n].numel()
-        out[n] = keep[start : start + size].view(scores[n].shape).clone()
-        start += size
-    return out
+    return split_flat(keep, scores)
 
 
 def omp_masks(weights: Mapping[str, torch.Tensor], density: float) -> Masks:

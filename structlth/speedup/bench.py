@@ -196,6 +196,7 @@ def bench_ticket(
     machine = machine_name()  # reads /proc/cpuinfo and torch's build config: once per ticket, not per row
     dense_params = sum(p.numel() for p in model.parameters())
     check_x = test_x[: max(bench.batch_sizes)]
+    flops = layer_effective_flops(model, masks, (1, *test_x.shape[1:])) if layers else {}
     for b in bench.batch_sizes:
         fmt = torch.channels_last if baseline.formats[b] else torch.contiguous_format
         dense = dense.to(memory_format=fmt)
@@ -241,7 +242,6 @@ def bench_ticket(
                         }
                     )
                 if layers and b == max(bench.batch_sizes) and engine in ("slim", "slim+blocks", "csr"):
-                    flops = layer_effective_flops(model, masks, (1, *test_x.shape[1:]))
                     with _phase(phases, f"{runtime}: per-layer rows"):
                         for r in layer_rows(dense, fast, x, bench, flops, runtime):
                             layer_out.append({"method": method, "runtime": runtime, "batch": b, **r})
