@@ -39,23 +39,27 @@ def test_slim_model_equals_masked_model_and_is_smaller(arch, width):
     assert sum(p.numel() for p in slim.parameters()) < 0.6 * sum(p.numel() for p in m.parameters())
 
 
-def test_a_sum_of_different_channel_sets_is_the_scatter_into_their_union_in_any_order():
-    """b's channels first, in b's order, then a's others; channels_last stays channels_last."""
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_a_sum_of_different_channel_sets_is_the_scatter_into_their_union_in_any_order(fmt):
+    """b's channels first, in b's order, then a's others, in the inputs' memory format; the
+    slices-and-concat form an ONNX export traces computes the same."""
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         a = torch.randperm(12, generator=g)[: int(torch.randint(1, 12, (1,), generator=g))].tolist()
         b = torch.randperm(12, generator=g)[: int(torch.randint(1, 12, (1,), generator=g))].tolist()
         union, segments = add_segments(a, b)
         assert union[: len(b)] == b and sorted(union) == sorted(set(a) | set(b))
-        xa = torch.randn(2, len(a), 3, 3).contiguous(memory_format=torch.channels_last)
-        xb = torch.randn(2, len(b), 3, 3).contiguous(memory_format=torch.channels_last)
+        xa = torch.randn(2, len(a), 3, 3).contiguous(memory_format=fmt)
+        xb = torch.randn(2, len(b), 3, 3).contiguous(memory_format=fmt)
         pos = {c: i for i, c in enumerate(union)}
         want = torch.zeros(2, len(union), 3, 3)
         want[:, [pos[c] for c in a]] += xa
         want[:, [pos[c] for c in b]] += xb
-        got = StreamAdd(segments)(xa, xb)
+        add = StreamAdd(segments)
+        got = add(xa, xb)
         assert torch.allclose(got, want)
-        assert got.is_contiguous(memory_format=torch.channels_last) or max(len(a), len(b)) == 1  # one channel: both formats
+        assert got.is_contiguous(memory_format=fmt) or max(len(a), len(b)) == 1  # one channel: either format
+        assert torch.allclose(torch.cat([add._stretch(xa, xb, *s) for s in segments], 1), want)
 
 
 def test_residual_streams_are_ordered_so_each_block_joins_in_few_stretches():

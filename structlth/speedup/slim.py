@@ -59,26 +59,39 @@ def add_segments(a: Sequence[int], b: Sequence[int]) -> tuple[list[int], list[Se
 
 class StreamAdd(nn.Module):
     """a + b where a and b carry different channel sets: each output stretch (`add_segments`)
-    is a slice of b, of a, or the sum of one of each; one concat joins them (in the inputs'
-    memory format)."""
+    is a slice of b, of a, or the sum of one of each. Eager PyTorch writes the stretches into one
+    output allocated in the inputs' memory format (no temporaries, one pass over the data); an
+    ONNX export gets slices, adds and one concat."""
 
     def __init__(self, segments: Sequence[Segment]) -> None:
         super().__init__()
         self.segments = [tuple(s) for s in segments]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        parts = []
+        if torch.onnx.is_in_onnx_export():
+            return torch.cat([self._stretch(a, b, sb, sa, n) for sb, sa, n in self.segments], 1)
+        fmt = torch.channels_last if is_channels_last(a) or is_channels_last(b) else torch.contiguous_format
+        shape = (b.shape[0], sum(n for *_, n in self.segments), *b.shape[2:])
+        out = torch.empty(shape, dtype=torch.result_type(a, b), device=b.device, memory_format=fmt)
+        start = 0
         for sb, sa, n in self.segments:
+            target = out.narrow(1, start, n)
             if sb is None:
-                parts.append(a.narrow(1, sa, n))
+                target.copy_(a.narrow(1, sa, n))
             elif sa is None:
-                parts.append(b.narrow(1, sb, n))
+                target.copy_(b.narrow(1, sb, n))
             else:
-                parts.append(b.narrow(1, sb, n) + a.narrow(1, sa, n))
-        out = torch.cat(parts, 1)  # in the parts' format, contiguous when a part is ambiguous (one channel)
-        if (is_channels_last(a) or is_channels_last(b)) and not is_channels_last(out):
-            out = out.contiguous(memory_format=torch.channels_last)
+                torch.add(b.narrow(1, sb, n), a.narrow(1, sa, n), out=target)
+            start += n
         return out
+
+    @staticmethod
+    def _stretch(a: torch.Tensor, b: torch.Tensor, sb: int | None, sa: int | None, n: int) -> torch.Tensor:
+        if sb is None:
+            return a.narrow(1, sa, n)
+        if sa is None:
+            return b.narrow(1, sb, n)
+        return b.narrow(1, sb, n) + a.narrow(1, sa, n)
 
     def extra_repr(self) -> str:
         return f"segments={self.segments}"
