@@ -18,7 +18,7 @@ from structlth.config import load_params
 from structlth.data import load_dataset, normalize
 from structlth.pipeline import Context, load_ticket
 from structlth.speedup.bench import ticket_kind
-from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, choose_alignment, fastest_format
+from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, Probe, choose_alignment, fastest_format
 from structlth.speedup.engines import round_up
 from structlth.speedup.layout import fold_bn
 from structlth.speedup.onnxrt import RUNTIMES
@@ -41,8 +41,9 @@ def run() -> dict:
             live = kept_channels(model, masks, ds.in_channels)
             c_out = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
             for runtime in RUNTIMES:
-                xr = x.contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
-                choice = choose_alignment(model.eval(), masks, ds.in_channels, xr, 9, 2, runtime, params.bench.threads)
+                fmt_here = fmt if runtime == "torch" else torch.contiguous_format
+                probe = Probe(x.contiguous(memory_format=fmt_here), fmt_here, 9, 2, runtime, params.bench.threads)
+                choice = choose_alignment(model.eval(), masks, ds.in_channels, probe)
                 rows += [
                     {
                         "method": method,

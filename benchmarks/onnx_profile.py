@@ -23,7 +23,7 @@ from structlth.config import load_params
 from structlth.data import load_dataset, normalize
 from structlth.pipeline import Context, load_ticket
 from structlth.speedup.bench import ticket_kind
-from structlth.speedup.choice import fast_models
+from structlth.speedup.choice import Probe, fast_models
 from structlth.speedup.layout import fold_bn
 from structlth.speedup.onnxrt import to_onnx
 
@@ -69,7 +69,9 @@ def run(runs: int = 30) -> dict:
     for method, rnd in runs_of:
         model, masks = load_ticket(ctx, Path("artifacts") / method / rnd)
         kind = ticket_kind(method, params)
-        [(engine, fast)] = fast_models(kind, model.eval(), masks, ds.in_channels, x, 5, 1, "onnxruntime", params.bench.threads).items()
+        [(engine, fast)] = fast_models(
+            kind, model.eval(), masks, ds.in_channels, Probe(x, runtime="onnxruntime", threads=params.bench.threads)
+        ).items()
         out["models"][f"{method}/{rnd} ({engine})"] = profile(to_onnx(fast, x), x, params.bench.threads, runs)
     d = out["models"]["dense"]["total_ms"]
     out["summary"] = {

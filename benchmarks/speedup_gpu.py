@@ -19,7 +19,7 @@ from structlth.config import BenchParams
 from structlth.masks import layer_effective_flops
 from structlth.models import build_model
 from structlth.speedup.bench import layer_rows
-from structlth.speedup.choice import fast_models
+from structlth.speedup.choice import Probe, fast_models
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.layout import fold_bn
 from structlth.speedup.timing import time_pair, verify
@@ -56,7 +56,7 @@ def run(device: str = "cuda", cases: list[tuple[str, float]] = CASES, batches: l
                     .contiguous(memory_format=torch.channels_last)
                 )
                 xt = x.to(dtype)
-                for engine, fast in fast_models(kind, ticket, masks, 3, xt, 9, 2).items():
+                for engine, fast in fast_models(kind, ticket, masks, 3, Probe(xt, torch.channels_last, 9, 2)).items():
                     torch.backends.cudnn.allow_tf32 = False
                     try:
                         err = verify(ref, _on(fast, dev, torch.float32), x, ATOL, f"{arch} {method} {engine}")

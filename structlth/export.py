@@ -22,7 +22,7 @@ from torch import nn
 from structlth.artifacts import check_state, load_tensors, read_json, save_tensors, write_bytes, write_json
 from structlth.errors import ArtifactError
 from structlth.models import build_model
-from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, fast_models
+from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, Probe, fast_models
 from structlth.speedup.engines import ALIGN, masked_reference
 from structlth.speedup.slim import kept_channels, slim_model
 from structlth.speedup.timing import verify
@@ -141,7 +141,8 @@ def export_onnx(
             f" and group-wise ({', '.join(GROUP_KINDS)}) tickets"
         )
     model = model.cpu().eval()
-    [(engine, fast)] = fast_models(kind, model, masks, arch["in_channels"], images, 5, 1, "onnxruntime", torch.get_num_threads()).items()
+    probe = Probe(images, runtime="onnxruntime", threads=torch.get_num_threads())
+    [(engine, fast)] = fast_models(kind, model, masks, arch["in_channels"], probe).items()
     data = to_onnx(fast.to(memory_format=torch.contiguous_format), images)
     verify(
         masked_reference(model, masks, arch["in_channels"]),

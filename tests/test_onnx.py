@@ -17,7 +17,7 @@ from structlth.export import export_onnx
 from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
 from structlth.speedup.bench import bench_ticket
-from structlth.speedup.choice import fast_models, slim_masks
+from structlth.speedup.choice import Probe, fast_models, slim_masks
 from structlth.speedup.engines import masked_reference, swap_convs
 from structlth.speedup.layout import fold_bn, fold_layouts
 from structlth.speedup.onnxrt import OrtModel, op_types, to_onnx
@@ -48,7 +48,7 @@ def test_the_benched_fast_model_runs_in_onnxruntime_with_the_masked_outputs(kind
     m, masks = _ticket(kind)
     x = torch.randn(4, 1, 28, 28)
     ref = masked_reference(m, masks, 1)
-    for engine, fast in fast_models(kind, m, masks, 1, x, 1, 0, runtime, 1).items():
+    for engine, fast in fast_models(kind, m, masks, 1, Probe(x, repeats=1, warmup=0, runtime=runtime)).items():
         if engine == "csr":  # torch sparse CSR tensors do not export
             continue
         y = torch.randn(7, 1, 28, 28)  # another batch size than the traced one

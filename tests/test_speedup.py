@@ -17,7 +17,7 @@ from structlth.export import export_slim, load_slim
 from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
 from structlth.speedup.bench import bench_ticket
-from structlth.speedup.choice import ALIGN, ALIGNS, choose_alignment
+from structlth.speedup.choice import ALIGN, ALIGNS, Probe, choose_alignment
 from structlth.speedup.engines import CsrConv, GroupedConv, SubConv, masked_reference, round_up, row_groups, swap_convs
 from structlth.speedup.layout import FEEDER_GROWTH, feeders, fold_bn, fold_layouts
 from structlth.speedup.slim import StreamAdd, add_segments, kept_channels, slim_model
@@ -366,7 +366,7 @@ def test_alignment_is_the_fastest_padded_count_per_layer(monkeypatch, fast_count
         return Timing(1.0, 0.5 if fast_enough else 1.0 - 0.5 * 0.03)  # else within ALIGN_MARGIN: not worth its zero channels
 
     monkeypatch.setattr("structlth.speedup.choice.time_pair", fake)
-    choice = choose_alignment(m, masks, 3, torch.randn(2, 3, 32, 32), 1, 0)
+    choice = choose_alignment(m, masks, 3, Probe(torch.randn(2, 3, 32, 32), repeats=1, warmup=0))
     live, full = kept_channels(m, masks, 3), _convs(m)
     assert set(choice) == set(full) and set(choice.values()) <= set(ALIGNS)
     for n, a in choice.items():
@@ -377,6 +377,26 @@ def test_alignment_is_the_fastest_padded_count_per_layer(monkeypatch, fast_count
             assert a == ALIGNS[next(i for i, c in enumerate(counts) if c % 32 == 0)], n
     if expect == "multiple of 32":
         assert set(choice.values()) != {ALIGN}  # some layer did pad wider
+
+
+def test_choices_are_timed_in_the_format_the_bench_runs_even_on_one_channel_images(monkeypatch):
+    """A [B, 1, H, W] batch is contiguous in both memory formats: the format the bench runs the
+    dense net in (channels_last here), not the batch's, is that of every model the alignment and
+    engine choices time, and of the activations they time them on."""
+    in_format = []
+
+    def record(dense, fast, x, *a, **k):
+        for f in (dense, fast):
+            in_format.extend(w.is_contiguous(memory_format=torch.channels_last) for w in f.parameters() if w.ndim == 4)
+        in_format.append(x.shape[1] == 1 or x.is_contiguous(memory_format=torch.channels_last))
+        return Timing(1.0, 1.0)
+
+    monkeypatch.setattr("structlth.speedup.bench.fastest_format", lambda *a: torch.channels_last)
+    monkeypatch.setattr("structlth.speedup.choice.time_pair", record)
+    m, masks, metrics = _bench_case("regroup")
+    bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
+    bench_ticket("regroup", "regroup", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
+    assert len(in_format) > 20 and all(in_format)
 
 
 def test_compiled_engines_are_verified_and_carry_their_compile_time(monkeypatch):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from structlth.masks import layer_effective_flops
-from structlth.speedup.choice import fast_models, fastest_format
+from structlth.speedup.choice import Probe, fast_models, fastest_format
 from structlth.speedup.compiled import SUFFIX, compile_model
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.layout import fold_bn
@@ -203,7 +203,9 @@ def bench_ticket(
         for runtime in runtimes(bench):
             x = test_x[:b].contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
             with _phase(phases, f"{runtime}: engine choice"):
-                candidates = fast_models(kind, model, masks, in_ch, x, max(5, bench.repeats // 2), 1, runtime, bench.threads)
+                fmt_here = fmt if runtime == "torch" else torch.contiguous_format
+                probe = Probe(x, fmt_here, max(5, bench.repeats // 2), 1, runtime, bench.threads)
+                candidates = fast_models(kind, model, masks, in_ch, probe)
             for engine, fast in candidates.items():
                 if runtime != "torch" and engine not in ORT_ENGINES:
                     continue

@@ -18,7 +18,8 @@ verified against the masked one by the bench.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
@@ -26,7 +27,6 @@ from torch import fx, nn
 from structlth.speedup.engines import (
     ALIGN,
     engine_candidates,
-    is_channels_last,
     masked_reference,
     round_up,
     swap_convs,
@@ -43,10 +43,31 @@ ALIGNS = (8, 16, 32)  # channel multiples tried per slim conv (oneDNN's fp32 blo
 ALIGN_MARGIN = 0.03  # a wider count is kept only this much faster than ALIGN's: its zero channels cost its readers work
 
 
-def _like(module: nn.Module, x: torch.Tensor) -> nn.Module:
-    """module on x's device and dtype, its weights in x's memory format (as the fast model runs)."""
-    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-    return module.to(x.device, x.dtype).to(memory_format=fmt)
+@dataclass(frozen=True)
+class Probe:
+    """How choices are timed: on x [B, C, H, W] (its device and dtype), models in
+    `memory_format` (stated, not read off x: a one-channel batch is contiguous in both formats),
+    in `runtime` (ONNX Runtime with `threads` intra-op threads), `repeats` pairs after `warmup`."""
+
+    x: torch.Tensor
+    memory_format: torch.memory_format = torch.contiguous_format
+    repeats: int = 5
+    warmup: int = 1
+    runtime: str = "torch"
+    threads: int = 1
+
+    def like(self, module: nn.Module) -> nn.Module:
+        """module (in place) on x's device and dtype, its weights in the probe's memory format."""
+        return module.to(self.x.device, self.x.dtype).to(memory_format=self.memory_format)
+
+    def runner(self, module: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """module (in place, `like`) as a callable of the probe's runtime, traced on x for ONNX."""
+        return in_runtime(self.runtime, self.like(module), x, self.threads)
+
+    def ratio(self, base: Callable, other: Callable, x: torch.Tensor, x_other: torch.Tensor | None = None) -> float:
+        """Median time of other(x_other, default x) over that of base(x)."""
+        t = time_pair(base, other, x, self.repeats, self.warmup, x_other)
+        return t.t_ticket_ms / t.t_dense_ms
 
 
 def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> torch.memory_format:
@@ -58,34 +79,25 @@ def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int)
     return torch.channels_last if t.t_ticket_ms < t.t_dense_ms else torch.contiguous_format
 
 
-def choose_engines(
-    reference: fx.GraphModule,
-    masks: Mapping[str, torch.Tensor],
-    x: torch.Tensor,
-    repeats: int,
-    warmup: int,
-    runtime: str = "torch",
-    threads: int = 1,
-) -> dict[str, str]:
-    """Per masked conv, in the model's module order, the fastest engine on its real input in
-    `runtime` (the dense conv when nothing wins). A grouped conv whose feeder
-    (structlth.speedup.layout.feeders) runs dense is timed without its gather when the feeder
-    will emit its input gathered (structlth.speedup.layout.moves_gather)."""
-    inputs = conv_inputs(reference, x)
+def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor], probe: Probe) -> dict[str, str]:
+    """Per masked conv, in the model's module order, the fastest engine on its real input (the
+    activations of probe.x) in the probe's runtime (the dense conv when nothing wins). A grouped
+    conv whose feeder (structlth.speedup.layout.feeders) runs dense is timed without its gather
+    when the feeder will emit its input gathered (structlth.speedup.layout.moves_gather)."""
+    inputs = conv_inputs(probe.like(copy.deepcopy(reference)), probe.x)
     modules = dict(reference.named_modules())
     feed = feeders(reference)
     order = {n: i for i, n in enumerate(modules)}
     choice = {}
     for pname, mask in sorted(masks.items(), key=lambda kv: order[kv[0].removesuffix(".weight")]):
         name = pname.removesuffix(".weight")
-        conv = _like(copy.deepcopy(modules[name]), x)
-        dense = in_runtime(runtime, conv, inputs[name], threads)
-        best, best_t = "dense", None
+        conv = copy.deepcopy(modules[name]).to("cpu", torch.float32)
+        dense = probe.runner(copy.deepcopy(conv), inputs[name])
+        best, best_ratio = "dense", 1.0
         for engine in engine_candidates(mask):
             if engine == "dense":
                 continue
-            one = nn.Sequential(copy.deepcopy(conv).to("cpu", torch.float32))
-            layer = _like(swap_convs(one, {"0.weight": mask.cpu()}, {"0": engine}), x)
+            layer = probe.like(swap_convs(nn.Sequential(copy.deepcopy(conv)), {"0.weight": mask.cpu()}, {"0": engine}))
             x_fast = inputs[name]
             if (
                 engine == "grouped"
@@ -95,9 +107,9 @@ def choose_engines(
             ):
                 x_fast = take_channels(inputs[name], layer[0].gather)
                 layer[0].skip_gather = True
-            t = time_pair(dense, in_runtime(runtime, layer, x_fast, threads), inputs[name], repeats, warmup, x_fast)
-            if t.t_ticket_ms < t.t_dense_ms and (best_t is None or t.t_ticket_ms < best_t):
-                best, best_t = engine, t.t_ticket_ms
+            r = probe.ratio(dense, probe.runner(layer, x_fast), inputs[name], x_fast)
+            if r < best_ratio:
+                best, best_ratio = engine, r
         choice[name] = best
     return choice
 
@@ -115,41 +127,32 @@ def padded_rows(conv: nn.Conv2d, rows: int) -> nn.Conv2d:
     return new.to(conv.weight.device, conv.weight.dtype)
 
 
-def choose_alignment(
-    model: nn.Module,
-    masks: Mapping[str, torch.Tensor],
-    in_channels: int,
-    x: torch.Tensor,
-    repeats: int,
-    warmup: int,
-    runtime: str = "torch",
-    threads: int = 1,
-) -> dict[str, int]:
+def choose_alignment(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe) -> dict[str, int]:
     """Per plain conv (module name -> one of ALIGNS) the multiple its kept channels are padded
     to in the slim net on this machine. Each conv of the slim net at ALIGN is timed on its real
-    input (x: the batch [B, C, H, W] the engines are chosen on) in `runtime` against itself
-    with more zero rows: the distinct counts round_up(live channels, a) for a in ALIGNS, at
-    most C_out. A wider count is chosen where it is ALIGN_MARGIN faster than ALIGN's."""
+    input (the activations of probe.x) in the probe's runtime against itself with more zero
+    rows: the distinct counts round_up(live channels, a) for a in ALIGNS, at most C_out. A wider
+    count is chosen where it is ALIGN_MARGIN faster than ALIGN's."""
     live = kept_channels(model, masks, in_channels)
     c_out = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
     base = fold_bn(slim_model(model, masks, in_channels, ALIGN))
     modules = dict(base.named_modules())
-    inputs = conv_inputs(_like(copy.deepcopy(base), x), x, set(c_out) & set(modules))
+    inputs = conv_inputs(probe.like(copy.deepcopy(base)), probe.x, set(c_out) & set(modules))
     choice = {}
     for name, inp in inputs.items():
         choice[name] = ALIGN
-        conv = _like(copy.deepcopy(modules[name]), x)
+        conv = modules[name]
         counts: dict[int, int] = {}
         for a in ALIGNS:
             counts.setdefault(min(c_out[name], round_up(len(live[name]), a)), a)
         wider = {rows: a for rows, a in counts.items() if rows > conv.out_channels}
         if not wider:
             continue
-        own, best = in_runtime(runtime, conv, inp, threads), 1 - ALIGN_MARGIN
+        own, best = probe.runner(copy.deepcopy(conv), inp), 1 - ALIGN_MARGIN
         for rows, a in wider.items():
-            t = time_pair(own, in_runtime(runtime, _like(padded_rows(conv, rows), x), inp, threads), inp, repeats, warmup)
-            if t.t_ticket_ms / t.t_dense_ms < best:
-                choice[name], best = a, t.t_ticket_ms / t.t_dense_ms
+            r = probe.ratio(own, probe.runner(padded_rows(conv, rows), inp), inp)
+            if r < best:
+                choice[name], best = a, r
     return choice
 
 
@@ -172,38 +175,25 @@ def slim_masks(
     return out
 
 
-def _faster(model: nn.Module, than: nn.Module, x: torch.Tensor, repeats: int, warmup: int, runtime: str, threads: int) -> bool:
-    """Whether `model` runs x faster than `than` end to end in `runtime` (per-layer choices do
-    not see the gathers and reorders between layers, which dominate at small batches)."""
-    a, b = _like(copy.deepcopy(than), x), _like(copy.deepcopy(model), x)
-    t = time_pair(in_runtime(runtime, a, x, threads), in_runtime(runtime, b, x, threads), x, repeats, warmup)
-    return t.t_ticket_ms < t.t_dense_ms
+def _faster(model: nn.Module, than: nn.Module, probe: Probe) -> bool:
+    """Whether `model` runs probe.x faster than `than` end to end (per-layer choices do not see
+    the gathers and reorders between layers, which dominate at small batches)."""
+    x = probe.x
+    return probe.ratio(probe.runner(copy.deepcopy(than), x), probe.runner(copy.deepcopy(model), x), x) < 1
 
 
-def fast_models(
-    kind: str,
-    model: nn.Module,
-    masks: Mapping[str, torch.Tensor],
-    in_channels: int,
-    x: torch.Tensor,
-    repeats: int,
-    warmup: int,
-    runtime: str = "torch",
-    threads: int = 1,
-) -> dict[str, nn.Module]:
+def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe) -> dict[str, nn.Module]:
     """engine name -> fast model (on the CPU, fp32) for a ticket of this kind (model: on the CPU,
-    with its trained weights); x: a batch on the device, in the dtype and memory format the models
-    will run in; alignment and engines are chosen by timings on it in `runtime` (`threads`:
-    ONNX Runtime's intra-op threads)."""
+    with its trained weights); alignment and engines are chosen by timings on probe.x (a batch
+    on the device, in the dtype the models will run in) in the probe's memory format and runtime."""
     if kind in CHANNEL_KINDS + GROUP_KINDS:
-        align = choose_alignment(model, masks, in_channels, x, repeats, warmup, runtime, threads)
+        align = choose_alignment(model, masks, in_channels, probe)
         slim = fold_bn(slim_model(model, masks, in_channels, align))
         if kind in CHANNEL_KINDS:
             return {"slim": slim}
         plain = slim_masks(model, masks, in_channels, align)
-        choice = choose_engines(copy.deepcopy(slim).to(x.device, x.dtype), plain, x, repeats, warmup, runtime, threads)
-        blocks = fold_layouts(swap_convs(slim, plain, choice))
-        return {"slim+blocks": blocks if _faster(blocks, slim, x, repeats, warmup, runtime, threads) else slim}
+        blocks = fold_layouts(swap_convs(slim, plain, choose_engines(slim, plain, probe)))
+        return {"slim+blocks": blocks if _faster(blocks, slim, probe) else slim}
     ref = fold_bn(masked_reference(model, masks, in_channels))
     plain = {n: m for n, m in masks.items() if getattr(ref.get_submodule(n.removesuffix(".weight")), "groups", 0) == 1}
     return {"masked_dense": ref, "csr": swap_convs(ref, plain, {n.removesuffix(".weight"): "csr" for n in plain})}
