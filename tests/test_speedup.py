@@ -42,7 +42,7 @@ def test_slim_model_equals_masked_model_and_is_smaller(arch, width):
 @pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
 def test_a_sum_of_different_channel_sets_is_the_scatter_into_their_union_in_any_order(fmt):
     """b's channels first, in b's order, then a's others, in the inputs' memory format; the
-    slices-and-concat form an ONNX export traces computes the same."""
+    slices-and-concat form an ONNX export traces computes the same, and gradients flow."""
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         a = torch.randperm(12, generator=g)[: int(torch.randint(1, 12, (1,), generator=g))].tolist()
@@ -60,6 +60,9 @@ def test_a_sum_of_different_channel_sets_is_the_scatter_into_their_union_in_any_
         assert torch.allclose(got, want)
         assert got.is_contiguous(memory_format=fmt) or max(len(a), len(b)) == 1  # one channel: either format
         assert torch.allclose(torch.cat([add._stretch(xa, xb, *s) for s in segments], 1), want)
+        xa.requires_grad_(True)  # a slim net being fine-tuned: the sum is differentiable
+        add(xa, xb).sum().backward()
+        assert torch.equal(xa.grad, torch.ones_like(xa))
 
 
 def test_residual_streams_are_ordered_so_each_block_joins_in_few_stretches():

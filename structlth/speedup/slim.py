@@ -59,16 +59,17 @@ def add_segments(a: Sequence[int], b: Sequence[int]) -> tuple[list[int], list[Se
 
 class StreamAdd(nn.Module):
     """a + b where a and b carry different channel sets: each output stretch (`add_segments`)
-    is a slice of b, of a, or the sum of one of each. Eager PyTorch writes the stretches into one
-    output allocated in the inputs' memory format (no temporaries, one pass over the data); an
-    ONNX export gets slices, adds and one concat."""
+    is a slice of b, of a, or the sum of one of each. Eager inference writes the stretches into
+    one output allocated in the inputs' memory format (no temporaries, one pass over the data);
+    autograd, ONNX export and torch.compile get the same as slices, adds and one concat."""
 
     def __init__(self, segments: Sequence[Segment]) -> None:
         super().__init__()
         self.segments = [tuple(s) for s in segments]
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if torch.onnx.is_in_onnx_export():
+        differentiable = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+        if differentiable or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
             return torch.cat([self._stretch(a, b, sb, sa, n) for sb, sa, n in self.segments], 1)
         fmt = torch.channels_last if is_channels_last(a) or is_channels_last(b) else torch.contiguous_format
         shape = (b.shape[0], sum(n for *_, n in self.segments), *b.shape[2:])
