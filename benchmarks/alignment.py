@@ -21,7 +21,7 @@ from structlth.speedup.bench import ticket_kind
 from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, Probe, choose_alignment, fastest_format
 from structlth.speedup.engines import round_up
 from structlth.speedup.layout import fold_bn
-from structlth.speedup.onnxrt import RUNTIMES
+from structlth.speedup.onnxrt import RUNTIMES, runtime_format
 from structlth.speedup.slim import kept_channels
 
 
@@ -41,8 +41,8 @@ def run() -> dict:
             live = kept_channels(model, masks, ds.in_channels)
             c_out = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
             for runtime in RUNTIMES:
-                fmt_here = fmt if runtime == "torch" else torch.contiguous_format
-                probe = Probe(x.contiguous(memory_format=fmt_here), fmt_here, 9, 2, runtime, params.bench.threads)
+                run_fmt = runtime_format(runtime, fmt)
+                probe = Probe(x.contiguous(memory_format=run_fmt), run_fmt, 9, 2, runtime, params.bench.threads)
                 choice = choose_alignment(model.eval(), masks, ds.in_channels, probe)
                 rows += [
                     {

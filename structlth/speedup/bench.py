@@ -25,7 +25,7 @@ from structlth.speedup.choice import Probe, fast_models, fastest_format
 from structlth.speedup.compiled import SUFFIX, compile_model
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.layout import fold_bn
-from structlth.speedup.onnxrt import RUNTIMES, in_runtime
+from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format
 from structlth.speedup.timing import Timing, conv_inputs, machine_name, time_pair, verify
 
 
@@ -124,7 +124,7 @@ def dense_baseline(model: nn.Module, test_x: torch.Tensor, bench) -> DenseBaseli
         formats[b] = fmt == torch.channels_last
         dense = dense.to(memory_format=fmt)
         for runtime in times:
-            x = test_x[:b].contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
+            x = test_x[:b].contiguous(memory_format=runtime_format(runtime, fmt))
             d = in_runtime(runtime, dense, x, bench.threads)
             t = time_pair(d, d, x, bench.repeats, bench.warmup)
             times[runtime][b], aa[runtime][b] = t.t_dense_ms, abs(t.saving)
@@ -201,10 +201,9 @@ def bench_ticket(
         fmt = torch.channels_last if baseline.formats[b] else torch.contiguous_format
         dense = dense.to(memory_format=fmt)
         for runtime in runtimes(bench):
-            x = test_x[:b].contiguous(memory_format=fmt if runtime == "torch" else torch.contiguous_format)
+            x = test_x[:b].contiguous(memory_format=runtime_format(runtime, fmt))
             with _phase(phases, f"{runtime}: engine choice"):
-                fmt_here = fmt if runtime == "torch" else torch.contiguous_format
-                probe = Probe(x, fmt_here, max(5, bench.repeats // 2), 1, runtime, bench.threads)
+                probe = Probe(x, runtime_format(runtime, fmt), max(5, bench.repeats // 2), 1, runtime, bench.threads)
                 candidates = fast_models(kind, model, masks, in_ch, probe)
             for engine, fast in candidates.items():
                 if runtime != "torch" and engine not in ORT_ENGINES:

@@ -93,6 +93,12 @@ def ort_model(model: nn.Module, x: torch.Tensor, threads: int) -> OrtModel:
 RUNTIMES = ("torch", "onnxruntime")
 
 
+def runtime_format(runtime: str, fmt: torch.memory_format) -> torch.memory_format:
+    """The memory format a runtime's inputs and timed models take: `fmt` (the one the dense net
+    runs fastest in) in PyTorch, contiguous in ONNX Runtime (its graphs take NCHW arrays)."""
+    return fmt if runtime == "torch" else torch.contiguous_format
+
+
 def in_runtime(runtime: str, model: nn.Module, x: torch.Tensor, threads: int):
     """model as a callable of the runtime: itself (PyTorch), or its ONNX export in ONNX Runtime
     (traced on x)."""
