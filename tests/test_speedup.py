@@ -17,8 +17,17 @@ from structlth.export import export_slim, load_slim
 from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
 from structlth.speedup.bench import bench_ticket
-from structlth.speedup.choice import ALIGN, ALIGNS, Probe, choose_alignment
-from structlth.speedup.engines import CsrConv, GroupedConv, SubConv, masked_reference, round_up, row_groups, swap_convs
+from structlth.speedup.choice import ALIGN, ALIGNS, ENGINE_MARGIN, Probe, choose_alignment, choose_engines, slim_masks
+from structlth.speedup.engines import (
+    CsrConv,
+    GroupedConv,
+    SubConv,
+    engine_candidates,
+    masked_reference,
+    round_up,
+    row_groups,
+    swap_convs,
+)
 from structlth.speedup.layout import FEEDER_GROWTH, feeders, fold_bn, fold_layouts
 from structlth.speedup.slim import StreamAdd, add_segments, kept_channels, slim_model
 from structlth.speedup.timing import Timing, machine_name, verify
@@ -380,6 +389,26 @@ def test_alignment_is_the_fastest_padded_count_per_layer(monkeypatch, fast_count
             assert a == ALIGNS[next(i for i, c in enumerate(counts) if c % 32 == 0)], n
     if expect == "multiple of 32":
         assert set(choice.values()) != {ALIGN}  # some layer did pad wider
+
+
+@pytest.mark.parametrize(
+    "ratios, expect",
+    [
+        ({"GroupedConv": 0.5, "SubConv": 0.7}, "grouped"),
+        ({"GroupedConv": 0.8, "SubConv": 0.6}, "subconv"),
+        ({"GroupedConv": 1 - ENGINE_MARGIN / 2, "SubConv": 1.2}, "dense"),  # a tie within the margin keeps the dense conv
+    ],
+)
+def test_each_conv_takes_the_fastest_engine_only_when_it_beats_dense_by_the_margin(monkeypatch, ratios, expect):
+    """Timings faked: each engine runs its conv in a fixed fraction of the dense conv's time."""
+    m, masks, _ = _bench_case("regroup")
+    monkeypatch.setattr("structlth.speedup.choice.time_pair", lambda dense, fast, *a, **k: Timing(1.0, ratios[type(fast[0]).__name__]))
+    slim = fold_bn(slim_model(m, masks, 1))
+    plain = slim_masks(m, masks, 1)
+    choice = choose_engines(slim, plain, Probe(torch.randn(2, 1, 28, 28), repeats=1, warmup=0))
+    assert len(choice) > 10 and set(choice) == {n.removesuffix(".weight") for n in plain}
+    blocked = {n for n in choice if len(engine_candidates(plain[n + ".weight"])) > 1}
+    assert blocked and all(choice[n] == expect for n in blocked) and all(choice[n] == "dense" for n in set(choice) - blocked)
 
 
 def test_choices_are_timed_in_the_format_the_bench_runs_even_on_one_channel_images(monkeypatch):

@@ -41,6 +41,7 @@ CHANNEL_KINDS = ("refill", "imp_channel", "torch_pruning")
 GROUP_KINDS = ("regroup",)
 ALIGNS = (8, 16, 32)  # channel multiples tried per slim conv (oneDNN's fp32 blocks: 8 channels on AVX2, 16 on AVX-512)
 ALIGN_MARGIN = 0.03  # a wider count is kept only this much faster than ALIGN's: its zero channels cost its readers work
+ENGINE_MARGIN = 0.03  # an engine replaces a dense conv only this much faster: a tie within the noise would decide its readers' gathers
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int)
 
 def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor], probe: Probe) -> dict[str, str]:
     """Per masked conv, in the model's module order, the fastest engine on its real input (the
-    activations of probe.x) in the probe's runtime (the dense conv when nothing wins). A grouped
+    activations of probe.x) in the probe's runtime; the dense conv unless one is ENGINE_MARGIN
+    faster (a conv that drops no input channel gains nothing from blocks). A grouped
     conv whose feeder (structlth.speedup.layout.feeders) runs dense is timed without its gather
     when the feeder will emit its input gathered (structlth.speedup.layout.moves_gather)."""
     inputs = conv_inputs(probe.like(copy.deepcopy(reference)), probe.x)
@@ -93,7 +95,7 @@ def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor],
         name = pname.removesuffix(".weight")
         conv = copy.deepcopy(modules[name]).to("cpu", torch.float32)
         dense = probe.runner(copy.deepcopy(conv), inputs[name])
-        best, best_ratio = "dense", 1.0
+        best, best_ratio = "dense", 1 - ENGINE_MARGIN
         for engine in engine_candidates(mask):
             if engine == "dense":
                 continue
