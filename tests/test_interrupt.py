@@ -25,7 +25,10 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 
 def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, folder: Path, sig: int) -> tuple[int, str]:
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C reaches a foreground stage; a shell's background job inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: restore the default as a terminal would.
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore)
     deadline = time.monotonic() + 300
     while not _checkpoints(folder):
         assert proc.poll() is None, f"stage ended before its first checkpoint: {proc.communicate()}"
