@@ -24,11 +24,14 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("pretrain.*.safetensors")) if folder.is_dir() else []
 
 
+def _default_sigint() -> None:
+    """Ctrl-C reaches a foreground stage; a shell's background job inherits SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: restore the default as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, folder: Path, sig: int) -> tuple[int, str]:
-    # Ctrl-C reaches a foreground stage; a shell's background job inherits SIGINT ignored, and
-    # Python then installs no KeyboardInterrupt handler: restore the default as a terminal would.
-    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while not _checkpoints(folder):
         assert proc.poll() is None, f"stage ended before its first checkpoint: {proc.communicate()}"

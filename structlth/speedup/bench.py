@@ -201,9 +201,10 @@ def bench_ticket(
         fmt = torch.channels_last if baseline.formats[b] else torch.contiguous_format
         dense = dense.to(memory_format=fmt)
         for runtime in runtimes(bench):
-            x = test_x[:b].contiguous(memory_format=runtime_format(runtime, fmt))
+            run_fmt = runtime_format(runtime, fmt)
+            x = test_x[:b].contiguous(memory_format=run_fmt)
             with _phase(phases, f"{runtime}: engine choice"):
-                probe = Probe(x, runtime_format(runtime, fmt), max(5, bench.repeats // 2), 1, runtime, bench.threads)
+                probe = Probe(x, run_fmt, max(5, bench.repeats // 2), 1, runtime, bench.threads)
                 candidates = fast_models(kind, model, masks, in_ch, probe)
             for engine, fast in candidates.items():
                 if runtime != "torch" and engine not in ORT_ENGINES:

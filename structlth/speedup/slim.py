@@ -76,23 +76,18 @@ class StreamAdd(nn.Module):
         out = torch.empty(shape, dtype=torch.result_type(a, b), device=b.device, memory_format=fmt)
         start = 0
         for sb, sa, n in self.segments:
-            target = out.narrow(1, start, n)
-            if sb is None:
-                target.copy_(a.narrow(1, sa, n))
-            elif sa is None:
-                target.copy_(b.narrow(1, sb, n))
-            else:
-                torch.add(b.narrow(1, sb, n), a.narrow(1, sa, n), out=target)
+            self._stretch(a, b, sb, sa, n, out=out.narrow(1, start, n))
             start += n
         return out
 
     @staticmethod
-    def _stretch(a: torch.Tensor, b: torch.Tensor, sb: int | None, sa: int | None, n: int) -> torch.Tensor:
-        if sb is None:
-            return a.narrow(1, sa, n)
-        if sa is None:
-            return b.narrow(1, sb, n)
-        return b.narrow(1, sb, n) + a.narrow(1, sa, n)
+    def _stretch(a: torch.Tensor, b: torch.Tensor, sb: int | None, sa: int | None, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One stretch, (N, n, H, W): b[:, sb:sb+n] + a[:, sa:sa+n], or the one slice whose start is
+        not None; written into `out` when given (a view of the output), else returned."""
+        if sb is not None and sa is not None:
+            return torch.add(b.narrow(1, sb, n), a.narrow(1, sa, n), out=out)
+        part = a.narrow(1, sa, n) if sb is None else b.narrow(1, sb, n)
+        return part if out is None else out.copy_(part)
 
     def extra_repr(self) -> str:
         return f"segments={self.segments}"
