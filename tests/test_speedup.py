@@ -28,7 +28,7 @@ from structlth.speedup.engines import (
     row_groups,
     swap_convs,
 )
-from structlth.speedup.layout import FEEDER_GROWTH, feeders, fold_bn, fold_layouts
+from structlth.speedup.layout import FEEDER_GROWTH, absorb, feeders, fold_bn, fold_layouts, to_layout
 from structlth.speedup.slim import StreamAdd, add_segments, kept_channels, slim_model
 from structlth.speedup.timing import Timing, machine_name, verify
 
@@ -400,15 +400,67 @@ def test_alignment_is_the_fastest_padded_count_per_layer(monkeypatch, fast_count
     ],
 )
 def test_each_conv_takes_the_fastest_engine_only_when_it_beats_dense_by_the_margin(monkeypatch, ratios, expect):
-    """Timings faked: each engine runs its conv in a fixed fraction of the dense conv's time."""
+    """Timings faked: each engine runs its conv in a fixed fraction of the dense conv's time (and
+    so does the dense conv reading a grouped feeder's block order)."""
     m, masks, _ = _bench_case("regroup")
-    monkeypatch.setattr("structlth.speedup.choice.time_pair", lambda dense, fast, *a, **k: Timing(1.0, ratios[type(fast[0]).__name__]))
+    ratios = {"Conv2d": 1.0, **ratios}
+    monkeypatch.setattr("structlth.speedup.choice.time_pair", lambda dense, fast, *a, **k: Timing(1.0, ratios[type(_timed(fast)).__name__]))
     slim = fold_bn(slim_model(m, masks, 1))
     plain = slim_masks(m, masks, 1)
     choice = choose_engines(slim, plain, Probe(torch.randn(2, 1, 28, 28), repeats=1, warmup=0))
     assert len(choice) > 10 and set(choice) == {n.removesuffix(".weight") for n in plain}
     blocked = {n for n in choice if len(engine_candidates(plain[n + ".weight"])) > 1}
     assert blocked and all(choice[n] == expect for n in blocked) and all(choice[n] == "dense" for n in set(choice) - blocked)
+
+
+def _timed(fast: nn.Module) -> nn.Module:
+    """The conv engine a choice times: a one-layer Sequential (a block engine) or the conv itself."""
+    return fast[0] if isinstance(fast, nn.Sequential) else fast
+
+
+def test_a_plain_conv_reads_a_grouped_convs_block_order_exactly():
+    """Block order ([P] positions, padding exact zeros) handed on into the next plain conv:
+    its weight columns follow the layout, and on the laid-out input it computes the same."""
+    conv = nn.Conv2d(12, 6, 3, padding=1)
+    mask = torch.zeros(12, 12, 3, 3, dtype=torch.bool)
+    mask[:5, :4], mask[5:, 4:] = True, True  # two blocks of 5 and 7 rows: padded to 8 rows each
+    layout = GroupedConv(nn.Conv2d(12, 12, 3, padding=1), mask, align=8).layout
+    assert len(layout) == 16 and int((layout < 0).sum()) == 4
+    x = torch.randn(2, 12, 5, 5)
+    laid = to_layout(x, layout)
+    assert laid.shape == (2, 16, 5, 5) and torch.equal(laid[:, layout < 0], torch.zeros(2, 4, 5, 5))
+    reader = copy.deepcopy(conv)
+    assert absorb(reader, layout) and reader.in_channels == 16
+    assert torch.allclose(reader(laid), conv(x), atol=1e-6)
+
+
+def test_a_dense_conv_fed_by_a_grouped_one_is_timed_as_it_will_run(monkeypatch):
+    """Timings faked: the first blocked conv's grouped engine wins clearly, every later one ties
+    with its dense conv (within the margin), and a dense conv reading a grouped feeder's padded
+    block order takes 1.3x: a conv fed by a grouped one runs grouped, every other conv dense."""
+    timed_wide, first = [], []
+
+    def fake(dense, fast, x, repeats, warmup, x_other=None):
+        mod = _timed(fast)
+        if type(mod) is nn.Conv2d:  # the dense conv as it will run, on its feeder's block order
+            timed_wide.append((mod.in_channels, x_other.shape[1], x.shape[1]))
+            return Timing(1.0, 1.3)
+        if isinstance(mod, GroupedConv):
+            first.append(mod)
+            return Timing(1.0, 0.5 if first[0] is mod else 1 - ENGINE_MARGIN / 2)
+        return Timing(1.0, 1.2)
+
+    m, masks, _ = _bench_case("regroup")
+    monkeypatch.setattr("structlth.speedup.choice.time_pair", fake)
+    slim = fold_bn(slim_model(m, masks, 1))
+    plain = slim_masks(m, masks, 1)
+    choice = choose_engines(slim, plain, Probe(torch.randn(2, 1, 28, 28), repeats=1, warmup=0))
+    feed = feeders(slim)
+    blocked = [n for n in choice if len(engine_candidates(plain[n + ".weight"])) > 1]
+    fed = {n for n in blocked[1:] if choice.get(feed.get(n)) == "grouped"}
+    assert choice[blocked[0]] == "grouped" and fed  # the chain carried on by the as-run timing
+    assert all(choice[n] == ("grouped" if n in fed or n == blocked[0] else "dense") for n in choice)
+    assert len(timed_wide) == len(fed) and all(w == p and p >= c for w, p, c in timed_wide)
 
 
 def test_choices_are_timed_in_the_format_the_bench_runs_even_on_one_channel_images(monkeypatch):

@@ -26,13 +26,14 @@ from torch import fx, nn
 
 from structlth.speedup.engines import (
     ALIGN,
+    GroupedConv,
     engine_candidates,
     masked_reference,
     round_up,
     swap_convs,
     take_channels,
 )
-from structlth.speedup.layout import feeders, fold_bn, fold_layouts, moves_gather
+from structlth.speedup.layout import absorb, feeders, fold_bn, fold_layouts, moves_gather, to_layout
 from structlth.speedup.onnxrt import in_runtime
 from structlth.speedup.slim import kept_channels, slim_model
 from structlth.speedup.timing import conv_inputs, time_pair
@@ -83,19 +84,28 @@ def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int)
 def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor], probe: Probe) -> dict[str, str]:
     """Per masked conv, in the model's module order, the fastest engine on its real input (the
     activations of probe.x) in the probe's runtime; the dense conv unless one is ENGINE_MARGIN
-    faster (a conv that drops no input channel gains nothing from blocks). A grouped
-    conv whose feeder (structlth.speedup.layout.feeders) runs dense is timed without its gather
-    when the feeder will emit its input gathered (structlth.speedup.layout.moves_gather)."""
+    faster (a conv that drops no input channel gains nothing from blocks). Each conv is timed as
+    it will run after structlth.speedup.layout.fold_layouts:
+    - a grouped conv whose feeder (structlth.speedup.layout.feeders) runs dense is timed without
+      its gather when the feeder will emit its input gathered (moves_gather);
+    - a dense conv whose feeder runs grouped reads the feeder's padded block order (`absorb`),
+      with more input channels than its own input has: the margin applies to that cost."""
     inputs = conv_inputs(probe.like(copy.deepcopy(reference)), probe.x)
     modules = dict(reference.named_modules())
     feed = feeders(reference)
     order = {n: i for i, n in enumerate(modules)}
-    choice = {}
+    choice: dict[str, str] = {}
+    block_layouts: dict[str, torch.Tensor] = {}  # conv run grouped -> the order its output is handed on in
     for pname, mask in sorted(masks.items(), key=lambda kv: order[kv[0].removesuffix(".weight")]):
         name = pname.removesuffix(".weight")
         conv = copy.deepcopy(modules[name]).to("cpu", torch.float32)
         dense = probe.runner(copy.deepcopy(conv), inputs[name])
-        best, best_ratio = "dense", 1 - ENGINE_MARGIN
+        best, best_ratio, best_layer = "dense", 1 - ENGINE_MARGIN, None
+        if feed.get(name) in block_layouts:
+            lay, as_run = block_layouts[feed[name]], copy.deepcopy(conv)
+            absorb(as_run, lay)
+            x_lay = to_layout(inputs[name], lay)
+            best_ratio *= probe.ratio(dense, probe.runner(as_run, x_lay), inputs[name], x_lay)
         for engine in engine_candidates(mask):
             if engine == "dense":
                 continue
@@ -111,8 +121,10 @@ def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor],
                 layer[0].skip_gather = True
             r = probe.ratio(dense, probe.runner(layer, x_fast), inputs[name], x_fast)
             if r < best_ratio:
-                best, best_ratio = engine, r
+                best, best_ratio, best_layer = engine, r, layer[0]
         choice[name] = best
+        if isinstance(best_layer, GroupedConv):
+            block_layouts[name] = best_layer.layout
     return choice
 
 

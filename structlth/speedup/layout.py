@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 from torch.nn import functional as F
 
-from structlth.speedup.engines import GroupedConv, Reorder
+from structlth.speedup.engines import GroupedConv, Reorder, is_channels_last
 
 ORDER_FREE_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity, nn.Dropout)
 ORDER_FREE_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d}
@@ -47,8 +47,10 @@ def _positions(layout: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor | Non
     return pos
 
 
-def _absorb(mod: nn.Module, layout: torch.Tensor) -> bool:
-    """Let conv `mod` read a tensor in `layout` order; False when it cannot."""
+def absorb(mod: nn.Module, layout: torch.Tensor) -> bool:
+    """Let conv `mod` (in place) read a tensor laid out as `layout` [P] (the channel at each
+    position, -1: an exact zero) instead of one in channel order; False when it cannot. A plain
+    conv gets P input channels: zero weight columns at the padding (`to_layout`)."""
     if isinstance(mod, GroupedConv):
         pos = _positions(layout, mod.gather)
         if pos is None:
@@ -64,6 +66,17 @@ def _absorb(mod: nn.Module, layout: torch.Tensor) -> bool:
         mod.in_channels = len(layout)
         return True
     return False
+
+
+def to_layout(x: torch.Tensor, layout: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W] in channel order as the tensor a grouped conv's block order hands on:
+    [B, P, H, W], position p holding channel layout[p], zero where layout[p] is -1, in x's
+    memory format."""
+    live = layout >= 0
+    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    out = torch.empty(x.shape[0], len(layout), *x.shape[2:], dtype=x.dtype, device=x.device, memory_format=fmt).zero_()
+    out[:, live] = x[:, layout[live]]
+    return out
 
 
 def _order_free(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -140,7 +153,7 @@ def fold_layouts(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op == "call_module":
             mod = modules[node.target]
             if isinstance(mod, GroupedConv):
-                if srcs and not _absorb(mod, layout[srcs[0]][0]):
+                if srcs and not absorb(mod, layout[srcs[0]][0]):
                     in_order(srcs[0], node)
                 mod.restore = False
                 layout[node] = (mod.layout, mod.reorder.index.numel())
@@ -148,7 +161,7 @@ def fold_layouts(gm: fx.GraphModule) -> fx.GraphModule:
             if srcs and isinstance(mod, ORDER_FREE_MODULES):
                 layout[node] = layout[srcs[0]]
                 continue
-            if srcs and isinstance(mod, nn.Conv2d) and _absorb(mod, layout[srcs[0]][0]):
+            if srcs and isinstance(mod, nn.Conv2d) and absorb(mod, layout[srcs[0]][0]):
                 continue
         elif node.op == "call_function" and srcs:
             if node.target in ORDER_FREE_FUNCTIONS and node.args[0] in layout:
