@@ -438,7 +438,7 @@ def test_a_dense_conv_fed_by_a_grouped_one_is_timed_as_it_will_run(monkeypatch):
     """Timings faked: the first blocked conv's grouped engine wins clearly, every later one ties
     with its dense conv (within the margin), and a dense conv reading a grouped feeder's padded
     block order takes 1.3x: a conv fed by a grouped one runs grouped, every other conv dense."""
-    timed_wide, first = [], []
+    timed_wide, grouped_seen = [], []
 
     def fake(dense, fast, x, repeats, warmup, x_other=None):
         mod = _timed(fast)
@@ -446,21 +446,27 @@ def test_a_dense_conv_fed_by_a_grouped_one_is_timed_as_it_will_run(monkeypatch):
             timed_wide.append((mod.in_channels, x_other.shape[1], x.shape[1]))
             return Timing(1.0, 1.3)
         if isinstance(mod, GroupedConv):
-            first.append(mod)
-            return Timing(1.0, 0.5 if first[0] is mod else 1 - ENGINE_MARGIN / 2)
+            grouped_seen.append(mod)
+            return Timing(1.0, 0.5 if grouped_seen[0] is mod else 1 - ENGINE_MARGIN / 2)
         return Timing(1.0, 1.2)
 
     m, masks, _ = _bench_case("regroup")
     monkeypatch.setattr("structlth.speedup.choice.time_pair", fake)
     slim = fold_bn(slim_model(m, masks, 1))
     plain = slim_masks(m, masks, 1)
-    choice = choose_engines(slim, plain, Probe(torch.randn(2, 1, 28, 28), repeats=1, warmup=0))
+    probe = Probe(torch.randn(2, 1, 28, 28), repeats=1, warmup=0)
+    choice = choose_engines(slim, plain, probe)
     feed = feeders(slim)
     blocked = [n for n in choice if len(engine_candidates(plain[n + ".weight"])) > 1]
     fed = {n for n in blocked[1:] if choice.get(feed.get(n)) == "grouped"}
     assert choice[blocked[0]] == "grouped" and fed  # the chain carried on by the as-run timing
     assert all(choice[n] == ("grouped" if n in fed or n == blocked[0] else "dense") for n in choice)
     assert len(timed_wide) == len(fed) and all(w == p and p >= c for w, p, c in timed_wide)
+    timed_wide.clear(), grouped_seen.clear()
+    for n in fed:  # no block candidate left to them: dense stays, and nothing is timed as it would run
+        plain[n + ".weight"] = torch.zeros_like(plain[n + ".weight"])
+    again = choose_engines(slim, plain, probe)
+    assert again[blocked[0]] == "grouped" and all(again[n] == "dense" for n in fed) and not timed_wide
 
 
 def test_choices_are_timed_in_the_format_the_bench_runs_even_on_one_channel_images(monkeypatch):

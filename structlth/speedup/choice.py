@@ -101,14 +101,13 @@ def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor],
         conv = copy.deepcopy(modules[name]).to("cpu", torch.float32)
         dense = probe.runner(copy.deepcopy(conv), inputs[name])
         best, best_ratio, best_layer = "dense", 1 - ENGINE_MARGIN, None
-        if feed.get(name) in block_layouts:
+        candidates = [e for e in engine_candidates(mask) if e != "dense"]
+        if candidates and feed.get(name) in block_layouts:  # with no candidate, dense stays: nothing to weigh
             lay, as_run = block_layouts[feed[name]], copy.deepcopy(conv)
             absorb(as_run, lay)
             x_lay = to_layout(inputs[name], lay)
             best_ratio *= probe.ratio(dense, probe.runner(as_run, x_lay), inputs[name], x_lay)
-        for engine in engine_candidates(mask):
-            if engine == "dense":
-                continue
+        for engine in candidates:
             layer = probe.like(swap_convs(nn.Sequential(copy.deepcopy(conv)), {"0.weight": mask.cpu()}, {"0": engine}))
             x_fast = inputs[name]
             if (
