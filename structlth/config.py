@@ -320,6 +320,9 @@ class ReplicateParams(Strict):
 class BenchParams(Strict):
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field([1, 64], min_length=1)
     repeats: int = Field(20, ge=1)
+    blocks: int = Field(
+        4, ge=1, description="each row times repeats x blocks pairs; the spread of its blocks' savings is its 95% interval (ci95)"
+    )
     warmup: int = Field(3, ge=0)
     threads: int = Field(2, ge=1)
     atol: float = Field(1e-3, gt=0, description="max |fast - masked| relative to output scale")

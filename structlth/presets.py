@@ -119,7 +119,7 @@ class Preset:
             "baselines": {"tp_l1": dict(TP_L1)},
             "group_chains": {},
             "replicates": {"seeds": []},
-            "bench": {"batch_sizes": [1, 64], "repeats": 15, "warmup": 3, "threads": 2, "atol": 0.001},
+            "bench": {"batch_sizes": [1, 64], "repeats": 15, "blocks": 4, "warmup": 3, "threads": 2, "atol": 0.001},
             "report": {"tolerance": 0.01, "mask_layer": None},
             "runtime": {
                 "device": "auto",

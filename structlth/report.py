@@ -33,7 +33,9 @@ SUMMARY_COLS = [
     "test_acc",
     *EVIDENCE_COLS,
     "time_saving",
+    "time_ci95",
     "ort_time_saving",
+    "ort_time_ci95",
     "flops_saving",
     "engine",
 ]
@@ -57,7 +59,8 @@ def gather_bench(bench_dir: Path, runs: list[tuple[str, str]]) -> tuple[pd.DataF
 
 def summary(metrics: pd.DataFrame, bench: pd.DataFrame, batch: int) -> pd.DataFrame:
     """One row per method x round: metrics joined with the production engine's timing at `batch`
-    in PyTorch (time_saving) and in ONNX Runtime (ort_time_saving, where it was timed).
+    in PyTorch (time_saving) and in ONNX Runtime (ort_time_saving, where it was timed), each with
+    its 95% half-width (time_ci95, ort_time_ci95; empty for a bench timed in one block).
 
     metrics: method, round, sparsity, channel_sparsity, test_acc, ...; bench: bench.csv rows.
     Unstructured imp has no production engine: its masked-dense and CSR rows stay baselines in
@@ -65,8 +68,10 @@ def summary(metrics: pd.DataFrame, bench: pd.DataFrame, batch: int) -> pd.DataFr
     flops_saving comes from the metrics (1 - flops / flops_dense) where no bench row gives it.
     """
     b = bench[(bench["batch"] == batch) & bench["engine"].isin(PRODUCTION_ENGINES)]
-    best = b.loc[b["runtime"] == "torch", ["method", "round", "time_saving", "flops_saving", "engine"]]
-    ort = b.loc[b["runtime"] == "onnxruntime", ["method", "round", "time_saving"]].rename(columns={"time_saving": "ort_time_saving"})
+    b = b.rename(columns={"ci95": "time_ci95"})
+    best = b.loc[b["runtime"] == "torch", ["method", "round", "time_saving", "time_ci95", "flops_saving", "engine"]]
+    ort = b.loc[b["runtime"] == "onnxruntime", ["method", "round", "time_saving", "time_ci95"]]
+    ort = ort.rename(columns={"time_saving": "ort_time_saving", "time_ci95": "ort_time_ci95"})
     out = metrics.merge(best, on=["method", "round"], how="left").merge(ort, on=["method", "round"], how="left")
     if {"flops", "flops_dense"} <= set(out.columns):
         out["flops_saving"] = out["flops_saving"].fillna(1 - out["flops"] / out["flops_dense"])
@@ -366,9 +371,13 @@ CLAIMS = (
 )
 
 
-def _saving(v: float, noise: float) -> str:
-    """A time saving for the tables: empty where not timed, `~0 (x)` inside the noise."""
-    return "" if pd.isna(v) else (f"{v:.1%}" if abs(v) > noise else f"~0 ({v:.1%})")
+def _saving(v: float, noise: float, ci: float = float("nan")) -> str:
+    """A time saving for the tables: empty where not timed, `~0 (x)` inside the noise, with its
+    95% half-width where it has one."""
+    if pd.isna(v):
+        return ""
+    shown = f"{v:.1%}" + ("" if pd.isna(ci) else f" ± {ci:.1%}")
+    return shown if abs(v) > noise else f"~0 ({shown})"
 
 
 def _pct(v: float | None) -> str:
@@ -486,8 +495,8 @@ def markdown(
         lines += [
             f"Timing noise of this run: {goals['timing_noise']:.1%} — the largest of the A/A tests (each bench stage"
             " times the dense net against itself; imp's masked-dense engine runs the same work as the dense net)"
-            " and twice the median deviation of the dense net's timings across rows."
-            " A time saving counts only above it: smaller ones show as `~0` in the tables.",
+            " and the typical row's 95% half-width (± in the tables: the spread of the savings of the consecutive"
+            " blocks of pairs it was timed in). A time saving counts only above it: smaller ones show as `~0` in the tables.",
             "",
         ]
     if goals.get("ort_timing_noise") is not None:
@@ -531,7 +540,7 @@ def markdown(
         for _, r in rows.iterrows():
             src = "" if pd.isna(r["source_sparsity"]) else f"{r['source_sparsity']:.2%}"
             sp = f"{r['sparsity']:.2%}" + ("" if pd.isna(r["unaligned_sparsity"]) else f" ({r['unaligned_sparsity']:.2%} before align)")
-            ts, ots = _saving(r["time_saving"], noise), _saving(r["ort_time_saving"], ort_noise)
+            ts, ots = _saving(r["time_saving"], noise, r["time_ci95"]), _saving(r["ort_time_saving"], ort_noise, r["ort_time_ci95"])
             fs = "" if pd.isna(r["flops_saving"]) else f"{r['flops_saving']:.1%}"
             acc = f"{r['acc_mean']:.4f}" if len(dense.get("seeds", [0])) == 1 else f"{r['acc_mean']:.4f} ± {r['acc_sd']:.4f}"
             lines.append(

@@ -93,9 +93,17 @@ def over_seeds(values, level: float = LEVEL) -> SeedSummary:
     mean = float(v.mean())
     if k == 1:
         return SeedSummary(mean, 0.0, mean, mean, 1)
-    sd = float(v.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + level / 2, k - 1)) * sd / math.sqrt(k)
-    return SeedSummary(mean, sd, mean - half, mean + half, k)
+    half = t_half_width(v, level)
+    return SeedSummary(mean, float(v.std(ddof=1)), mean - half, mean + half, k)
+
+
+def t_half_width(values, level: float = LEVEL) -> float:
+    """Half-width of the t interval (K - 1 degrees of freedom) of the mean of values [K], K >= 2:
+    t quantile x sample sd / sqrt(K)."""
+    v = np.asarray(values, dtype=float).reshape(-1)
+    if len(v) < 2:
+        raise ValueError("an interval of a mean needs at least two values")
+    return float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
 
 
 def seed_ttest(diffs) -> float:

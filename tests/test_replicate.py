@@ -49,6 +49,7 @@ def test_a_replicate_trains_every_unit_once_and_retrains_only_what_an_edit_touch
                 "engine": "slim",
                 "t_dense_ms": 1.0,
                 "time_saving": 0.1,
+                "ci95": 0.01,
                 "flops_saving": 0.2,
             }
             pd.DataFrame([row]).to_csv(bench / m / r / "timing.csv", index=False)

@@ -22,10 +22,12 @@ from structlth.report import (
     timing_noise,
 )
 
-COLS = ["method", "round", "runtime", "batch", "engine", "t_dense_ms", "time_saving", "flops_saving"]
+COLS = ["method", "round", "runtime", "batch", "engine", "t_dense_ms", "ci95", "time_saving", "flops_saving"]
+NAN = float("nan")
 
 
-def _bench(aa: float = 0.0, dense=(10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0)) -> pd.DataFrame:
+def _bench(aa: float = 0.0, dense=(10.0,) * 10, ci=(NAN,) * 10) -> pd.DataFrame:
+    """Ten PyTorch rows; dense: each row's dense time (ms), ci: each row's 95% half-width."""
     rows = [
         ("imp", "round1", 64, "masked_dense", aa, 0.2),
         ("imp", "round1", 64, "csr", -5.0, 0.2),
@@ -38,13 +40,13 @@ def _bench(aa: float = 0.0, dense=(10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.
         ("regroup", "round2", 64, "slim+blocks", 0.25, 0.4),
         ("regroup", "round2", 1, "slim+blocks", 0.50, 0.4),
     ]
-    return pd.DataFrame([(m, r, "torch", b, e, d, t, f) for (m, r, b, e, t, f), d in zip(rows, dense)], columns=COLS)
+    return pd.DataFrame([(m, r, "torch", b, e, d, c, t, f) for (m, r, b, e, t, f), d, c in zip(rows, dense, ci)], columns=COLS)
 
 
 def _with_ort(bench: pd.DataFrame, aa: float, refill: tuple[float, float]) -> pd.DataFrame:
     """bench plus ONNX Runtime rows: imp's A/A and refill's two rounds at batch 64."""
-    ort = [("imp", "round1", "onnxruntime", 64, "masked_dense", 10.0, aa, 0.2)]
-    ort += [("refill", f"round{i + 1}", "onnxruntime", 64, "slim", 10.0, t, f) for i, (t, f) in enumerate(zip(refill, (0.5, 0.6)))]
+    ort = [("imp", "round1", "onnxruntime", 64, "masked_dense", 10.0, NAN, aa, 0.2)]
+    ort += [("refill", f"round{i + 1}", "onnxruntime", 64, "slim", 10.0, NAN, t, f) for i, (t, f) in enumerate(zip(refill, (0.5, 0.6)))]
     return pd.concat([bench, pd.DataFrame(ort, columns=COLS)], ignore_index=True)
 
 
@@ -57,12 +59,14 @@ def test_targets_follow_their_definitions():
     assert targets(_bench()[lambda d: d["engine"] == "csr"], 64)["best_group_time_saving"] is None
 
 
-def test_timing_noise_is_the_larger_of_aa_and_dense_spread():
+def test_timing_noise_is_the_larger_of_aa_and_the_typical_rows_interval():
     assert timing_noise(_bench(aa=-0.07), 64) == pytest.approx(0.07)  # a negative A/A counts by size
-    spread = (10.0, 11.0, 9.0, 10.0, 9.0, 50.0, 11.0, 10.0, 13.0, 50.0)  # batch 64: typical deviation 10%, one stray
-    assert timing_noise(_bench(aa=0.02, dense=spread), 64) == pytest.approx(0.20)  # 2 x median |dev|
-    assert timing_noise(_bench(aa=0.25, dense=spread), 64) == pytest.approx(0.25)
-    assert timing_noise(_bench(aa=0.02), 1) == pytest.approx(0.0)  # batch 1 has no A/A row here
+    ci = (NAN, NAN, NAN, 0.02, 0.04, 0.5, 0.06, 0.08, 0.10, 0.5)  # batch 64 rows: median of 2..10% is 6%
+    assert timing_noise(_bench(aa=0.02, ci=ci), 64) == pytest.approx(0.06)
+    assert timing_noise(_bench(aa=0.25, ci=ci), 64) == pytest.approx(0.25)
+    assert timing_noise(_bench(aa=0.02, ci=ci), 1) == pytest.approx(0.5)  # batch 1: its own rows, no A/A row
+    drift = (10.0, 20.0, 30.0, 10.0, 15.0, 10.0, 25.0, 10.0, 30.0, 10.0)  # the machine's speed drifted between rows
+    assert timing_noise(_bench(aa=0.02, dense=drift, ci=ci), 64) == pytest.approx(0.06)  # paired savings cancel it
 
 
 def test_suspect_rows_beat_their_flop_limit_by_more_than_the_noise():
@@ -117,6 +121,10 @@ def test_summary_headline_and_markdown():
     assert "| imp | 20.00% | not reached within the rounds run | 20.00% |" in md
     noisy = markdown(table, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU")
     assert "| 0.062 | yes | no | ~0 (30.0%) |" in noisy  # refill round1: p = 2 * 0.5**5 = 0.0625
+    with_ci = _table(_bench(ci=(NAN, NAN, NAN, 0.021, 0.034, NAN, NAN, NAN, NAN, NAN)))
+    assert with_ci.loc[with_ci["method"] == "refill", "time_ci95"].tolist() == [0.021, 0.034]
+    md = markdown(with_ci, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU")
+    assert "| ~0 (30.0% ± 2.1%) |" in md and "| 60.0% ± 3.4% |" in md  # each saving beside its 95% half-width
 
 
 def test_extreme_sparsity_is_the_sparsest_winner_by_either_rule():

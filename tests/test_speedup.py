@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ from structlth.speedup.engines import (
 )
 from structlth.speedup.layout import FEEDER_GROWTH, absorb, feeders, fold_bn, fold_layouts, to_layout
 from structlth.speedup.slim import StreamAdd, add_segments, kept_channels, slim_model
-from structlth.speedup.timing import Timing, machine_name, verify
+from structlth.speedup.timing import Timing, machine_name, time_pair, verify
 
 
 @pytest.mark.parametrize("arch, width", [("resnet20", 0.5), ("vgg16", 0.125), ("mobilenet_v1", 0.125), ("resnet18", 1.0)])
@@ -538,3 +539,26 @@ def test_engines_of_a_dead_layer_output_its_bias_only(engine):
     assert out.shape == (2, 3, 4, 4)
     expect = conv.bias.detach().view(1, 3, 1, 1).expand_as(out) if engine is CsrConv else torch.zeros_like(out)
     assert torch.allclose(out, expect)
+
+
+def test_a_timing_in_blocks_carries_each_blocks_saving_and_their_interval(monkeypatch):
+    """A fake clock: dense takes 1 ms; the fast callable 0.5 ms in the first block of pairs and
+    0.8 ms in the second (the machine slowed down for it): block savings 50% and 20%."""
+    now = [0.0]
+    monkeypatch.setattr("structlth.speedup.timing.time.perf_counter", lambda: now[0])
+    calls = [0]
+
+    def dense(_x):
+        now[0] += 1e-3
+
+    def fast(_x):
+        calls[0] += 1
+        now[0] += (0.5 if calls[0] <= 2 else 0.8) * 1e-3
+
+    t = time_pair(dense, fast, torch.zeros(1), repeats=2, warmup=0, blocks=2)
+    assert t.block_savings == pytest.approx((0.5, 0.2))
+    assert (t.t_dense_ms, t.t_ticket_ms) == pytest.approx((1.0, 0.8))  # medians over all four pairs
+    t1 = 12.706204736174707  # t quantile, 1 degree of freedom, 97.5%
+    assert t.ci95 == pytest.approx(t1 * (0.3 / math.sqrt(2)) / math.sqrt(2))
+    calls[0] = 0
+    assert time_pair(dense, fast, torch.zeros(1), repeats=2, warmup=0).ci95 is None  # one block: no interval

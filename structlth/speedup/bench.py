@@ -3,7 +3,8 @@
 For each ticket the production engine's fast model (structlth.speedup.choice) is built, checked
 against the masked dense reference on real test images (relative max error <= atol, else
 VerificationError), then timed against the dense net of the same architecture (BN folded alike),
-interleaved in random order, median of `repeats` runs after `warmup`, at each batch size, in
+interleaved in random order, median of `repeats` x `blocks` pairs after `warmup` (a row's ci95:
+the 95% half-width of its saving from the spread between its blocks), at each batch size, in
 the memory format (channels_last or contiguous) in which the dense net runs faster. With
 bench.onnxruntime the same dense net and fast model are also exported to ONNX and timed in
 ONNX Runtime the same way (structlth.speedup.onnxrt): rows carry their `runtime`.
@@ -83,6 +84,7 @@ BENCH_COLUMNS = [
     "t_dense_ms",
     "t_ticket_ms",
     "time_saving",
+    "ci95",
     "aa_noise",
     "flops_saving",
     "params_saving",
@@ -126,7 +128,7 @@ def dense_baseline(model: nn.Module, test_x: torch.Tensor, bench) -> DenseBaseli
         for runtime in times:
             x = test_x[:b].contiguous(memory_format=runtime_format(runtime, fmt))
             d = in_runtime(runtime, dense, x, bench.threads)
-            t = time_pair(d, d, x, bench.repeats, bench.warmup)
+            t = time_pair(d, d, x, bench.repeats, bench.warmup, blocks=bench.blocks)
             times[runtime][b], aa[runtime][b] = t.t_dense_ms, abs(t.saving)
     return DenseBaseline(formats, times, aa)
 
@@ -134,11 +136,11 @@ def dense_baseline(model: nn.Module, test_x: torch.Tensor, bench) -> DenseBaseli
 def _timed(dense, fast, x: torch.Tensor, bench, expected_ms: float) -> tuple[Timing, int]:
     """time_pair, re-run while the dense median strays from `expected_ms` by more than STRAY;
     the run whose dense time is closest to it is kept. Returns it and the number of re-runs."""
-    best = time_pair(dense, fast, x, bench.repeats, bench.warmup)
+    best = time_pair(dense, fast, x, bench.repeats, bench.warmup, blocks=bench.blocks)
     tries = 0
     while abs(best.t_dense_ms / expected_ms - 1) > STRAY and tries < RETRIES:
         tries += 1
-        t = time_pair(dense, fast, x, bench.repeats, bench.warmup, seed=tries)
+        t = time_pair(dense, fast, x, bench.repeats, bench.warmup, seed=tries, blocks=bench.blocks)
         if abs(t.t_dense_ms / expected_ms - 1) < abs(best.t_dense_ms / expected_ms - 1):
             best = t
     return best, tries
@@ -151,7 +153,7 @@ def _compiled(ref: nn.Module, dense: nn.Module, fast: nn.Module, x: torch.Tensor
     d, _ = compile_model(dense, x)
     f, seconds = compile_model(fast, x)
     err = verify(ref, f, x, bench.atol, f"{method} {engine} (torch)")
-    return engine, time_pair(d, f, x, bench.repeats, bench.warmup), 0, err, seconds
+    return engine, time_pair(d, f, x, bench.repeats, bench.warmup, blocks=bench.blocks), 0, err, seconds
 
 
 @contextmanager
@@ -234,6 +236,7 @@ def bench_ticket(
                             "t_dense_ms": t.t_dense_ms,
                             "t_ticket_ms": t.t_ticket_ms,
                             "time_saving": t.saving,
+                            "ci95": t.ci95,
                             "aa_noise": baseline.aa_noise[runtime][b],
                             "flops_saving": 1 - metrics["flops"] / metrics["flops_dense"],
                             "params_saving": 1 - physical / dense_params,
@@ -251,17 +254,18 @@ def bench_ticket(
 
 
 def timing_noise(bench: pd.DataFrame, batch: int, runtime: str = "torch") -> float | None:
-    """The run's own timing noise at `batch` in `runtime`, the largest of:
+    """The run's own timing noise at `batch` in `runtime`: how far a paired saving reads from the
+    truth, the largest of
     - A/A: the dense net timed against itself by each bench stage (aa_noise), and the
-      |time saving| of imp's masked-dense engine (the same work as dense);
-    - the spread of the dense net's timings across rows: every row times the same dense net, so
-      twice the median of |t_dense / median(t_dense) - 1| says how far a measurement typically
-      strays (rows that stray more than STRAY are re-timed by the bench stage, and listed).
-    None where neither can be measured."""
+      |time saving| of imp's masked-dense engine (the same work as dense), whose true saving is 0;
+    - the typical row's own 95% half-width (median ci95 over rows), from the spread between the
+      consecutive blocks of pairs it was timed in.
+    The absolute dense time is no part of it: a machine whose speed drifts between bench
+    processes moves dense and ticket alike, and the paired saving cancels that.
+    None where nothing can be measured."""
     b = bench[(bench["batch"] == batch) & (bench["runtime"] == runtime)]
     parts = [float(b.loc[b["engine"] == "masked_dense", "time_saving"].abs().max())] if (b["engine"] == "masked_dense").any() else []
-    if "aa_noise" in b and b["aa_noise"].notna().any():
-        parts.append(float(b["aa_noise"].max()))
-    if "t_dense_ms" in b and len(b) > 1:
-        parts.append(2 * float((b["t_dense_ms"] / b["t_dense_ms"].median() - 1).abs().median()))
+    for column, agg in (("aa_noise", "max"), ("ci95", "median")):
+        if column in b and b[column].notna().any():
+            parts.append(float(b[column].agg(agg)))
     return max(parts) if parts else None

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from structlth.errors import VerificationError
+from structlth.stats import t_half_width
 
 
 def machine_name() -> str:
@@ -67,14 +68,23 @@ def machine_lock(name: str, on_wait: Callable[[], None] = lambda: None) -> Itera
 
 @dataclass(frozen=True)
 class Timing:
-    """Medians (ms) of the dense and the fast callable."""
+    """Medians (ms) of the dense and the fast callable over all timed pairs, and the saving of
+    each consecutive block of pairs (empty when timed as one block)."""
 
     t_dense_ms: float
     t_ticket_ms: float
+    block_savings: tuple[float, ...] = ()
 
     @property
     def saving(self) -> float:
         return 1 - self.t_ticket_ms / self.t_dense_ms
+
+    @property
+    def ci95(self) -> float | None:
+        """95% half-width of the saving from the spread of its blocks' savings (the t interval of
+        their mean: blocks are consecutive in time, so a drift of the machine's speed that lasts
+        longer than one pair shows up between blocks); None with fewer than two blocks."""
+        return t_half_width(self.block_savings) if len(self.block_savings) > 1 else None
 
 
 def median(v) -> float:
@@ -90,10 +100,18 @@ def _synced_clock() -> float:
 
 @torch.inference_mode()
 def time_pair(
-    dense: Callable, fast: Callable, x: torch.Tensor, repeats: int, warmup: int, x_fast: torch.Tensor | None = None, seed: int = 0
+    dense: Callable,
+    fast: Callable,
+    x: torch.Tensor,
+    repeats: int,
+    warmup: int,
+    x_fast: torch.Tensor | None = None,
+    seed: int = 0,
+    blocks: int = 1,
 ) -> Timing:
-    """Median ms of dense(x) and fast(x_fast or x): `repeats` pairs, each pair in random order
-    (on CUDA each call is timed to the end of its kernels)."""
+    """Median ms of dense(x) and fast(x_fast or x) over `blocks` consecutive blocks of `repeats`
+    pairs, each pair in random order (on CUDA each call is timed to the end of its kernels);
+    with blocks > 1 the Timing also carries each block's saving (its ci95)."""
     xf = x if x_fast is None else x_fast
     clock = _synced_clock if x.is_cuda else time.perf_counter
     for _ in range(warmup):
@@ -101,14 +119,15 @@ def time_pair(
         fast(xf)
     order = random.Random(seed)
     td, tf = [], []
-    for _ in range(repeats):
+    for _ in range(repeats * blocks):
         pair = [(dense, td, x), (fast, tf, xf)]
         order.shuffle(pair)
         for fn, acc, inp in pair:
             t0 = clock()
             fn(inp)
             acc.append((clock() - t0) * 1e3)
-    return Timing(median(td), median(tf))
+    per_block = [Timing(median(td[i : i + repeats]), median(tf[i : i + repeats])).saving for i in range(0, len(td), repeats)]
+    return Timing(median(td), median(tf), tuple(per_block) if blocks > 1 else ())
 
 
 @torch.inference_mode()
