@@ -50,7 +50,7 @@ def _scale_cases():
 
 
 def run() -> dict:
-    bench = BenchParams(batch_sizes=[BATCH], repeats=15, warmup=3, threads=2, onnxruntime=False, compile=True)
+    bench = BenchParams(batch_sizes=[BATCH], repeats=15, blocks=1, warmup=3, threads=2, onnxruntime=False, compile=True)
     rows = []
     for case, kind, model, masks, metrics, x in [*_default_cases(), *_scale_cases()]:
         out, _ = bench_ticket(case, kind, model, masks, metrics, x, bench, layers=False)

@@ -27,7 +27,7 @@ def run(arch: str = "vgg16", width: float = 0.25, density: float = 0.8**4) -> di
     w = dict(model.named_parameters())
     imp = magnitude_prune(w, ones_masks(model), 1 - density)
     x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    bench = BenchParams(batch_sizes=[64], repeats=25, warmup=3)
+    bench = BenchParams(batch_sizes=[64], repeats=25, blocks=1, warmup=3)
     baseline = dense_baseline(model, x, bench)
     variants = {("refill", 0, 8): ("refill", refill_masks(imp, weight_scores("magnitude", w, imp), 0.0, "ceil", 8))}
     for rpp in (16, 32, 64, 128):

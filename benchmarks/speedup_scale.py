@@ -41,7 +41,7 @@ def tickets(model: nn.Module, density: float) -> dict[str, tuple[str, dict]]:
 
 
 def run() -> dict:
-    bench = BenchParams(batch_sizes=BATCHES, repeats=9, warmup=2, threads=2)
+    bench = BenchParams(batch_sizes=BATCHES, repeats=4, blocks=3, warmup=2, threads=2)  # 12 pairs a row
     x = torch.randn(max(BATCHES), 3, 32, 32, generator=torch.Generator().manual_seed(0))
     rows, layers = [], []
     for arch, density in CASES:
