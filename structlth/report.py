@@ -92,13 +92,19 @@ def winners(table: pd.DataFrame, column: str = "wins") -> pd.DataFrame:
     return table[table[column].astype(bool)]
 
 
+def inside_noise(saving: float, noise: float, ci: float) -> bool:
+    """Whether a time saving is no result: within the run's noise or its own 95% half-width (NaN: none)."""
+    return abs(saving) <= max(noise, 0.0 if pd.isna(ci) else ci)
+
+
 def headline(table: pd.DataFrame, noise: float = 0.0) -> dict[str, str]:
     """Per method: its sparsest winning ticket that was timed, as 'X% time saving at Y% sparsity
-    (...)'; a saving inside the run's timing noise shows as ~0."""
+    (...)'; a saving inside the run's timing noise or its own interval shows as ~0."""
     out = {}
     for method, rows in winners(table).dropna(subset=["time_saving"]).groupby("method", sort=False):
         r = rows.loc[rows["sparsity"].idxmax()]
-        saving = f"{r['time_saving']:.2%}" if abs(r["time_saving"]) > noise else f"~0 ({r['time_saving']:.2%}, inside the noise)"
+        v = r["time_saving"]
+        saving = f"~0 ({v:.2%}, inside the noise)" if inside_noise(v, noise, r.get("time_ci95")) else f"{v:.2%}"
         out[method] = (
             f"{saving} time saving at {r['sparsity']:.2%} sparsity ({r['flops_saving']:.1%} FLOP saving), {r['round']}:"
             f" test acc {r['acc_mean']:.4f}, {r['diff_vs_dense']:+.2%} vs dense [{r['diff_low']:+.2%}, {r['diff_high']:+.2%}]"
@@ -372,12 +378,12 @@ CLAIMS = (
 
 
 def _saving(v: float, noise: float, ci: float = float("nan")) -> str:
-    """A time saving for the tables: empty where not timed, `~0 (x)` inside the noise, with its
-    95% half-width where it has one."""
+    """A time saving for the tables: empty where not timed, with its 95% half-width where it has
+    one, `~0 (x)` inside the noise or that half-width."""
     if pd.isna(v):
         return ""
     shown = f"{v:.1%}" + ("" if pd.isna(ci) else f" ± {ci:.1%}")
-    return shown if abs(v) > noise else f"~0 ({shown})"
+    return f"~0 ({shown})" if inside_noise(v, noise, ci) else shown
 
 
 def _pct(v: float | None) -> str:

@@ -125,6 +125,9 @@ def test_summary_headline_and_markdown():
     assert with_ci.loc[with_ci["method"] == "refill", "time_ci95"].tolist() == [0.021, 0.034]
     md = markdown(with_ci, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU")
     assert "| ~0 (30.0% ± 2.1%) |" in md and "| 60.0% ± 3.4% |" in md  # each saving beside its 95% half-width
+    wide = _table(_bench(ci=(NAN, NAN, NAN, 0.35, 0.034, NAN, NAN, NAN, NAN, NAN)))
+    assert "| ~0 (30.0% ± 35.0%) |" in markdown(wide, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU")
+    assert headline(wide)["refill"].startswith("~0 (30.00%, inside the noise)")  # inside its own interval
 
 
 def test_extreme_sparsity_is_the_sparsest_winner_by_either_rule():

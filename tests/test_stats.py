@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from structlth.evidence import bracket, matched, versus_dense
-from structlth.stats import accuracy_interval, mcnemar_exact, noninferior, over_seeds, paired, seed_ttest
+from structlth.stats import accuracy_interval, mcnemar_exact, noninferior, over_seeds, paired, seed_ttest, t_half_width
 
 Z = 1.959963984540054  # the normal 97.5% quantile
 
@@ -81,6 +81,9 @@ def test_over_seeds_t_interval_by_hand():
     assert (one.low, one.high, one.sd) == (0.9, 0.9, 0.0)
     with pytest.raises(ValueError):
         over_seeds([])
+    assert t_half_width([0.88, 0.90, 0.86]) == pytest.approx(t2 * sd / math.sqrt(3))
+    with pytest.raises(ValueError, match="at least two"):
+        t_half_width([0.9])
 
 
 def test_seed_ttest_by_hand():
