@@ -68,6 +68,8 @@ def run() -> dict:
                             "t_dense_ms",
                             "t_ticket_ms",
                             "time_saving",
+                            "ci95",
+                            "aa_noise",
                             "flops_saving",
                             "sparsity",
                             "max_abs_err",
@@ -98,7 +100,10 @@ def summary(rows: list[dict]) -> dict:
         for prefix, runtime in (("", "torch"), ("ort_", "onnxruntime")):
             keys = ("channel_time_per_flop_saving", "best_group_time_saving", "group_time_per_flop_saving")
             out.update({f"{prefix}{k}{suffix}": goals[prefix + k] for k in keys})
-            out[f"{prefix}timing_noise{suffix}"] = max(timing_noise(g, b, runtime) or 0.0 for _, g in frame.groupby("arch"))
+            noise = [timing_noise(g, b, runtime) for _, g in frame.groupby("arch")]
+            if None in noise:
+                raise ValueError(f"{runtime} batch {b}: rows without an A/A or interval, so no timing noise")
+            out[f"{prefix}timing_noise{suffix}"] = max(noise)
             worst = frame[(frame["batch"] == b) & (frame["runtime"] == runtime)]["time_saving"]
             out[f"{prefix}worst_time_saving{suffix}"] = float(worst.min())  # the slowest structured ticket against dense
     return out
