@@ -502,7 +502,7 @@ def markdown(
             f"Timing noise of this run: {goals['timing_noise']:.1%} — the largest of the A/A tests (each bench stage"
             " times the dense net against itself; imp's masked-dense engine runs the same work as the dense net)"
             " and the typical row's 95% half-width (± in the tables: the spread of the savings of the consecutive"
-            " blocks of pairs it was timed in). A time saving counts only above it: smaller ones show as `~0` in the tables.",
+            " blocks of pairs it was timed in). A time saving counts only above it and its own ±: others show as `~0` in the tables.",
             "",
         ]
     if goals.get("ort_timing_noise") is not None:
