@@ -398,9 +398,11 @@ def test_alignment_is_the_fastest_padded_count_per_layer(monkeypatch, fast_count
         ({"GroupedConv": 0.5, "SubConv": 0.7}, "grouped"),
         ({"GroupedConv": 0.8, "SubConv": 0.6}, "subconv"),
         ({"GroupedConv": 1 - ENGINE_MARGIN / 2, "SubConv": 1.2}, "dense"),  # a tie within the margin keeps the dense conv
+        ({"GroupedConv": 0.6, "SubConv": 0.6 * (1 - ENGINE_MARGIN / 2)}, "grouped"),  # and the grouped conv against sub-convs
+        ({"GroupedConv": 0.6, "SubConv": 0.6 * (1 - 2 * ENGINE_MARGIN)}, "subconv"),
     ],
 )
-def test_each_conv_takes_the_fastest_engine_only_when_it_beats_dense_by_the_margin(monkeypatch, ratios, expect):
+def test_each_conv_takes_the_fastest_engine_only_when_it_beats_the_one_before_by_the_margin(monkeypatch, ratios, expect):
     """Timings faked: each engine runs its conv in a fixed fraction of the dense conv's time (and
     so does the dense conv reading a grouped feeder's block order)."""
     m, masks, _ = _bench_case("regroup")

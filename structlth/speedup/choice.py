@@ -42,7 +42,7 @@ CHANNEL_KINDS = ("refill", "imp_channel", "torch_pruning")
 GROUP_KINDS = ("regroup",)
 ALIGNS = (8, 16, 32)  # channel multiples tried per slim conv (oneDNN's fp32 blocks: 8 channels on AVX2, 16 on AVX-512)
 ALIGN_MARGIN = 0.03  # a wider count is kept only this much faster than ALIGN's: its zero channels cost its readers work
-ENGINE_MARGIN = 0.03  # an engine replaces a dense conv only this much faster: a tie within the noise would decide its readers' gathers
+ENGINE_MARGIN = 0.03  # an engine replaces the one chosen before it only this much faster: noise would decide its readers' gathers
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,12 @@ def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int)
 
 def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor], probe: Probe) -> dict[str, str]:
     """Per masked conv, in the model's module order, the fastest engine on its real input (the
-    activations of probe.x) in the probe's runtime; the dense conv unless one is ENGINE_MARGIN
-    faster (a conv that drops no input channel gains nothing from blocks). Each conv is timed as
-    it will run after structlth.speedup.layout.fold_layouts:
+    activations of probe.x) in the probe's runtime. Engines are tried in engine_candidates'
+    order (dense, grouped, sub-convs), and each replaces the one chosen so far only where it is
+    ENGINE_MARGIN faster: a tie within the noise goes to the simpler engine, so that two
+    processes choose alike (a conv that drops no input channel gains nothing from blocks; a
+    grouped conv is one kernel and hands its block order on). Each conv is timed as it will run
+    after structlth.speedup.layout.fold_layouts:
     - a grouped conv whose feeder (structlth.speedup.layout.feeders) runs dense is timed without
       its gather when the feeder will emit its input gathered (moves_gather);
     - a dense conv whose feeder runs grouped reads the feeder's padded block order (`absorb`),
@@ -100,13 +103,13 @@ def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor],
         name = pname.removesuffix(".weight")
         conv = copy.deepcopy(modules[name]).to("cpu", torch.float32)
         dense = probe.runner(copy.deepcopy(conv), inputs[name])
-        best, best_ratio, best_layer = "dense", 1 - ENGINE_MARGIN, None
+        best, bar, best_layer = "dense", 1 - ENGINE_MARGIN, None  # bar: the ratio to dense the next engine must beat
         candidates = [e for e in engine_candidates(mask) if e != "dense"]
         if candidates and feed.get(name) in block_layouts:  # with no candidate, dense stays: nothing to weigh
             lay, as_run = block_layouts[feed[name]], copy.deepcopy(conv)
             absorb(as_run, lay)
             x_lay = to_layout(inputs[name], lay)
-            best_ratio *= probe.ratio(dense, probe.runner(as_run, x_lay), inputs[name], x_lay)
+            bar *= probe.ratio(dense, probe.runner(as_run, x_lay), inputs[name], x_lay)
         for engine in candidates:
             layer = probe.like(swap_convs(nn.Sequential(copy.deepcopy(conv)), {"0.weight": mask.cpu()}, {"0": engine}))
             x_fast = inputs[name]
@@ -119,8 +122,8 @@ def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor],
                 x_fast = take_channels(inputs[name], layer[0].gather)
                 layer[0].skip_gather = True
             r = probe.ratio(dense, probe.runner(layer, x_fast), inputs[name], x_fast)
-            if r < best_ratio:
-                best, best_ratio, best_layer = engine, r, layer[0]
+            if r < bar:
+                best, bar, best_layer = engine, r * (1 - ENGINE_MARGIN), layer[0]
         choice[name] = best
         if isinstance(best_layer, GroupedConv):
             block_layouts[name] = best_layer.layout
