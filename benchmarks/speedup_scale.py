@@ -64,6 +64,7 @@ def run() -> dict:
                             "runtime",
                             "batch",
                             "channels_last",
+                            "ticket_channels_last",
                             "retimed",
                             "t_dense_ms",
                             "t_ticket_ms",

@@ -472,24 +472,63 @@ def test_a_dense_conv_fed_by_a_grouped_one_is_timed_as_it_will_run(monkeypatch):
     assert again[blocked[0]] == "grouped" and all(again[n] == "dense" for n in fed) and not timed_wide
 
 
-def test_choices_are_timed_in_the_format_the_bench_runs_even_on_one_channel_images(monkeypatch):
-    """A [B, 1, H, W] batch is contiguous in both memory formats: the format the bench runs the
-    dense net in (channels_last here), not the batch's, is that of every model the alignment and
-    engine choices time, and of the activations they time them on."""
-    in_format = []
+def _format(t: torch.Tensor) -> str | None:
+    """'cl' or 'nchw' for a 4-D tensor laid out so, None where it is both (one channel, 1x1)."""
+    cl, plain = t.is_contiguous(memory_format=torch.channels_last), t.is_contiguous()
+    return None if cl == plain else ("cl" if cl else "nchw")
+
+
+def _model_format(model: nn.Module) -> str | None:
+    """The one format of a model's 4-D weights (AssertionError on a mix); None if all ambiguous."""
+    found = {_format(w) for w in model.parameters() if w.ndim == 4} - {None}
+    assert len(found) <= 1, found
+    return found.pop() if found else None
+
+
+def test_choices_are_timed_in_the_format_they_build_for_even_on_one_channel_images(monkeypatch):
+    """A [B, 1, H, W] batch is contiguous in both memory formats. A structured ticket's model is
+    built (alignment and engines chosen) once in each format, stated rather than read off the
+    batch: every timing of a build has both its models, and its activations, in that format."""
+    built, raced = [], []
 
     def record(dense, fast, x, *a, **k):
-        for f in (dense, fast):
-            in_format.extend(w.is_contiguous(memory_format=torch.channels_last) for w in f.parameters() if w.ndim == 4)
-        in_format.append(x.shape[1] == 1 or x.is_contiguous(memory_format=torch.channels_last))
+        fmts = {_model_format(dense), _model_format(fast), _format(x)} - {None}
+        assert len(fmts) == 1, fmts
+        built.extend(fmts)
         return Timing(1.0, 1.0)
+
+    def race(plain, cl, *a):
+        raced.append((_model_format(plain), _model_format(cl)))
+        return torch.channels_last
 
     monkeypatch.setattr("structlth.speedup.bench.fastest_format", lambda *a: torch.channels_last)
     monkeypatch.setattr("structlth.speedup.choice.time_pair", record)
+    monkeypatch.setattr("structlth.speedup.choice.format_race", race)
     m, masks, metrics = _bench_case("regroup")
     bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
     bench_ticket("regroup", "regroup", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
-    assert len(in_format) > 20 and all(in_format)
+    assert built.count("cl") > 20 and built.count("nchw") > 20 and raced == [("nchw", "cl")]
+
+
+@pytest.mark.parametrize("dense_format", ["cl", "nchw"])
+def test_a_tickets_fast_model_runs_in_the_format_it_runs_faster_in_whatever_the_dense_nets(monkeypatch, dense_format):
+    """Timings faked: a model in the other format than the dense net's runs twice as fast. A
+    structured ticket's row runs its fast model in that format, and says so; imp's masked-dense
+    engine (the A/A) stays in the dense net's."""
+    formats = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
+    faster = "nchw" if dense_format == "cl" else "cl"
+    ms = {faster: 1.0, dense_format: 2.0, None: 2.0}
+    monkeypatch.setattr("structlth.speedup.bench.fastest_format", lambda *a: formats[dense_format])
+    monkeypatch.setattr(
+        "structlth.speedup.choice.time_pair", lambda dense, fast, *a, **k: Timing(ms[_model_format(dense)], ms[_model_format(fast)])
+    )
+    bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
+    for kind in ("imp_channel", "regroup", "imp"):
+        m, masks, metrics = _bench_case(kind)
+        rows, _ = bench_ticket(kind, kind, m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
+        assert rows and all(r["channels_last"] == (dense_format == "cl") for r in rows)
+        ticket_format = dense_format if kind == "imp" else faster
+        assert all(r["ticket_channels_last"] == (ticket_format == "cl") for r in rows), kind
 
 
 def test_compiled_engines_are_verified_and_carry_their_compile_time(monkeypatch):

@@ -4,8 +4,8 @@ For each ticket the production engine's fast model (structlth.speedup.choice) is
 against the masked dense reference on real test images (relative max error <= atol, else
 VerificationError), then timed against the dense net of the same architecture (BN folded alike),
 interleaved in random order, median of `repeats` x `blocks` pairs after `warmup` (a row's ci95:
-the 95% half-width of its saving from the spread between its blocks), at each batch size, in
-the memory format (channels_last or contiguous) in which the dense net runs faster. With
+the 95% half-width of its saving from the spread between its blocks), at each batch size, each
+net in the memory format (channels_last or contiguous) in which it runs faster. With
 bench.onnxruntime the same dense net and fast model are also exported to ONNX and timed in
 ONNX Runtime the same way (structlth.speedup.onnxrt): rows carry their `runtime`.
 """
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from structlth.masks import layer_effective_flops
-from structlth.speedup.choice import Probe, fast_models, fastest_format
+from structlth.speedup.choice import Probe, fast_models_and_formats, fastest_format
 from structlth.speedup.compiled import SUFFIX, compile_model
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.layout import fold_bn
@@ -31,15 +31,22 @@ from structlth.speedup.timing import Timing, conv_inputs, machine_name, time_pai
 
 
 def layer_rows(
-    dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, flops: Mapping[str, tuple[int, int]], runtime: str = "torch"
+    dense: nn.Module,
+    fast: nn.Module,
+    x: torch.Tensor,
+    bench,
+    flops: Mapping[str, tuple[int, int]],
+    runtime: str = "torch",
+    x_fast: torch.Tensor | None = None,
 ) -> list[dict]:
-    """Per conv layer (BN folded, ReLU excluded): dense conv on its dense input vs the fast
-    model's module of the same name on the fast model's input, each in `runtime` (in ONNX
-    Runtime: each layer exported on its own), with both output channel counts (a slim conv's
-    includes the zero channels its alignment added); flops: the layer's (dense, effective)
-    FLOPs (structlth.masks.layer_effective_flops), its physical limit."""
+    """Per conv layer (BN folded, ReLU excluded): dense conv on its dense input (of x) vs the fast
+    model's module of the same name on the fast model's input (of x_fast: x in the fast model's
+    memory format; default x), each in `runtime` (in ONNX Runtime: each layer exported on its
+    own), with both output channel counts (a slim conv's includes the zero channels its
+    alignment added); flops: the layer's (dense, effective) FLOPs
+    (structlth.masks.layer_effective_flops), its physical limit."""
     d_in = conv_inputs(dense, x)
-    f_in = conv_inputs(fast, x, set(d_in))
+    f_in = conv_inputs(fast, x if x_fast is None else x_fast, set(d_in))
     d_mods, f_mods = dict(dense.named_modules()), dict(fast.named_modules())
     rows = []
     for name, inp in d_in.items():
@@ -79,6 +86,7 @@ BENCH_COLUMNS = [
     "batch",
     "threads",
     "channels_last",
+    "ticket_channels_last",
     "retimed",
     "engine",
     "t_dense_ms",
@@ -106,8 +114,9 @@ def runtimes(bench) -> tuple[str, ...]:
 class DenseBaseline:
     """Per batch size: the memory format the dense net runs fastest in (PyTorch), and per
     runtime and batch size its median time (ms). Measured once per bench stage
-    (`dense_baseline`) so every row is timed in the same format, and a row whose dense timing
-    strays from it (another job on the cores) is re-timed."""
+    (`dense_baseline`) so every row times the dense net in the same format (each ticket's fast
+    model runs in its own: choice.fast_models_and_formats), and a row whose dense timing strays
+    from it (another job on the cores) is re-timed."""
 
     formats: dict[int, bool]  # batch -> channels_last
     t_dense_ms: dict[str, dict[int, float]]  # runtime -> batch -> ms
@@ -133,27 +142,29 @@ def dense_baseline(model: nn.Module, test_x: torch.Tensor, bench) -> DenseBaseli
     return DenseBaseline(formats, times, aa)
 
 
-def _timed(dense, fast, x: torch.Tensor, bench, expected_ms: float) -> tuple[Timing, int]:
-    """time_pair, re-run while the dense median strays from `expected_ms` by more than STRAY;
-    the run whose dense time is closest to it is kept. Returns it and the number of re-runs."""
-    best = time_pair(dense, fast, x, bench.repeats, bench.warmup, blocks=bench.blocks)
+def _timed(dense, fast, x: torch.Tensor, x_fast: torch.Tensor, bench, expected_ms: float) -> tuple[Timing, int]:
+    """time_pair (dense on x, fast on x_fast), re-run while the dense median strays from
+    `expected_ms` by more than STRAY; the run whose dense time is closest to it is kept.
+    Returns it and the number of re-runs."""
+    best = time_pair(dense, fast, x, bench.repeats, bench.warmup, x_fast, blocks=bench.blocks)
     tries = 0
     while abs(best.t_dense_ms / expected_ms - 1) > STRAY and tries < RETRIES:
         tries += 1
-        t = time_pair(dense, fast, x, bench.repeats, bench.warmup, seed=tries, blocks=bench.blocks)
+        t = time_pair(dense, fast, x, bench.repeats, bench.warmup, x_fast, seed=tries, blocks=bench.blocks)
         if abs(t.t_dense_ms / expected_ms - 1) < abs(best.t_dense_ms / expected_ms - 1):
             best = t
     return best, tries
 
 
-def _compiled(ref: nn.Module, dense: nn.Module, fast: nn.Module, x: torch.Tensor, bench, engine: str, method: str):
-    """The row of a compiled engine: fast and dense compiled alike for x's shape; the fast one
-    verified against the masked model on x, then timed against the compiled dense net.
-    Returns (engine, Timing, re-runs, max error, compile seconds of the fast model)."""
+def _compiled(ref: nn.Module, dense: nn.Module, fast: nn.Module, x: torch.Tensor, x_fast: torch.Tensor, bench, engine: str, method: str):
+    """The row of a compiled engine: dense compiled for x, fast alike for x_fast (x in its own
+    memory format); the fast one verified against the masked model on x_fast, then timed against
+    the compiled dense net. Returns (engine, Timing, re-runs, max error, compile seconds of the
+    fast model)."""
     d, _ = compile_model(dense, x)
-    f, seconds = compile_model(fast, x)
-    err = verify(ref, f, x, bench.atol, f"{method} {engine} (torch)")
-    return engine, time_pair(d, f, x, bench.repeats, bench.warmup, blocks=bench.blocks), 0, err, seconds
+    f, seconds = compile_model(fast, x_fast)
+    err = verify(ref, f, x_fast, bench.atol, f"{method} {engine} (torch)")
+    return engine, time_pair(d, f, x, bench.repeats, bench.warmup, x_fast, blocks=bench.blocks), 0, err, seconds
 
 
 @contextmanager
@@ -207,21 +218,21 @@ def bench_ticket(
             x = test_x[:b].contiguous(memory_format=run_fmt)
             with _phase(phases, f"{runtime}: engine choice"):
                 probe = Probe(x, run_fmt, max(5, bench.repeats // 2), 1, runtime, bench.threads)
-                candidates = fast_models(kind, model, masks, in_ch, probe)
-            for engine, fast in candidates.items():
+                candidates = fast_models_and_formats(kind, model, masks, in_ch, probe)
+            for engine, (fast, fast_fmt) in candidates.items():
                 if runtime != "torch" and engine not in ORT_ENGINES:
                     continue
-                fast = fast.to(memory_format=fmt)
+                fast, x_fast = fast.to(memory_format=fast_fmt), x.contiguous(memory_format=fast_fmt)
                 with _phase(phases, f"{runtime}: export and verify"):
-                    d, f = in_runtime(runtime, dense, x, bench.threads), in_runtime(runtime, fast, x, bench.threads)
-                    err = verify(ref, f, check_x, bench.atol, f"{method} {engine} ({runtime})")
+                    d, f = in_runtime(runtime, dense, x, bench.threads), in_runtime(runtime, fast, x_fast, bench.threads)
+                    err = verify(ref, f, check_x.contiguous(memory_format=fast_fmt), bench.atol, f"{method} {engine} ({runtime})")
                 with _phase(phases, f"{runtime}: timing"):
-                    t, retimed = _timed(d, f, x, bench, baseline.t_dense_ms[runtime][b])
+                    t, retimed = _timed(d, f, x, x_fast, bench, baseline.t_dense_ms[runtime][b])
                 physical = sum(p.numel() for p in fast.parameters()) if engine == "slim" else metrics["params_kept"]
                 timed = [(engine, t, retimed, err, None)]
                 if bench.compile and runtime == "torch" and engine in PRODUCTION_ENGINES:
                     with _phase(phases, "torch: compile, verify and time"):
-                        timed.append(_compiled(ref, dense, fast, x, bench, engine + SUFFIX, method))
+                        timed.append(_compiled(ref, dense, fast, x, x_fast, bench, engine + SUFFIX, method))
                 for engine_name, t, retimed, err, compile_s in timed:
                     rows.append(
                         {
@@ -231,7 +242,8 @@ def bench_ticket(
                             "batch": b,
                             "machine": machine,
                             "threads": torch.get_num_threads(),
-                            "channels_last": baseline.formats[b] and runtime == "torch",
+                            "channels_last": baseline.formats[b] and runtime == "torch",  # the dense net's
+                            "ticket_channels_last": fast_fmt == torch.channels_last,
                             "retimed": retimed,
                             "t_dense_ms": t.t_dense_ms,
                             "t_ticket_ms": t.t_ticket_ms,
@@ -248,7 +260,7 @@ def bench_ticket(
                     )
                 if layers and b == max(bench.batch_sizes) and engine in ("slim", "slim+blocks", "csr"):
                     with _phase(phases, f"{runtime}: per-layer rows"):
-                        for r in layer_rows(dense, fast, x, bench, flops, runtime):
+                        for r in layer_rows(dense, fast, x, bench, flops, runtime, x_fast):
                             layer_out.append({"method": method, "runtime": runtime, "batch": b, **r})
     return rows, layer_out
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import fx, nn
@@ -72,13 +72,18 @@ class Probe:
         return t.t_ticket_ms / t.t_dense_ms
 
 
-def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> torch.memory_format:
-    """channels_last or contiguous, whichever runs `model` (a dense net) faster on x: each
-    format's copy of the model on x in the same format (model itself is left as it is)."""
-    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+def format_race(plain: nn.Module, cl: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> torch.memory_format:
+    """contiguous or channels_last: whichever of `plain` (a net in the contiguous format) and
+    `cl` (the same net in channels_last) runs x faster, each on x in its own format."""
     t = time_pair(plain, cl, x.contiguous(), repeats, warmup, x.contiguous(memory_format=torch.channels_last))
     return torch.channels_last if t.t_ticket_ms < t.t_dense_ms else torch.contiguous_format
+
+
+def fastest_format(model: nn.Module, x: torch.Tensor, repeats: int, warmup: int) -> torch.memory_format:
+    """channels_last or contiguous, whichever runs `model` (a dense net) faster on x (model
+    itself is left as it is)."""
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    return format_race(plain, copy.deepcopy(model).to(memory_format=torch.channels_last), x, repeats, warmup)
 
 
 def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor], probe: Probe) -> dict[str, str]:
@@ -213,3 +218,28 @@ def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], 
     ref = fold_bn(masked_reference(model, masks, in_channels))
     plain = {n: m for n, m in masks.items() if getattr(ref.get_submodule(n.removesuffix(".weight")), "groups", 0) == 1}
     return {"masked_dense": ref, "csr": swap_convs(ref, plain, {n.removesuffix(".weight"): "csr" for n in plain})}
+
+
+FORMATS = (torch.contiguous_format, torch.channels_last)
+
+
+def fast_models_and_formats(
+    kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe
+) -> dict[str, tuple[nn.Module, torch.memory_format]]:
+    """engine name -> (fast model, the memory format it runs fastest in). In PyTorch a channel- or
+    group-wise ticket's models are built (`fast_models`: alignment and engines chosen) in each
+    memory format, and each engine keeps the one whose model runs probe.x faster end to end: its
+    convs are narrower or grouped, so the dense net's format (probe.memory_format) need not suit
+    it. Elsewhere (ONNX Runtime takes NCHW; imp's masked_dense is the A/A and does the dense
+    net's work) the probe's format alone."""
+    if probe.runtime != "torch" or kind not in CHANNEL_KINDS + GROUP_KINDS:
+        return {e: (m, probe.memory_format) for e, m in fast_models(kind, model, masks, in_channels, probe).items()}
+    built = {}
+    for fmt in FORMATS:
+        p = replace(probe, x=probe.x.contiguous(memory_format=fmt), memory_format=fmt)
+        built[fmt] = {e: p.like(m) for e, m in fast_models(kind, model, masks, in_channels, p).items()}
+    out = {}
+    for engine, plain in built[torch.contiguous_format].items():
+        fmt = format_race(plain, built[torch.channels_last][engine], probe.x, probe.repeats, probe.warmup)
+        out[engine] = (built[fmt][engine], fmt)
+    return out
