@@ -4,6 +4,13 @@ A conv c -> c (batch 64, 14x14, the default model's middle layers; BN folded, so
 c = 8..64, in the faster memory format per c. oneDNN computes channels in blocks (8 or 16 for
 fp32): a step at the block size means c channels cost what the next multiple costs, and the
 smallest align at which the time per channel flattens is the default `channel_align`.
+
+`outputs`: the output count alone, as a slim layer drops output channels of a fixed input:
+convs 64 -> c on 7x7 maps and 128 -> c on 3x3 maps (the default's deeper layers, batch 64),
+c = 8..128 (at most the dense layer's), each in the faster memory format. The summary's
+`outputs_cost_over_next_power_of_two` (median over counts that are not a power of two) says
+whether c outputs cost what the next power of two costs (about 1) or what their FLOPs say
+(`outputs_flops_over_next_power_of_two`).
 """
 
 from __future__ import annotations
@@ -14,16 +21,28 @@ from torch import nn
 from structlth.speedup.timing import median, time_pair
 
 
+def _both_formats(c_in: int, c_out: int, batch: int, side: int) -> dict:
+    """ms of one 3x3 conv c_in -> c_out on [batch, c_in, side, side], contiguous and channels_last."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1).eval()
+    x = torch.randn(batch, c_in, side, side)
+    cl = nn.Conv2d(c_in, c_out, 3, padding=1).eval().to(memory_format=torch.channels_last)
+    t = time_pair(conv, cl, x, 15, 3, x.contiguous(memory_format=torch.channels_last))
+    return {"contiguous_ms": t.t_dense_ms, "channels_last_ms": t.t_ticket_ms, "best_ms": min(t.t_dense_ms, t.t_ticket_ms)}
+
+
+def _next_power_of_two(c: int) -> int:
+    return 1 << (c - 1).bit_length()
+
+
 def run(batch: int = 64, side: int = 14, channels=tuple(range(8, 65, 4))) -> dict:
-    rows = []
-    for c in channels:
-        conv = nn.Conv2d(c, c, 3, padding=1).eval()
-        x = torch.randn(batch, c, side, side)
-        cl = nn.Conv2d(c, c, 3, padding=1).eval().to(memory_format=torch.channels_last)
-        t = time_pair(conv, cl, x, 15, 3, x.contiguous(memory_format=torch.channels_last))
-        rows.append(
-            {"channels": c, "contiguous_ms": t.t_dense_ms, "channels_last_ms": t.t_ticket_ms, "best_ms": min(t.t_dense_ms, t.t_ticket_ms)}
-        )
+    rows = [{"channels": c, **_both_formats(c, c, batch, side)} for c in channels]
+    outputs = [
+        {"c_in": c_in, "side": s, "c_out": c, **_both_formats(c_in, c, batch, s)}
+        for c_in, s, dense in ((64, 7, 64), (128, 3, 128))
+        for c in range(8, dense + 1, 8)
+    ]
+    out_ms = {(r["c_in"], r["c_out"]): r["best_ms"] for r in outputs}
+    odd = [(k, c) for k, c in out_ms if c != _next_power_of_two(c)]
     by_c = {r["channels"]: r["best_ms"] for r in rows}
     # cost of the odd counts relative to the next multiple of 8 and 16: ~1 means they cost the same
     ratio = lambda a: median([by_c[c] / by_c[-(-c // a) * a] for c in by_c if c % a and -(-c // a) * a in by_c])  # noqa: E731
@@ -31,5 +50,11 @@ def run(batch: int = 64, side: int = 14, channels=tuple(range(8, 65, 4))) -> dic
         "batch": batch,
         "side": side,
         "rows": rows,
-        "summary": {"odd_over_next_multiple_of_8": ratio(8), "odd_over_next_multiple_of_16": ratio(16)},
+        "outputs": outputs,
+        "summary": {
+            "odd_over_next_multiple_of_8": ratio(8),
+            "odd_over_next_multiple_of_16": ratio(16),
+            "outputs_cost_over_next_power_of_two": median([out_ms[k, c] / out_ms[k, _next_power_of_two(c)] for k, c in odd]),
+            "outputs_flops_over_next_power_of_two": median([c / _next_power_of_two(c) for _, c in odd]),
+        },
     }
