@@ -280,7 +280,7 @@ def test_bench_ticket_refuses_a_fast_model_that_computes_something_else(monkeypa
     broken = copy.deepcopy(m)
     broken.fc.bias.data += 1.0  # every logit off by one
 
-    monkeypatch.setattr("structlth.speedup.bench.fast_models", lambda *a: {"slim": broken})
+    monkeypatch.setattr("structlth.speedup.bench.fast_models_and_formats", lambda *a: {"slim": (broken, a[-1].memory_format)})
     with pytest.raises(VerificationError, match=r"imp_channel slim \(torch\): fast path differs"):
         bench_ticket(
             "imp_channel",
