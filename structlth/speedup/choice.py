@@ -43,6 +43,7 @@ GROUP_KINDS = ("regroup",)
 ALIGNS = (8, 16, 32)  # channel multiples tried per slim conv (oneDNN's fp32 blocks: 8 channels on AVX2, 16 on AVX-512)
 ALIGN_MARGIN = 0.03  # a wider count is kept only this much faster than ALIGN's: its zero channels cost its readers work
 ENGINE_MARGIN = 0.03  # an engine replaces the one chosen before it only this much faster: noise would decide its readers' gathers
+FORMATS = (torch.contiguous_format, torch.channels_last)  # the memory formats a ticket's fast model is built and raced in
 
 
 @dataclass(frozen=True)
@@ -218,9 +219,6 @@ def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], 
     ref = fold_bn(masked_reference(model, masks, in_channels))
     plain = {n: m for n, m in masks.items() if getattr(ref.get_submodule(n.removesuffix(".weight")), "groups", 0) == 1}
     return {"masked_dense": ref, "csr": swap_convs(ref, plain, {n.removesuffix(".weight"): "csr" for n in plain})}
-
-
-FORMATS = (torch.contiguous_format, torch.channels_last)
 
 
 def fast_models_and_formats(
