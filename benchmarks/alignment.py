@@ -1,7 +1,8 @@
 """Per-layer channel alignment on this machine: the multiple (8, 16 or 32) each slim conv of the
 default run's channel-wise and group-wise tickets is padded to, in PyTorch and in ONNX Runtime,
-chosen as the bench chooses it (structlth.speedup.choice.choose_alignment at the largest bench
-batch, in the dense net's faster memory format), beside the conv's live and dense channel counts.
+chosen as the bench chooses it (structlth.speedup.choice.net_alignment at the largest bench
+batch, in the dense net's faster memory format: per layer, unless one multiple for every conv
+runs the whole net faster), beside the conv's live and dense channel counts.
 
 Reads the workspace's params.yaml and artifacts (run `make repro` or `dvc pull` first).
 """
@@ -18,7 +19,7 @@ from structlth.config import load_params
 from structlth.data import load_dataset, normalize
 from structlth.pipeline import Context, load_ticket
 from structlth.speedup.bench import ticket_kind
-from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, Probe, choose_alignment, fastest_format
+from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, Probe, fastest_format, net_alignment
 from structlth.speedup.engines import round_up
 from structlth.speedup.layout import fold_bn
 from structlth.speedup.onnxrt import RUNTIMES, runtime_format
@@ -43,7 +44,7 @@ def run() -> dict:
             for runtime in RUNTIMES:
                 run_fmt = runtime_format(runtime, fmt)
                 probe = Probe(x.contiguous(memory_format=run_fmt), run_fmt, 9, 2, runtime, params.bench.threads)
-                choice = choose_alignment(model.eval(), masks, ds.in_channels, probe)
+                choice = net_alignment(model.eval(), masks, ds.in_channels, probe)
                 rows += [
                     {
                         "method": method,

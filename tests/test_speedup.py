@@ -18,7 +18,17 @@ from structlth.export import export_slim, load_slim
 from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
 from structlth.speedup.bench import bench_ticket
-from structlth.speedup.choice import ALIGN, ALIGNS, ENGINE_MARGIN, Probe, choose_alignment, choose_engines, slim_masks
+from structlth.speedup.choice import (
+    ALIGN,
+    ALIGN_MARGIN,
+    ALIGNS,
+    ENGINE_MARGIN,
+    Probe,
+    choose_alignment,
+    choose_engines,
+    fast_models,
+    slim_masks,
+)
 from structlth.speedup.engines import (
     CsrConv,
     GroupedConv,
@@ -390,6 +400,27 @@ def test_alignment_is_the_fastest_padded_count_per_layer(monkeypatch, fast_count
             assert a == ALIGNS[next(i for i, c in enumerate(counts) if c % 32 == 0)], n
     if expect == "multiple of 32":
         assert set(choice.values()) != {ALIGN}  # some layer did pad wider
+
+
+@pytest.mark.parametrize("net_at_16", [0.5, 1 - ALIGN_MARGIN / 2])
+def test_one_multiple_for_every_conv_wins_where_the_whole_net_runs_faster(monkeypatch, net_at_16):
+    """Timings faked: each conv alone runs as fast at any count (so per layer every conv keeps
+    ALIGN), while a whole net whose convs are all multiples of 16 runs in `net_at_16` of the
+    time. The slim net is built at 16 everywhere only where that beats the margin."""
+    m = randomised_model("vgg16", 0.25)
+    masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.4)
+
+    def seconds(model):
+        if isinstance(model, nn.Conv2d):
+            return 1.0
+        return net_at_16 if all(c.out_channels % 16 == 0 for c in _convs(model).values()) else 1.0
+
+    monkeypatch.setattr("structlth.speedup.choice.time_pair", lambda dense, fast, *a, **k: Timing(seconds(dense), seconds(fast)))
+    slim = _convs(fast_models("imp_channel", m, masks, 3, Probe(torch.randn(2, 3, 32, 32), repeats=1, warmup=0))["slim"])
+    live, full = kept_channels(m, masks, 3), _convs(m)
+    at = 16 if net_at_16 < 1 - ALIGN_MARGIN else ALIGN
+    assert {n: c.out_channels for n, c in slim.items()} == {n: min(full[n].out_channels, round_up(len(live[n]), at)) for n in full}
+    assert any(round_up(len(live[n]), ALIGN) % 16 for n in full)  # the two alignments differ somewhere
 
 
 @pytest.mark.parametrize(

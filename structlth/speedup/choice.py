@@ -4,7 +4,8 @@ Every ticket kind has one production engine, chosen before any end-to-end timing
 - channel-wise tickets (refill, imp_channel): `slim`, the physically smaller net, each conv's
   kept channels padded with zero channels to a multiple of 8, 16 or 32, per layer, whichever
   runs fastest on this machine (`choose_alignment`: CPU kernels compute channels in blocks
-  whose size depends on the instruction set);
+  whose size depends on the instruction set), unless one multiple for every conv runs the
+  whole net faster (`net_alignment`);
 - group-wise tickets (regroup): `slim+blocks`, the slim net with each remaining conv run by the
   fastest of dense / grouped / subconv on its real input, block orders handed on where the
   graph allows (structlth.speedup.layout); the slim net alone where that runs faster end to end;
@@ -178,6 +179,28 @@ def choose_alignment(model: nn.Module, masks: Mapping[str, torch.Tensor], in_cha
     return choice
 
 
+def net_alignment(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe) -> dict[str, int]:
+    """The alignment (plain conv -> one of ALIGNS) the slim net is built with: choose_alignment's
+    per-layer choice, or one multiple for every conv, whichever slim net runs probe.x fastest
+    end to end in the probe's runtime. Per-layer timings do not see what passes between layers:
+    in ONNX Runtime a count that is not a multiple of its blocked layout's channel block leaves
+    that layout, and the convs around it pay the reorders. The distinct nets are raced in order
+    of their total conv width, narrowest first; a wider one replaces the one chosen so far only
+    where it is ALIGN_MARGIN faster."""
+    per_layer = choose_alignment(model, masks, in_channels, probe)
+    nets: dict[tuple[int, ...], tuple[dict[str, int], nn.Module]] = {}
+    for align in (per_layer, *({n: a for n in per_layer} for a in ALIGNS)):
+        slim = fold_bn(slim_model(model, masks, in_channels, align))
+        nets.setdefault(tuple(m.out_channels for m in slim.modules() if isinstance(m, nn.Conv2d)), (align, slim))
+    (best, slim), *wider = [nets[w] for w in sorted(nets, key=sum)]
+    best_run = probe.runner(slim, probe.x)
+    for align, slim in wider:
+        run = probe.runner(slim, probe.x)
+        if probe.ratio(best_run, run, probe.x) < 1 - ALIGN_MARGIN:
+            best, best_run = align, run
+    return best
+
+
 def slim_masks(
     model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, align: int | Mapping[str, int] = ALIGN
 ) -> dict[str, torch.Tensor]:
@@ -209,7 +232,7 @@ def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], 
     with its trained weights); alignment and engines are chosen by timings on probe.x (a batch
     on the device, in the dtype the models will run in) in the probe's memory format and runtime."""
     if kind in CHANNEL_KINDS + GROUP_KINDS:
-        align = choose_alignment(model, masks, in_channels, probe)
+        align = net_alignment(model, masks, in_channels, probe)
         slim = fold_bn(slim_model(model, masks, in_channels, align))
         if kind in CHANNEL_KINDS:
             return {"slim": slim}
