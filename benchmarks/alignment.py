@@ -1,8 +1,14 @@
-"""Per-layer channel alignment on this machine: the multiple (8, 16 or 32) each slim conv of the
-default run's channel-wise and group-wise tickets is padded to, in PyTorch and in ONNX Runtime,
-chosen as the bench chooses it (structlth.speedup.choice.net_alignment at the largest bench
-batch, in the dense net's faster memory format: per layer, unless one multiple for every conv
-runs the whole net faster), beside the conv's live and dense channel counts.
+"""Channel alignment on this machine, for the default run's channel-wise and group-wise tickets,
+in PyTorch and in ONNX Runtime, at the largest bench batch, in the dense net's faster memory
+format:
+
+- rows: the multiple (8, 16 or 32) each slim conv is padded to, chosen as the bench chooses it
+  (structlth.speedup.choice.net_alignment: per layer, unless one multiple for every conv runs
+  the whole net faster), beside the conv's live and dense channel counts;
+- nets (channel-wise tickets, whose slim net is the fast model): each net net_alignment races
+  (the per-layer choice, and one multiple for every conv), timed end to end against the dense
+  net like a bench row (time saving, its 95% half-width, time saving / FLOP saving), and
+  whether net_alignment, run afresh, picked it.
 
 Reads the workspace's params.yaml and artifacts (run `make repro` or `dvc pull` first).
 """
@@ -12,18 +18,60 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
+from structlth.artifacts import read_json
 from structlth.config import load_params
 from structlth.data import load_dataset, normalize
 from structlth.pipeline import Context, load_ticket
 from structlth.speedup.bench import ticket_kind
-from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, Probe, fastest_format, net_alignment
+from structlth.speedup.choice import (
+    ALIGNS,
+    CHANNEL_KINDS,
+    GROUP_KINDS,
+    Probe,
+    alignment_candidates,
+    choose_alignment,
+    fastest_format,
+    net_alignment,
+)
 from structlth.speedup.engines import round_up
 from structlth.speedup.layout import fold_bn
-from structlth.speedup.onnxrt import RUNTIMES, runtime_format
-from structlth.speedup.slim import kept_channels
+from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format
+from structlth.speedup.slim import kept_channels, slim_model
+from structlth.speedup.timing import time_pair
+
+
+def _widths(model: nn.Module) -> list[int]:
+    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def _nets(model, masks, in_channels: int, dense, probe: Probe, bench, flops_saving: float, picked: dict) -> list[dict]:
+    """The end-to-end rows of the nets net_alignment races (see the module docstring)."""
+    per_layer = choose_alignment(model, masks, in_channels, probe)
+    d = in_runtime(probe.runtime, dense, probe.x, bench.threads)
+    rows = []
+
+    def names(align: dict) -> list[str]:
+        return ["per layer"] * (align == per_layer) + [f"all {a}" for a in ALIGNS if align == dict.fromkeys(per_layer, a)]
+
+    for align, slim in alignment_candidates(model, masks, in_channels, per_layer):
+        widths = _widths(slim)
+        t = time_pair(d, probe.runner(slim, probe.x), probe.x, bench.repeats, bench.warmup, blocks=bench.blocks)
+        rows.append(
+            {
+                "net": " = ".join(names(align)),  # e.g. "per layer = all 8" where the per-layer choice is 8 everywhere
+                "aligns": sorted(set(align.values())),
+                "width": sum(widths),
+                "time_saving": t.saving,
+                "ci95": t.ci95,
+                "time_per_flop_saving": t.saving / flops_saving,
+                "picked": widths == _widths(slim_model(model, masks, in_channels, picked)),  # the same net
+            }
+        )
+    return rows
 
 
 def run() -> dict:
@@ -32,24 +80,25 @@ def run() -> dict:
     ds = load_dataset(Path("artifacts/data"))
     ctx = Context(params, ds, torch.device("cpu"))
     x = normalize(ds.test.head(max(params.bench.batch_sizes)), ds.mean, ds.std)
-    dense = load_ticket(ctx, Path("artifacts/imp/round0"))[0]
-    fmt = fastest_format(fold_bn(dense.eval()), x, 9, 2)
+    dense = fold_bn(load_ticket(ctx, Path("artifacts/imp/round0"))[0].eval())
+    fmt = fastest_format(dense, x, 9, 2)
     structured = [m for m in params.methods if m != "imp" and ticket_kind(m, params) in CHANNEL_KINDS + GROUP_KINDS]
-    rows = []
+    rows, nets = [], []
     for method in structured:
         for rnd in params.prune.ticket_rounds:
-            model, masks = load_ticket(ctx, Path("artifacts") / method / rnd)
+            d = Path("artifacts") / method / rnd
+            model, masks = load_ticket(ctx, d)
+            model = model.eval()
             live = kept_channels(model, masks, ds.in_channels)
             c_out = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
             for runtime in RUNTIMES:
                 run_fmt = runtime_format(runtime, fmt)
                 probe = Probe(x.contiguous(memory_format=run_fmt), run_fmt, 9, 2, runtime, params.bench.threads)
-                choice = net_alignment(model.eval(), masks, ds.in_channels, probe)
+                choice = net_alignment(model, masks, ds.in_channels, probe)
+                case = {"method": method, "round": rnd, "runtime": runtime}
                 rows += [
                     {
-                        "method": method,
-                        "round": rnd,
-                        "runtime": runtime,
+                        **case,
                         "layer": n,
                         "live": len(live[n]),
                         "dense": c_out[n],
@@ -58,9 +107,18 @@ def run() -> dict:
                     }
                     for n, a in choice.items()
                 ]
+                if ticket_kind(method, params) in CHANNEL_KINDS:
+                    metrics = read_json(d / "metrics.json")
+                    flops_saving = 1 - metrics["flops"] / metrics["flops_dense"]
+                    raced = _nets(model, masks, ds.in_channels, dense.to(memory_format=run_fmt), probe, params.bench, flops_saving, choice)
+                    nets += [{**case, **r} for r in raced]
             print(method, rnd, flush=True)
-    summary = {
-        runtime: {f"align {a}": n for a, n in sorted(Counter(r["align"] for r in rows if r["runtime"] == runtime).items())}
-        for runtime in RUNTIMES
-    }
-    return {"batch": len(x), "channels_last": fmt == torch.channels_last, "rows": rows, "summary": summary}
+    summary = {}
+    for runtime in RUNTIMES:
+        summary[runtime] = {f"align {a}": n for a, n in sorted(Counter(r["align"] for r in rows if r["runtime"] == runtime).items())}
+        raced = pd.DataFrame([r for r in nets if r["runtime"] == runtime])
+        if len(raced):  # median time/FLOP saving of each raced net, and of the nets picked
+            medians = raced.assign(net=raced["net"].str.split(" = ")).explode("net").groupby("net")["time_per_flop_saving"].median()
+            summary[runtime] |= {f"median time/FLOP saving, {net}": round(float(v), 3) for net, v in medians.items()}
+            summary[runtime]["median time/FLOP saving, picked"] = round(float(raced[raced["picked"]]["time_per_flop_saving"].median()), 3)
+    return {"batch": len(x), "channels_last": fmt == torch.channels_last, "rows": rows, "nets": nets, "summary": summary}

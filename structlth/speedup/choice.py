@@ -42,7 +42,7 @@ from structlth.speedup.timing import conv_inputs, time_pair
 CHANNEL_KINDS = ("refill", "imp_channel", "torch_pruning")
 GROUP_KINDS = ("regroup",)
 ALIGNS = (8, 16, 32)  # channel multiples tried per slim conv (oneDNN's fp32 blocks: 8 channels on AVX2, 16 on AVX-512)
-ALIGN_MARGIN = 0.03  # a wider count is kept only this much faster than ALIGN's: its zero channels cost its readers work
+ALIGN_MARGIN = 0.03  # a wider count (or net) is kept only this much faster: its zero channels cost its readers work
 ENGINE_MARGIN = 0.03  # an engine replaces the one chosen before it only this much faster: noise would decide its readers' gathers
 FORMATS = (torch.contiguous_format, torch.channels_last)  # the memory formats a ticket's fast model is built and raced in
 
@@ -179,20 +179,27 @@ def choose_alignment(model: nn.Module, masks: Mapping[str, torch.Tensor], in_cha
     return choice
 
 
+def alignment_candidates(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, per_layer: Mapping[str, int]
+) -> list[tuple[dict[str, int], nn.Module]]:
+    """The distinct slim nets (BN folded) `net_alignment` races, with their alignments, narrowest
+    first (total conv width): the per-layer choice, then one multiple of ALIGNS for every conv."""
+    nets: dict[tuple[int, ...], tuple[dict[str, int], nn.Module]] = {}
+    for align in (dict(per_layer), *({n: a for n in per_layer} for a in ALIGNS)):
+        slim = fold_bn(slim_model(model, masks, in_channels, align))
+        nets.setdefault(tuple(m.out_channels for m in slim.modules() if isinstance(m, nn.Conv2d)), (align, slim))
+    return [nets[w] for w in sorted(nets, key=sum)]
+
+
 def net_alignment(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe) -> dict[str, int]:
     """The alignment (plain conv -> one of ALIGNS) the slim net is built with: choose_alignment's
     per-layer choice, or one multiple for every conv, whichever slim net runs probe.x fastest
     end to end in the probe's runtime. Per-layer timings do not see what passes between layers:
     in ONNX Runtime a count that is not a multiple of its blocked layout's channel block leaves
-    that layout, and the convs around it pay the reorders. The distinct nets are raced in order
-    of their total conv width, narrowest first; a wider one replaces the one chosen so far only
-    where it is ALIGN_MARGIN faster."""
+    that layout, and the convs around it pay the reorders. The candidates are raced narrowest
+    first; a wider one replaces the one chosen so far only where it is ALIGN_MARGIN faster."""
     per_layer = choose_alignment(model, masks, in_channels, probe)
-    nets: dict[tuple[int, ...], tuple[dict[str, int], nn.Module]] = {}
-    for align in (per_layer, *({n: a for n in per_layer} for a in ALIGNS)):
-        slim = fold_bn(slim_model(model, masks, in_channels, align))
-        nets.setdefault(tuple(m.out_channels for m in slim.modules() if isinstance(m, nn.Conv2d)), (align, slim))
-    (best, slim), *wider = [nets[w] for w in sorted(nets, key=sum)]
+    (best, slim), *wider = alignment_candidates(model, masks, in_channels, per_layer)
     best_run = probe.runner(slim, probe.x)
     for align, slim in wider:
         run = probe.runner(slim, probe.x)
