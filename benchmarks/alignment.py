@@ -93,7 +93,7 @@ def run() -> dict:
             c_out = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
             for runtime in RUNTIMES:
                 run_fmt = runtime_format(runtime, fmt)
-                probe = Probe(x.contiguous(memory_format=run_fmt), run_fmt, 9, 2, runtime, params.bench.threads)
+                probe = Probe(x.contiguous(memory_format=run_fmt), run_fmt, runtime=runtime, threads=params.bench.threads)
                 choice = net_alignment(model, masks, ds.in_channels, probe)
                 case = {"method": method, "round": rnd, "runtime": runtime}
                 rows += [

@@ -22,6 +22,7 @@ from structlth.speedup.choice import (
     ALIGN,
     ALIGN_MARGIN,
     ALIGNS,
+    CHOICE_REPEATS,
     ENGINE_MARGIN,
     Probe,
     choose_alignment,
@@ -539,6 +540,23 @@ def test_choices_are_timed_in_the_format_they_build_for_even_on_one_channel_imag
     bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
     bench_ticket("regroup", "regroup", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
     assert built.count("cl") > 20 and built.count("nchw") > 20 and raced == [("nchw", "cl")]
+
+
+def test_choices_are_timed_on_choice_repeats_pairs_however_few_a_row_takes(monkeypatch):
+    """A choice settles a 3% margin, so it takes CHOICE_REPEATS pairs even where a bench row
+    takes one: fewer, and two processes choose different engines for one ticket."""
+    pairs = []
+
+    def record(dense, fast, x, repeats, *a, **k):
+        pairs.append(repeats)
+        return Timing(1.0, 1.0)
+
+    monkeypatch.setattr("structlth.speedup.bench.fastest_format", lambda *a: torch.channels_last)
+    monkeypatch.setattr("structlth.speedup.choice.time_pair", record)
+    m, masks, metrics = _bench_case("regroup")
+    bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
+    bench_ticket("regroup", "regroup", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
+    assert len(pairs) > 20 and set(pairs) == {CHOICE_REPEATS}
 
 
 @pytest.mark.parametrize("dense_format", ["cl", "nchw"])
