@@ -12,6 +12,7 @@ import torch
 from benchmarks import (
     alignment,
     channel_align,
+    choice_repeats,
     compiled,
     default_sweep,
     loader,
@@ -32,6 +33,7 @@ ALL = {
     "speedup_scale": speedup_scale.run,
     "channel_align": channel_align.run,
     "alignment": alignment.run,
+    "choice_repeats": choice_repeats.run,
     "compiled": compiled.run,
     "default_sweep": default_sweep.run,
     "regroup_parts": regroup_parts.run,
