@@ -45,7 +45,7 @@ ALIGNS = (8, 16, 32)  # channel multiples tried per slim conv (oneDNN's fp32 blo
 ALIGN_MARGIN = 0.03  # a wider count (or net) is kept only this much faster: its zero channels cost its readers work
 ENGINE_MARGIN = 0.03  # an engine replaces the one chosen before it only this much faster: noise would decide its readers' gathers
 FORMATS = (torch.contiguous_format, torch.channels_last)  # the memory formats a ticket's fast model is built and raced in
-CHOICE_REPEATS = 21  # pairs per choice timing: enough that two processes choose alike (python -m benchmarks choice_repeats)
+CHOICE_REPEATS = 21  # pairs per choice timing: at 7, builds of one ticket chose different engines more often (benchmarks choice_repeats)
 
 
 @dataclass(frozen=True)
