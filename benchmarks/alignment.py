@@ -22,10 +22,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from benchmarks.common import workspace
 from structlth.artifacts import read_json
-from structlth.config import load_params
-from structlth.data import load_dataset, normalize
-from structlth.pipeline import Context, load_ticket
+from structlth.pipeline import load_ticket
 from structlth.speedup.bench import ticket_kind
 from structlth.speedup.choice import (
     ALIGNS,
@@ -34,18 +33,13 @@ from structlth.speedup.choice import (
     Probe,
     alignment_candidates,
     choose_alignment,
-    fastest_format,
+    conv_widths,
     net_alignment,
 )
 from structlth.speedup.engines import round_up
-from structlth.speedup.layout import fold_bn
 from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format
 from structlth.speedup.slim import kept_channels, slim_model
 from structlth.speedup.timing import time_pair
-
-
-def _widths(model: nn.Module) -> list[int]:
-    return [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
 def _nets(model, masks, in_channels: int, dense, probe: Probe, bench, flops_saving: float, picked: dict) -> list[dict]:
@@ -58,7 +52,7 @@ def _nets(model, masks, in_channels: int, dense, probe: Probe, bench, flops_savi
         return ["per layer"] * (align == per_layer) + [f"all {a}" for a in ALIGNS if align == dict.fromkeys(per_layer, a)]
 
     for align, slim in alignment_candidates(model, masks, in_channels, per_layer):
-        widths = _widths(slim)
+        widths = conv_widths(slim)
         t = time_pair(d, probe.runner(slim, probe.x), probe.x, bench.repeats, bench.warmup, blocks=bench.blocks)
         rows.append(
             {
@@ -68,26 +62,21 @@ def _nets(model, masks, in_channels: int, dense, probe: Probe, bench, flops_savi
                 "time_saving": t.saving,
                 "ci95": t.ci95,
                 "time_per_flop_saving": t.saving / flops_saving,
-                "picked": widths == _widths(slim_model(model, masks, in_channels, picked)),  # the same net
+                "picked": widths == conv_widths(slim_model(model, masks, in_channels, picked)),  # the same net
             }
         )
     return rows
 
 
 def run() -> dict:
-    params = load_params("params.yaml")
-    torch.set_num_threads(params.bench.threads)
-    ds = load_dataset(Path("artifacts/data"))
-    ctx = Context(params, ds, torch.device("cpu"))
-    x = normalize(ds.test.head(max(params.bench.batch_sizes)), ds.mean, ds.std)
-    dense = fold_bn(load_ticket(ctx, Path("artifacts/imp/round0"))[0].eval())
-    fmt = fastest_format(dense, x, 9, 2)
+    ws = workspace()
+    params, ds, x, dense, fmt = ws.params, ws.ds, ws.x, ws.dense, ws.fmt
     structured = [m for m in params.methods if m != "imp" and ticket_kind(m, params) in CHANNEL_KINDS + GROUP_KINDS]
     rows, nets = [], []
     for method in structured:
         for rnd in params.prune.ticket_rounds:
             d = Path("artifacts") / method / rnd
-            model, masks = load_ticket(ctx, d)
+            model, masks = load_ticket(ws.ctx, d)
             model = model.eval()
             live = kept_channels(model, masks, ds.in_channels)
             c_out = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}

@@ -13,14 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from structlth.config import load_params
-from structlth.data import load_dataset, normalize
-from structlth.pipeline import Context, load_ticket
+from benchmarks.common import workspace
+from structlth.pipeline import load_ticket
 from structlth.speedup import choice
 from structlth.speedup.bench import ticket_kind
-from structlth.speedup.layout import fold_bn
 from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format
 from structlth.speedup.timing import time_pair
 
@@ -30,18 +27,13 @@ LETTERS = {"Conv2d": "d", "GroupedConv": "g", "SubConv": "s"}  # the engine each
 
 
 def run() -> dict:
-    params = load_params("params.yaml")
-    torch.set_num_threads(params.bench.threads)
-    ds = load_dataset(Path("artifacts/data"))
-    ctx = Context(params, ds, torch.device("cpu"))
-    x = normalize(ds.test.head(max(params.bench.batch_sizes)), ds.mean, ds.std)
-    dense = fold_bn(load_ticket(ctx, Path("artifacts/imp/round0"))[0].eval())
-    fmt = choice.fastest_format(dense, x, 9, 2)
+    ws = workspace()
+    params, ds, x, dense, fmt = ws.params, ws.ds, ws.x, ws.dense, ws.fmt
     rnd = params.prune.ticket_rounds[len(params.prune.ticket_rounds) // 2]
     regroups = [m for m in params.methods if m != "imp" and ticket_kind(m, params) in choice.GROUP_KINDS]
     rows = []
     for method in regroups:
-        model, masks = load_ticket(ctx, Path("artifacts") / method / rnd)
+        model, masks = load_ticket(ws.ctx, Path("artifacts") / method / rnd)
         for runtime in RUNTIMES:
             run_fmt = runtime_format(runtime, fmt)
             xr = x.contiguous(memory_format=run_fmt)

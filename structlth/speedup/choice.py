@@ -45,7 +45,7 @@ ALIGNS = (8, 16, 32)  # channel multiples tried per slim conv (oneDNN's fp32 blo
 ALIGN_MARGIN = 0.03  # a wider count (or net) is kept only this much faster: its zero channels cost its readers work
 ENGINE_MARGIN = 0.03  # an engine replaces the one chosen before it only this much faster: noise would decide its readers' gathers
 FORMATS = (torch.contiguous_format, torch.channels_last)  # the memory formats a ticket's fast model is built and raced in
-CHOICE_REPEATS = 21  # pairs per choice timing: at 7, builds of one ticket chose different engines more often (benchmarks choice_repeats)
+CHOICE_REPEATS = 21  # pairs per choice timing: at 7, ONNX Runtime builds of one ticket chose different engines more often
 
 
 @dataclass(frozen=True)
@@ -180,6 +180,11 @@ def choose_alignment(model: nn.Module, masks: Mapping[str, torch.Tensor], in_cha
     return choice
 
 
+def conv_widths(model: nn.Module) -> tuple[int, ...]:
+    """The output channel counts of a model's convs, in module order."""
+    return tuple(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
 def alignment_candidates(
     model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, per_layer: Mapping[str, int]
 ) -> list[tuple[dict[str, int], nn.Module]]:
@@ -188,7 +193,7 @@ def alignment_candidates(
     nets: dict[tuple[int, ...], tuple[dict[str, int], nn.Module]] = {}
     for align in (dict(per_layer), *({n: a for n in per_layer} for a in ALIGNS)):
         slim = fold_bn(slim_model(model, masks, in_channels, align))
-        nets.setdefault(tuple(m.out_channels for m in slim.modules() if isinstance(m, nn.Conv2d)), (align, slim))
+        nets.setdefault(conv_widths(slim), (align, slim))
     return [nets[w] for w in sorted(nets, key=sum)]
 
 
