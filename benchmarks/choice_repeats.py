@@ -1,15 +1,17 @@
-"""How many timed pairs a choice needs for two processes to choose alike: the default run's
-regroup tickets of the middle ticket round (engines chosen per conv, the choices most open to
-noise), built `BUILDS` times per runtime with choices timed on `r` pairs for each r in
-`REPEATS` (structlth.speedup.choice.Probe.repeats; the bench uses CHOICE_REPEATS), each build's
-engines and its end-to-end time saving against the dense net (4 blocks of 15 pairs, batch 64).
-Fewer distinct engine choices over the builds means choices that repeat.
+"""How many timed pairs a choice needs for two processes to choose alike, and what its early
+stop saves: the default run's regroup tickets of the middle ticket round (engines chosen per
+conv, the choices most open to noise), built `BUILDS` times per runtime for each (pairs, early
+stop) in `CHOICES` (structlth.speedup.choice.Probe.repeats and .alpha; the bench uses
+CHOICE_REPEATS and CHOICE_ALPHA), each build's engines, its choice seconds and its end-to-end
+time saving against the dense net (4 blocks of 15 pairs, batch 64). Fewer distinct engine
+choices over the builds means choices that repeat.
 
 Reads the workspace's params.yaml and artifacts (run `make repro` or `dvc pull` first).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +23,7 @@ from structlth.speedup.bench import ticket_kind
 from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format
 from structlth.speedup.timing import time_pair
 
-REPEATS = (7, 21, 35)  # 7: the bench's choices before CHOICE_REPEATS (half of bench.repeats)
+CHOICES = ((7, None), (21, None), (choice.CHOICE_REPEATS, choice.CHOICE_ALPHA))  # 7: the bench's before (half of bench.repeats)
 BUILDS = 4
 LETTERS = {"Conv2d": "d", "GroupedConv": "g", "SubConv": "s"}  # the engine each masked conv runs in the build
 
@@ -39,26 +41,35 @@ def run() -> dict:
             xr = x.contiguous(memory_format=run_fmt)
             d = in_runtime(runtime, dense.to(memory_format=run_fmt), xr, params.bench.threads)
             for _ in range(BUILDS):
-                for repeats in REPEATS:  # interleaved, so a drift in the machine's speed meets both alike
-                    probe = choice.Probe(xr, run_fmt, repeats, 1, runtime, params.bench.threads)
+                for repeats, alpha in CHOICES:  # interleaved, so a drift in the machine's speed meets all alike
+                    probe = choice.Probe(xr, run_fmt, repeats, 1, runtime, params.bench.threads, alpha)
+                    t0 = time.perf_counter()
                     fast = choice.fast_models(ticket_kind(method, params), model.eval(), masks, ds.in_channels, probe)["slim+blocks"]
+                    choice_s = time.perf_counter() - t0
                     f = in_runtime(runtime, fast.to(memory_format=run_fmt), xr, params.bench.threads)
                     t = time_pair(d, f, xr, params.bench.repeats, params.bench.warmup, blocks=params.bench.blocks)
                     modules = dict(fast.named_modules())
                     engines = "".join(LETTERS.get(type(modules.get(n.removesuffix(".weight"))).__name__, "-") for n in masks)
                     rows.append(
-                        {"method": method, "round": rnd, "runtime": runtime, "repeats": repeats, "engines": engines}
-                        | {"time_saving": t.saving, "ci95": t.ci95}
+                        {"method": method, "round": rnd, "runtime": runtime, "repeats": repeats, "early_stop": alpha is not None}
+                        | {"engines": engines, "choice_s": choice_s, "time_saving": t.saving, "ci95": t.ci95}
                     )
             print(method, runtime, flush=True)
     frame = pd.DataFrame(rows)
-    by = frame.groupby(["runtime", "repeats", "method"])
-    per_ticket = pd.DataFrame({"distinct": by["engines"].nunique(), "spread": by["time_saving"].agg(lambda s: s.max() - s.min())})
+    by = frame.groupby(["runtime", "repeats", "early_stop", "method"])
+    per_ticket = pd.DataFrame(
+        {
+            "distinct": by["engines"].nunique(),
+            "spread": by["time_saving"].agg(lambda s: s.max() - s.min()),
+            "choice_s": by["choice_s"].mean(),
+        }
+    )
     summary = {
-        f"{runtime} {repeats} pairs": {
+        f"{runtime} {repeats} pairs{', early stop' if early else ''}": {
             "distinct engine choices per ticket (mean)": round(float(g["distinct"].mean()), 2),
             "saving spread per ticket (mean)": round(float(g["spread"].mean()), 4),
+            "choice seconds per build (mean)": round(float(g["choice_s"].mean()), 1),
         }
-        for (runtime, repeats), g in per_ticket.groupby(level=["runtime", "repeats"])
+        for (runtime, repeats, early), g in per_ticket.groupby(level=["runtime", "repeats", "early_stop"])
     }
     return {"batch": len(x), "builds": BUILDS, "rows": rows, "summary": summary}

@@ -30,10 +30,16 @@ def accuracy_interval(correct, level: float = LEVEL) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def sign_test(b: int, c: int) -> float:
+    """Two-sided exact sign test: b pairs fell one way, c the other; under 'no difference' each
+    pair is a fair coin."""
+    return 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts: b images only the first gets
-    right, c only the second. Under 'no difference' each discordant image is a fair coin."""
-    return 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    right, c only the second (a sign test over the images on which they disagree)."""
+    return sign_test(b, c)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from structlth.speedup.choice import (
     ALIGN,
     ALIGN_MARGIN,
     ALIGNS,
+    CHOICE_ALPHA,
     CHOICE_REPEATS,
     ENGINE_MARGIN,
     Probe,
@@ -543,12 +544,14 @@ def test_choices_are_timed_in_the_format_they_build_for_even_on_one_channel_imag
 
 
 def test_choices_are_timed_on_choice_repeats_pairs_however_few_a_row_takes(monkeypatch):
-    """A choice settles a 3% margin, so it takes CHOICE_REPEATS pairs even where a bench row
-    takes one: fewer, and two processes choose different engines for one ticket."""
-    pairs = []
+    """A choice settles a 3% margin, so it takes up to CHOICE_REPEATS pairs even where a bench row
+    takes one: fewer, and two processes choose different engines for one ticket. Every choice
+    against a bar may stop early (the memory-format race, a plain race, times them all)."""
+    pairs, ruled = [], []
 
-    def record(dense, fast, x, repeats, *a, **k):
+    def record(dense, fast, x, repeats, *a, settled=None, **k):
         pairs.append(repeats)
+        ruled.append(settled is not None)
         return Timing(1.0, 1.0)
 
     monkeypatch.setattr("structlth.speedup.bench.fastest_format", lambda *a: torch.channels_last)
@@ -557,6 +560,7 @@ def test_choices_are_timed_on_choice_repeats_pairs_however_few_a_row_takes(monke
     bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
     bench_ticket("regroup", "regroup", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
     assert len(pairs) > 20 and set(pairs) == {CHOICE_REPEATS}
+    assert ruled.count(False) == 1  # no engine beat dense, so no block order was measured (`absorb`)
 
 
 @pytest.mark.parametrize("dense_format", ["cl", "nchw"])
@@ -652,3 +656,33 @@ def test_a_timing_in_blocks_carries_each_blocks_saving_and_their_interval(monkey
     assert t.ci95 == pytest.approx(t1 * (0.3 / math.sqrt(2)) / math.sqrt(2))
     calls[0] = 0
     assert time_pair(dense, fast, torch.zeros(1), repeats=2, warmup=0).ci95 is None  # one block: no interval
+
+
+@pytest.mark.parametrize(
+    "fast_ms, bar, alpha, pairs",
+    [
+        ((0.5,), 0.97, CHOICE_ALPHA, 7),  # clearly under the bar: settled at the first look
+        ((1.5,), 0.97, CHOICE_ALPHA, 7),  # clearly over it
+        ((0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.5), 0.97, CHOICE_ALPHA, 14),  # 6 of 7 at the first look, 12 of 14 at the second
+        ((0.9, 1.1), 0.97, CHOICE_ALPHA, CHOICE_REPEATS),  # on both sides: every pair
+        ((0.5,), None, CHOICE_ALPHA, CHOICE_REPEATS),  # no bar: a measurement, not a choice
+        ((0.5,), 0.97, None, CHOICE_REPEATS),  # early stops turned off
+    ],
+)
+def test_a_choice_stops_timing_once_a_sign_test_puts_its_pairs_on_one_side_of_the_bar(monkeypatch, fast_ms, bar, alpha, pairs):
+    """A fake clock: dense takes 1 ms, the other callable the given ms in turn. The ratio is the
+    medians' over the pairs timed, however many that was."""
+    now, timed = [0.0], []
+    monkeypatch.setattr("structlth.speedup.timing.time.perf_counter", lambda: now[0])
+
+    def dense(_x):
+        now[0] += 1.0
+
+    def other(_x):
+        now[0] += fast_ms[len(timed) % len(fast_ms)]
+        timed.append(now[0])
+
+    probe = Probe(torch.zeros(1), warmup=0, alpha=alpha)
+    r = probe.ratio(dense, other, torch.zeros(1), bar=bar)
+    assert len(timed) == pairs
+    assert r == pytest.approx(sorted(fast_ms[i % len(fast_ms)] for i in range(pairs))[pairs // 2])

@@ -37,7 +37,7 @@ from structlth.speedup.engines import (
 from structlth.speedup.layout import absorb, feeders, fold_bn, fold_layouts, moves_gather, to_layout
 from structlth.speedup.onnxrt import in_runtime
 from structlth.speedup.slim import kept_channels, slim_model
-from structlth.speedup.timing import conv_inputs, time_pair
+from structlth.speedup.timing import conv_inputs, settled_side, time_pair
 
 CHANNEL_KINDS = ("refill", "imp_channel", "torch_pruning")
 GROUP_KINDS = ("regroup",)
@@ -46,13 +46,18 @@ ALIGN_MARGIN = 0.03  # a wider count (or net) is kept only this much faster: its
 ENGINE_MARGIN = 0.03  # an engine replaces the one chosen before it only this much faster: noise would decide its readers' gathers
 FORMATS = (torch.contiguous_format, torch.channels_last)  # the memory formats a ticket's fast model is built and raced in
 CHOICE_REPEATS = 21  # pairs per choice timing: at 7, ONNX Runtime builds of one ticket chose different engines more often
+CHOICE_LOOKS = 3  # a choice's pairs are looked at this many times, evenly spaced; it stops at the first that settles it
+CHOICE_ALPHA = 0.02  # ... by a sign test at this level (7 of 7 pairs on one side of the bar; 12 of 14)
 
 
 @dataclass(frozen=True)
 class Probe:
     """How choices are timed: on x [B, C, H, W] (its device and dtype), models in
     `memory_format` (stated, not read off x: a one-channel batch is contiguous in both formats),
-    in `runtime` (ONNX Runtime with `threads` intra-op threads), `repeats` pairs after `warmup`."""
+    in `runtime` (ONNX Runtime with `threads` intra-op threads), up to `repeats` pairs after
+    `warmup`. A choice against a bar stops early once a sign test at level `alpha` (None: never)
+    puts its pairs on one side of the bar, looked at CHOICE_LOOKS times: a clear choice needs
+    few pairs, a close one gets all of them."""
 
     x: torch.Tensor
     memory_format: torch.memory_format = torch.contiguous_format
@@ -60,6 +65,7 @@ class Probe:
     warmup: int = 1
     runtime: str = "torch"
     threads: int = 1
+    alpha: float | None = CHOICE_ALPHA
 
     def like(self, module: nn.Module) -> nn.Module:
         """module (in place) on x's device and dtype, its weights in the probe's memory format."""
@@ -69,9 +75,13 @@ class Probe:
         """module (in place, `like`) as a callable of the probe's runtime, traced on x for ONNX."""
         return in_runtime(self.runtime, self.like(module), x, self.threads)
 
-    def ratio(self, base: Callable, other: Callable, x: torch.Tensor, x_other: torch.Tensor | None = None) -> float:
-        """Median time of other(x_other, default x) over that of base(x)."""
-        t = time_pair(base, other, x, self.repeats, self.warmup, x_other)
+    def ratio(
+        self, base: Callable, other: Callable, x: torch.Tensor, x_other: torch.Tensor | None = None, bar: float | None = None
+    ) -> float:
+        """Median time of other(x_other, default x) over that of base(x); with `bar` (the ratio
+        a choice compares it with), timed only until the pairs settle which side of it they fall on."""
+        settled = None if bar is None or self.alpha is None else settled_side(bar, self.alpha)
+        t = time_pair(base, other, x, self.repeats, self.warmup, x_other, settled=settled, every=-(-self.repeats // CHOICE_LOOKS))
         return t.t_ticket_ms / t.t_dense_ms
 
 
@@ -129,7 +139,7 @@ def choose_engines(reference: fx.GraphModule, masks: Mapping[str, torch.Tensor],
             ):
                 x_fast = take_channels(inputs[name], layer[0].gather)
                 layer[0].skip_gather = True
-            r = probe.ratio(dense, probe.runner(layer, x_fast), inputs[name], x_fast)
+            r = probe.ratio(dense, probe.runner(layer, x_fast), inputs[name], x_fast, bar)
             if r < bar:
                 best, bar, best_layer = engine, r * (1 - ENGINE_MARGIN), layer[0]
         choice[name] = best
@@ -174,7 +184,7 @@ def choose_alignment(model: nn.Module, masks: Mapping[str, torch.Tensor], in_cha
             continue
         own, best = probe.runner(copy.deepcopy(conv), inp), 1 - ALIGN_MARGIN
         for rows, a in wider.items():
-            r = probe.ratio(own, probe.runner(padded_rows(conv, rows), inp), inp)
+            r = probe.ratio(own, probe.runner(padded_rows(conv, rows), inp), inp, bar=best)
             if r < best:
                 choice[name], best = a, r
     return choice
@@ -209,7 +219,7 @@ def net_alignment(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channe
     best_run = probe.runner(slim, probe.x)
     for align, slim in wider:
         run = probe.runner(slim, probe.x)
-        if probe.ratio(best_run, run, probe.x) < 1 - ALIGN_MARGIN:
+        if probe.ratio(best_run, run, probe.x, bar=1 - ALIGN_MARGIN) < 1 - ALIGN_MARGIN:
             best, best_run = align, run
     return best
 
@@ -237,7 +247,7 @@ def _faster(model: nn.Module, than: nn.Module, probe: Probe) -> bool:
     """Whether `model` runs probe.x faster than `than` end to end (per-layer choices do not see
     the gathers and reorders between layers, which dominate at small batches)."""
     x = probe.x
-    return probe.ratio(probe.runner(copy.deepcopy(than), x), probe.runner(copy.deepcopy(model), x), x) < 1
+    return probe.ratio(probe.runner(copy.deepcopy(than), x), probe.runner(copy.deepcopy(model), x), x, bar=1) < 1
 
 
 def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe) -> dict[str, nn.Module]:

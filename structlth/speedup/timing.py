@@ -14,7 +14,7 @@ import random
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from structlth.errors import VerificationError
-from structlth.stats import t_half_width
+from structlth.stats import sign_test, t_half_width
 
 
 def machine_name() -> str:
@@ -98,6 +98,17 @@ def _synced_clock() -> float:
     return time.perf_counter()
 
 
+def settled_side(bar: float, alpha: float) -> Callable[[Sequence[float], Sequence[float]], bool]:
+    """A stopping rule for `time_pair`: whether the pairs so far (dense ms, fast ms) fall on one
+    side of fast = bar x dense by a two-sided sign test at level alpha (7 of 7 pairs at 0.02)."""
+
+    def settled(td: Sequence[float], tf: Sequence[float]) -> bool:
+        below = sum(f < bar * d for d, f in zip(td, tf))
+        return sign_test(below, len(td) - below) < alpha
+
+    return settled
+
+
 @torch.inference_mode()
 def time_pair(
     dense: Callable,
@@ -108,10 +119,14 @@ def time_pair(
     x_fast: torch.Tensor | None = None,
     seed: int = 0,
     blocks: int = 1,
+    settled: Callable[[Sequence[float], Sequence[float]], bool] | None = None,
+    every: int = 1,
 ) -> Timing:
     """Median ms of dense(x) and fast(x_fast or x) over `blocks` consecutive blocks of `repeats`
     pairs, each pair in random order (on CUDA each call is timed to the end of its kernels);
-    with blocks > 1 the Timing also carries each block's saving (its ci95)."""
+    with blocks > 1 the Timing also carries each block's saving (its ci95). With `settled`
+    (e.g. `settled_side`), it is asked after every `every` pairs, on the times so far, and
+    timing stops once it answers True."""
     xf = x if x_fast is None else x_fast
     clock = _synced_clock if x.is_cuda else time.perf_counter
     for _ in range(warmup):
@@ -119,7 +134,9 @@ def time_pair(
         fast(xf)
     order = random.Random(seed)
     td, tf = [], []
-    for _ in range(repeats * blocks):
+    for i in range(repeats * blocks):
+        if settled is not None and i and i % every == 0 and settled(td, tf):
+            break
         pair = [(dense, td, x), (fast, tf, xf)]
         order.shuffle(pair)
         for fn, acc, inp in pair:
