@@ -4,7 +4,10 @@ conv, the choices most open to noise), built `BUILDS` times per runtime for each
 stop) in `CHOICES` (structlth.speedup.choice.Probe.repeats and .alpha; the bench uses
 CHOICE_REPEATS and CHOICE_ALPHA), each build's engines, its choice seconds and its end-to-end
 time saving against the dense net (4 blocks of 15 pairs, batch 64). Fewer distinct engine
-choices over the builds means choices that repeat.
+choices over the builds means choices that repeat. The `audit` builds each ticket `AUDITS` more
+times per runtime with every choice timed on all its pairs while the early stop only watches:
+how many choices it would have stopped, after how many pairs, and whether the decision there
+(ratio of medians against the bar) is the one all the pairs give.
 
 Reads the workspace's params.yaml and artifacts (run `make repro` or `dvc pull` first).
 """
@@ -12,7 +15,9 @@ Reads the workspace's params.yaml and artifacts (run `make repro` or `dvc pull` 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 
@@ -21,11 +26,43 @@ from structlth.pipeline import load_ticket
 from structlth.speedup import choice
 from structlth.speedup.bench import ticket_kind
 from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format
-from structlth.speedup.timing import time_pair
+from structlth.speedup.timing import median, settled_side, time_pair
 
 CHOICES = ((7, None), (21, None), (choice.CHOICE_REPEATS, choice.CHOICE_ALPHA))  # 7: the bench's before (half of bench.repeats)
 BUILDS = 4
+AUDITS = 2
 LETTERS = {"Conv2d": "d", "GroupedConv": "g", "SubConv": "s"}  # the engine each masked conv runs in the build
+
+
+def audited(build: Callable[[], object]) -> list[dict]:
+    """Per choice against a bar that build() makes (with CHOICE_REPEATS pairs and CHOICE_ALPHA),
+    timed on all its pairs: the pairs after which the early stop would have ended it (None:
+    never) and whether its decision there equals the decision on all the pairs."""
+    watched = []
+
+    def watching(bar: float, alpha: float):
+        rule, entry = settled_side(bar, alpha), {"bar": bar, "stop": None}
+        watched.append(entry)
+
+        def settled(td, tf) -> bool:
+            entry["td"], entry["tf"] = td, tf  # the lists time_pair goes on filling
+            if entry["stop"] is None and rule(td, tf):
+                entry["stop"] = len(td)
+            return False
+
+        return settled
+
+    with mock.patch.object(choice, "settled_side", watching):
+        build()
+
+    def below(e: dict, n: int) -> bool:
+        return median(e["tf"][:n]) / median(e["td"][:n]) < e["bar"]
+
+    return [
+        {"stopped_at": e["stop"], "agrees": e["stop"] is None or below(e, e["stop"]) == below(e, len(e["td"]))}
+        for e in watched
+        if "td" in e  # a choice of one look (fewer pairs than CHOICE_LOOKS) never asks
+    ]
 
 
 def run() -> dict:
@@ -33,7 +70,7 @@ def run() -> dict:
     params, ds, x, dense, fmt = ws.params, ws.ds, ws.x, ws.dense, ws.fmt
     rnd = params.prune.ticket_rounds[len(params.prune.ticket_rounds) // 2]
     regroups = [m for m in params.methods if m != "imp" and ticket_kind(m, params) in choice.GROUP_KINDS]
-    rows = []
+    rows, audit = [], []
     for method in regroups:
         model, masks = load_ticket(ws.ctx, Path("artifacts") / method / rnd)
         for runtime in RUNTIMES:
@@ -54,6 +91,10 @@ def run() -> dict:
                         {"method": method, "round": rnd, "runtime": runtime, "repeats": repeats, "early_stop": alpha is not None}
                         | {"engines": engines, "choice_s": choice_s, "time_saving": t.saving, "ci95": t.ci95}
                     )
+            for _ in range(AUDITS):
+                probe = choice.Probe(xr, run_fmt, runtime=runtime, threads=params.bench.threads)
+                for a in audited(lambda: choice.fast_models(ticket_kind(method, params), model.eval(), masks, ds.in_channels, probe)):
+                    audit.append({"method": method, "runtime": runtime} | a)
             print(method, runtime, flush=True)
     frame = pd.DataFrame(rows)
     by = frame.groupby(["runtime", "repeats", "early_stop", "method"])
@@ -72,4 +113,13 @@ def run() -> dict:
         }
         for (runtime, repeats, early), g in per_ticket.groupby(level=["runtime", "repeats", "early_stop"])
     }
-    return {"batch": len(x), "builds": BUILDS, "rows": rows, "summary": summary}
+    checked = pd.DataFrame(audit)
+    summary["audit"] = {
+        runtime: {
+            "choices": len(g),
+            "stopped early, by pairs timed": {int(k): int(n) for k, n in g["stopped_at"].dropna().value_counts().sort_index().items()},
+            "early decision differs from all pairs'": int((~g["agrees"]).sum()),
+        }
+        for runtime, g in checked.groupby("runtime")
+    }
+    return {"batch": len(x), "builds": BUILDS, "audits": AUDITS, "rows": rows, "audit": audit, "summary": summary}
