@@ -128,7 +128,7 @@ def test_engines_for_onnxruntime_are_chosen_by_timings_in_onnxruntime(monkeypatc
 
     timed, time_pair = [], choice.time_pair
 
-    def record(dense, fast, x, repeats, warmup, x_other=None):
+    def record(dense, fast, x, repeats, warmup, x_other=None, **_):
         timed.append((type(dense) is OrtModel, type(fast) is OrtModel))
         return time_pair(dense, fast, x, 1, 0, x_other)
 

@@ -476,7 +476,7 @@ def test_a_dense_conv_fed_by_a_grouped_one_is_timed_as_it_will_run(monkeypatch):
     block order takes 1.3x: a conv fed by a grouped one runs grouped, every other conv dense."""
     timed_wide, grouped_seen = [], []
 
-    def fake(dense, fast, x, repeats, warmup, x_other=None):
+    def fake(dense, fast, x, repeats, warmup, x_other=None, **_):
         mod = _timed(fast)
         if type(mod) is nn.Conv2d:  # the dense conv as it will run, on its feeder's block order
             timed_wide.append((mod.in_channels, x_other.shape[1], x.shape[1]))
