@@ -46,6 +46,7 @@ def _nets(model, masks, in_channels: int, dense, probe: Probe, bench, flops_savi
     """The end-to-end rows of the nets net_alignment races (see the module docstring)."""
     per_layer = choose_alignment(model, masks, in_channels, probe)
     d = in_runtime(probe.runtime, dense, probe.x, bench.threads)
+    picked_widths = conv_widths(slim_model(model, masks, in_channels, picked))
     rows = []
 
     def names(align: dict) -> list[str]:
@@ -62,7 +63,7 @@ def _nets(model, masks, in_channels: int, dense, probe: Probe, bench, flops_savi
                 "time_saving": t.saving,
                 "ci95": t.ci95,
                 "time_per_flop_saving": t.saving / flops_saving,
-                "picked": widths == conv_widths(slim_model(model, masks, in_channels, picked)),  # the same net
+                "picked": widths == picked_widths,  # the same net
             }
         )
     return rows
