@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -42,6 +43,7 @@ from structlth.speedup.engines import (
     swap_convs,
 )
 from structlth.speedup.layout import FEEDER_GROWTH, absorb, feeders, fold_bn, fold_layouts, to_layout
+from structlth.speedup.onednn import conv_calls, dim_block, parse_convs
 from structlth.speedup.slim import StreamAdd, add_segments, kept_channels, slim_model
 from structlth.speedup.timing import Timing, machine_name, time_pair, verify
 
@@ -284,6 +286,10 @@ def test_bench_ticket_rows_are_verified(kind):
         assert {r["engine"] for r in rows if r["batch"] == b and r["runtime"] == "onnxruntime"} == engines - {"csr"}
     assert all(r["flops_saving"] == 0.75 for r in rows)  # 1 - flops / flops_dense
     assert {r["layer"] for r in layers} >= {"conv1", "layers.0.conv1"} and {r["batch"] for r in layers} == {4}
+    if kind == "imp_channel" and torch.backends.mkldnn.is_available():  # oneDNN's computed outputs, PyTorch rows only
+        slim = [r for r in layers if r["runtime"] == "torch" and r["engine"] == "Conv2d"]
+        assert slim and all(r["kernel_channels"] >= r["channels"] for r in slim)
+        assert all(r["kernel_channels"] is None for r in layers if r["runtime"] == "onnxruntime")
 
 
 @pytest.mark.parametrize("runtime", [True, False])
@@ -686,3 +692,44 @@ def test_a_choice_stops_timing_once_a_sign_test_puts_its_pairs_on_one_side_of_th
     r = probe.ratio(dense, other, torch.zeros(1), bar=bar)
     assert len(timed) == pairs
     assert r == pytest.approx(sorted(fast_ms[i % len(fast_ms)] for i in range(pairs))[pairs // 2])
+
+
+ONEDNN_LOG = """\
+onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32::blocked:abcd::f0 dst:f32:p:blocked:Acdb32a::f0,,,40x64x3x3,0.02
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,src:f32::blocked:acdb::f0 \
+wei:f32:ap:blocked:Acdb32a::f0 bia:f32:a:blocked:a::f0 dst:f32::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,\
+mb64_ic64oc40_ih7oh7kh3sh1dh0ph1_iw7ow7kw3sw1dw0pw1,0.98
+onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx512_core,forward_training,src:f32:a:blocked:aBcd16b::f0 \
+wei:f32:ap:blocked:ABcd16b16a::f0 bia:f32:a:blocked:a::f0 dst:f32:ap:blocked:aBcd16b::f0,attr-scratchpad:user,\
+alg:convolution_direct,mb64_ic64oc40_ih7oh7kh3sh1dh0ph1_iw7ow7kw3sw1dw0pw1,0.84
+onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,src:f32::blocked:acdb::f0 \
+wei:f32:ap:blocked:aBdec32b::f0 bia:f32:a:blocked:a::f0 dst:f32::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,\
+g2mb64_ic64oc48_ih7oh7kh3sh1dh0ph1_iw7ow7kw3sw1dw0pw1,0.63
+onednn_verbose,v1,primitive,exec,cpu,convolution,brdgmm_dw:avx512_core,forward_training,src:f32::blocked:acdb::f0 \
+wei:f32:a:blocked:debcA16a::f0 bia:f32:a:blocked:a::f0 dst:f32::blocked:acdb::f0,attr-scratchpad:user,alg:convolution_direct,\
+g24mb64_ic24oc24_ih7oh7kh3sh1dh0ph1_iw7ow7kw3sw1dw0pw1,0.09
+"""
+
+
+def test_onednn_log_gives_each_convs_outputs_rounded_up_to_its_weight_block():
+    assert dim_block("ABcd16b16a", "a") == 16 and dim_block("ABcd4b16a4b", "b") == 16 and dim_block("abcd", "a") == 1
+    calls = parse_convs(ONEDNN_LOG)  # the reorder is not a conv
+    assert [(c.kernel, c.weights, c.groups, c.out_channels, c.kernel_channels) for c in calls] == [
+        ("brg_conv_fwd:avx512_core", "Acdb32a", 1, 40, 64),  # 40 outputs in blocks of 32
+        ("jit:avx512_core", "ABcd16b16a", 1, 40, 48),  # in blocks of 16
+        ("brg_conv_fwd:avx512_core", "aBdec32b", 2, 48, 64),  # 2 groups of 24, each padded to 32
+        ("brdgmm_dw:avx512_core", "debcA16a", 24, 24, 32),  # depthwise: 24 groups in blocks of 16
+    ]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch without oneDNN")
+def test_a_convs_computed_outputs_come_from_the_conv_onednn_ran_and_its_log_leaves_stdout(capfd):
+    x = torch.randn(4, 64, 7, 7).contiguous(memory_format=torch.channels_last)
+    for out in (40, 64):
+        conv = nn.Conv2d(64, out, 3, padding=1).eval().to(memory_format=torch.channels_last)
+        (call,) = conv_calls(conv, x)
+        block = dim_block(call.weights, "a")
+        assert call.out_channels == out and call.kernel_channels % block == 0 and out <= call.kernel_channels < out + block
+        assert out % block or call.kernel_channels == out
+    os.write(1, b"after the log\n")  # file descriptor 1 is stdout again
+    assert capfd.readouterr().out == "after the log\n"

@@ -26,6 +26,7 @@ from structlth.speedup.choice import Probe, fast_models_and_formats, fastest_for
 from structlth.speedup.compiled import SUFFIX, compile_model
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.layout import fold_bn
+from structlth.speedup.onednn import conv_calls
 from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format
 from structlth.speedup.timing import Timing, conv_inputs, machine_name, time_pair, verify
 
@@ -43,8 +44,9 @@ def layer_rows(
     model's module of the same name on the fast model's input (of x_fast: x in the fast model's
     memory format; default x), each in `runtime` (in ONNX Runtime: each layer exported on its
     own), with both output channel counts (a slim conv's includes the zero channels its
-    alignment added); flops: the layer's (dense, effective) FLOPs
-    (structlth.masks.layer_effective_flops), its physical limit."""
+    alignment added) and, in PyTorch on the CPU, the output channels oneDNN computes for the
+    fast layer (its block padding included; structlth.speedup.onednn); flops: the layer's
+    (dense, effective) FLOPs (structlth.masks.layer_effective_flops), its physical limit."""
     d_in = conv_inputs(dense, x)
     f_in = conv_inputs(fast, x if x_fast is None else x_fast, set(d_in))
     d_mods, f_mods = dict(dense.named_modules()), dict(fast.named_modules())
@@ -56,6 +58,7 @@ def layer_rows(
         f = in_runtime(runtime, f_mods[name], f_in[name], bench.threads)
         t = time_pair(d, f, inp, bench.repeats, bench.warmup, f_in[name])
         dn, k = flops.get(name, (1, 1))
+        calls = conv_calls(f_mods[name], f_in[name]) if runtime == "torch" and inp.device.type == "cpu" else []
         rows.append(
             {
                 "layer": name,
@@ -66,6 +69,7 @@ def layer_rows(
                 "engine": type(f_mods[name]).__name__,
                 "dense_channels": d_mods[name].out_channels,
                 "channels": getattr(f_mods[name], "out_channels", None),  # a slim conv's, zero channels included
+                "kernel_channels": sum(c.kernel_channels for c in calls) or None,
             }
         )
     return rows
