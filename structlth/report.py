@@ -224,6 +224,23 @@ def targets(bench: pd.DataFrame, batch: int) -> dict[str, float | None]:
     return out
 
 
+def kernel_channels_per_channel(bench: pd.DataFrame, layers: pd.DataFrame, batch: int) -> float | None:
+    """Output channels PyTorch's oneDNN convs computed per output channel the channel-wise
+    tickets' slim convs carry, at `batch`: kernel_channels over channels, each summed over those
+    tickets' layers (bench_layers.csv); None where no layer has kernel_channels (e.g. on a GPU)."""
+    if "kernel_channels" not in layers or not len(layers):
+        return None
+    torch_rows = bench[(bench["runtime"] == "torch") & (bench["batch"] == batch)]
+
+    def runs(df: pd.DataFrame) -> list[tuple[str, str]]:
+        return list(df[["method", "round"]].itertuples(index=False, name=None))
+
+    channel = set(runs(torch_rows[torch_rows["engine"] == "slim"])) - set(runs(torch_rows[torch_rows["engine"] == "slim+blocks"]))
+    rows = layers[(layers["runtime"] == "torch") & (layers["batch"] == batch)].dropna(subset=["kernel_channels", "channels"])
+    rows = rows[[run in channel for run in runs(rows)]]
+    return float(rows["kernel_channels"].sum() / rows["channels"].sum()) if len(rows) else None
+
+
 CHANNEL_FLOOR, GROUP_FLOOR = 0.6, 0.15
 TARGET_ROWS = (  # key, description, goal, test (value, that runtime's noise), format
     (
@@ -525,6 +542,13 @@ def markdown(
                 continue
             met = "n/a" if v is None else ("yes" if ok(v, noise) else "no")
             lines.append(f"| {what} | {runtime} | {'n/a' if v is None else fmt.format(v)} | {goal} | {met} |")
+    if goals.get("kernel_channels_per_channel") is not None:
+        lines += [
+            "",
+            f"In PyTorch, oneDNN's convs computed {goals['kernel_channels_per_channel']:.2f} output channels per channel the"
+            " channel-wise tickets' slim convs carry: it pads each conv's outputs to its weight block (by instruction set"
+            " and shape), and a padded channel costs what a kept one does (`kernel_channels` per layer in bench_layers.csv).",
+        ]
     noise, ort_noise = goals.get("timing_noise") or 0.0, goals.get("ort_timing_noise") or 0.0
     if suspects is not None and len(suspects):
         lines += ["", "Rows whose time saving beats their FLOP saving (the physical limit) by more than the noise — not to be trusted:", ""]
@@ -631,7 +655,7 @@ def write_reports(p, artifacts: Path, bench_dir: Path, out: Path) -> str:
     table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
     pairs = {by: matched(table, correct, by, MATCH_WITHIN, p.methods) for by in ("sparsity", "flops_saving")}
     pd.concat([v.assign(by=k) for k, v in pairs.items()], ignore_index=True).to_csv(out / "matched.csv", index=False, float_format="%.6g")
-    goals = targets(bench, batch)
+    goals = targets(bench, batch) | {"kernel_channels_per_channel": kernel_channels_per_channel(bench, bench_layers, batch)}
     noise = goals["timing_noise"] or 0.0
     heads = headline(table, noise)
     refills = [m for m, spec in p.tickets.items() if spec.kind == "refill"]

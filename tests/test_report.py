@@ -13,6 +13,7 @@ from structlth.report import (
     extreme_sparsity,
     gather_bench,
     headline,
+    kernel_channels_per_channel,
     markdown,
     method_colors,
     paper_vs_run,
@@ -254,3 +255,26 @@ def test_a_method_that_wins_again_above_a_loss_is_flagged():
     table.loc[table["method"] == "refill", "wins"] = [False, True]  # loses at 20%, wins at 40%
     text = "\n".join(evidence_lines(table, DENSE_INFO, 0.01))
     assert "| refill | 40.00% (wins again above a loss: the rounds do not order cleanly) | 20.00% |" in text
+
+
+def test_the_report_says_how_many_channels_onednn_computed_per_kept_one_in_channel_wise_tickets():
+    bench = _with_ort(_bench(), aa=0.0, refill=(0.4, 0.5))
+    layer = ["method", "round", "runtime", "batch", "channels", "kernel_channels"]
+    layers = pd.DataFrame(
+        [
+            ("refill", "round1", "torch", 64, 40, 64),
+            ("refill", "round2", "torch", 64, 24, 32),
+            ("refill", "round2", "torch", 64, 16, NAN),  # oneDNN ran no conv there: left out
+            ("refill", "round1", "torch", 1, 40, 128),  # another batch
+            ("refill", "round1", "onnxruntime", 64, 40, NAN),
+            ("regroup", "round2", "torch", 64, 8, 64),  # a group-wise ticket
+            ("imp", "round1", "torch", 64, 10, 16),
+        ],
+        columns=layer,
+    )
+    v = kernel_channels_per_channel(bench, layers, 64)
+    assert v == pytest.approx((64 + 32) / (40 + 24))
+    assert kernel_channels_per_channel(bench, layers.drop(columns="kernel_channels"), 64) is None
+    md = markdown(_table(bench), DENSE_INFO, 0.01, {}, targets(bench, 64) | {"kernel_channels_per_channel": v}, 64, "a test CPU")
+    assert "oneDNN's convs computed 1.50 output channels per channel the channel-wise tickets' slim convs carry" in md
+    assert "oneDNN's convs computed" not in markdown(_table(bench), DENSE_INFO, 0.01, {}, targets(bench, 64), 64, "a test CPU")
