@@ -10,7 +10,10 @@ convs 64 -> c on 7x7 maps and 128 -> c on 3x3 maps (the default's deeper layers,
 c = 8..128 (at most the dense layer's), each in the faster memory format. The summary's
 `outputs_cost_over_next_power_of_two` (median over counts that are not a power of two) says
 whether c outputs cost what the next power of two costs (about 1) or what their FLOPs say
-(`outputs_flops_over_next_power_of_two`).
+(`outputs_flops_over_next_power_of_two`). Every row also names the output channels oneDNN
+computes for it in each format (`*_kernel_channels`, from its verbose log: the count rounded up
+to the weights' output block); `outputs_cost_over_kernel_count` (median over the counts it pads)
+says whether c outputs cost what that padded count costs (about 1).
 """
 
 from __future__ import annotations
@@ -18,16 +21,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from structlth.speedup.onednn import conv_calls
 from structlth.speedup.timing import median, time_pair
 
 
 def _both_formats(c_in: int, c_out: int, batch: int, side: int) -> dict:
-    """ms of one 3x3 conv c_in -> c_out on [batch, c_in, side, side], contiguous and channels_last."""
+    """ms of one 3x3 conv c_in -> c_out on [batch, c_in, side, side], contiguous and channels_last,
+    and the output channels oneDNN computes in each."""
     conv = nn.Conv2d(c_in, c_out, 3, padding=1).eval()
     x = torch.randn(batch, c_in, side, side)
     cl = nn.Conv2d(c_in, c_out, 3, padding=1).eval().to(memory_format=torch.channels_last)
-    t = time_pair(conv, cl, x, 15, 3, x.contiguous(memory_format=torch.channels_last))
-    return {"contiguous_ms": t.t_dense_ms, "channels_last_ms": t.t_ticket_ms, "best_ms": min(t.t_dense_ms, t.t_ticket_ms)}
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    t = time_pair(conv, cl, x, 15, 3, x_cl)
+    best = "contiguous" if t.t_dense_ms <= t.t_ticket_ms else "channels_last"
+    kernel = {
+        "contiguous": sum(c.kernel_channels for c in conv_calls(conv, x)) or None,
+        "channels_last": sum(c.kernel_channels for c in conv_calls(cl, x_cl)) or None,
+    }
+    return {
+        "contiguous_ms": t.t_dense_ms,
+        "channels_last_ms": t.t_ticket_ms,
+        "best_ms": min(t.t_dense_ms, t.t_ticket_ms),
+        "contiguous_kernel_channels": kernel["contiguous"],
+        "channels_last_kernel_channels": kernel["channels_last"],
+        "best_kernel_channels": kernel[best],
+    }
 
 
 def _next_power_of_two(c: int) -> int:
@@ -42,6 +60,9 @@ def run(batch: int = 64, side: int = 14, channels=tuple(range(8, 65, 4))) -> dic
         for c in range(8, dense + 1, 8)
     ]
     out_ms = {(r["c_in"], r["c_out"]): r["best_ms"] for r in outputs}
+    # (c_in, c_out, the count oneDNN computes) where it computes more than c_out
+    padded = [(r["c_in"], r["c_out"], r["best_kernel_channels"]) for r in outputs if (r["best_kernel_channels"] or 0) > r["c_out"]]
+    over_padded = [out_ms[k, c] / out_ms[k, p] for k, c, p in padded if (k, p) in out_ms]
     odd = [(k, c) for k, c in out_ms if c != _next_power_of_two(c)]
     by_c = {r["channels"]: r["best_ms"] for r in rows}
     # cost of the odd counts relative to the next multiple of 8 and 16: ~1 means they cost the same
@@ -56,5 +77,7 @@ def run(batch: int = 64, side: int = 14, channels=tuple(range(8, 65, 4))) -> dic
             "odd_over_next_multiple_of_16": ratio(16),
             "outputs_cost_over_next_power_of_two": median([out_ms[k, c] / out_ms[k, _next_power_of_two(c)] for k, c in odd]),
             "outputs_flops_over_next_power_of_two": median([c / _next_power_of_two(c) for _, c in odd]),
+            "outputs_padded_by_onednn": len(padded),
+            "outputs_cost_over_kernel_count": median(over_padded) if over_padded else None,
         },
     }
