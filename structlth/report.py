@@ -19,7 +19,7 @@ from structlth.evidence import EVIDENCE_COLS, accuracy, bracket, matched, versus
 from structlth.masks import row_density  # noqa: E402
 from structlth.paper import paper_table  # noqa: E402
 from structlth.pipeline import load_predictions  # noqa: E402
-from structlth.speedup.bench import PRODUCTION_ENGINES, timing_noise  # noqa: E402
+from structlth.speedup.bench import PRODUCTION_ENGINES, aa_readings, timing_noise  # noqa: E402
 
 SUMMARY_COLS = [
     "method",
@@ -206,20 +206,27 @@ def _efficiencies(b: pd.DataFrame) -> dict[str, float | None]:
     }
 
 
-def targets(bench: pd.DataFrame, batch: int) -> dict[str, float | None]:
+def targets(bench: pd.DataFrame, batch: int) -> dict[str, float | str | None]:
     """The speedup measurements at `batch` (None where no ticket qualifies), in PyTorch and,
     prefixed `ort_`, in ONNX Runtime:
 
     - timing_noise: see `timing_noise`;
+    - aa_stages, aa_median, aa_largest, aa_largest_stage: how many bench stages read A/A
+      (`aa_readings`), the median and largest reading, and the stage of the largest;
     - channel_time_per_flop_saving: median of time_saving / flops_saving over slim tickets with
       at least 40% FLOP saving;
     - best_group_time_saving: the best regroup (slim+blocks) time saving;
     - group_time_per_flop_saving: median of time_saving / flops_saving over regroup tickets.
     """
-    out: dict[str, float | None] = {}
+    out: dict[str, float | str | None] = {}
     for runtime, prefix in (("torch", ""), ("onnxruntime", "ort_")):
         b = bench[(bench["batch"] == batch) & (bench["runtime"] == runtime)]
         out[f"{prefix}timing_noise"] = timing_noise(bench, batch, runtime)
+        aa = aa_readings(bench, batch, runtime)
+        out[f"{prefix}aa_stages"] = len(aa)
+        out[f"{prefix}aa_median"] = float(aa.median()) if len(aa) else None
+        out[f"{prefix}aa_largest"] = float(aa.max()) if len(aa) else None
+        out[f"{prefix}aa_largest_stage"] = str(aa.idxmax()) if len(aa) else None
         out |= {f"{prefix}{k}": v for k, v in _efficiencies(b).items()}
     return out
 
@@ -485,6 +492,16 @@ SMOKE = (
 )
 
 
+def _aa_sentence(goals: dict, prefix: str) -> str:
+    """How the A/A readings of a runtime spread over the bench stages ('' where none were read)."""
+    if not goals.get(f"{prefix}aa_stages"):
+        return ""
+    return (
+        f" The A/A readings of its {goals[f'{prefix}aa_stages']} bench stages: median {goals[f'{prefix}aa_median']:.1%},"
+        f" largest {goals[f'{prefix}aa_largest']:.1%} ({goals[f'{prefix}aa_largest_stage']})."
+    )
+
+
 def markdown(
     table: pd.DataFrame,
     dense: dict,
@@ -519,12 +536,14 @@ def markdown(
             f"Timing noise of this run: {goals['timing_noise']:.1%} — the largest of the A/A tests (each bench stage"
             " times the dense net against itself; imp's masked-dense engine runs the same work as the dense net)"
             " and the typical row's 95% half-width (± in the tables: the spread of the savings of the consecutive"
-            " blocks of pairs it was timed in). A time saving counts only above it and its own ±: others show as `~0` in the tables.",
+            " blocks of pairs it was timed in). A time saving counts only above it and its own ±: others show as `~0` in the tables."
+            + _aa_sentence(goals, ""),
             "",
         ]
     if goals.get("ort_timing_noise") is not None:
         lines += [
-            f"ONNX Runtime (CPU execution provider, same threads): timing noise {goals['ort_timing_noise']:.1%}, measured the same way.",
+            f"ONNX Runtime (CPU execution provider, same threads): timing noise {goals['ort_timing_noise']:.1%}, measured the same way."
+            + _aa_sentence(goals, "ort_"),
             "",
         ]
     lines += [

@@ -22,6 +22,7 @@ from structlth.report import (
     targets,
     timing_noise,
 )
+from structlth.speedup.bench import aa_readings
 
 COLS = ["method", "round", "runtime", "batch", "engine", "t_dense_ms", "ci95", "time_saving", "flops_saving"]
 NAN = float("nan")
@@ -68,6 +69,21 @@ def test_timing_noise_is_the_larger_of_aa_and_the_typical_rows_interval():
     assert timing_noise(_bench(aa=0.02, ci=ci), 1) == pytest.approx(0.5)  # batch 1: its own rows, no A/A row
     drift = (10.0, 20.0, 30.0, 10.0, 15.0, 10.0, 25.0, 10.0, 30.0, 10.0)  # the machine's speed drifted between rows
     assert timing_noise(_bench(aa=0.02, dense=drift, ci=ci), 64) == pytest.approx(0.06)  # paired savings cancel it
+
+
+def test_the_report_shows_how_the_aa_readings_spread_over_the_bench_stages():
+    bench = _bench(aa=0.03)
+    bench["aa_noise"] = [0.01, 0.01, 0.01, 0.01, 0.09, 0.2, 0.01, 0.01, 0.01, 0.01]  # refill round2 reads 9%; 20% at batch 1
+    aa = aa_readings(bench, 64)
+    assert aa.to_dict() == pytest.approx(
+        {"imp round1": 0.03, "imp round2": 0.01, "imp_channel round1": 0.01, "refill round1": 0.01, "refill round2": 0.09}
+        | {"regroup round1": 0.01, "regroup round2": 0.01}
+    )  # one reading per stage: imp round1's masked-dense |saving| beats its A/A
+    assert timing_noise(bench, 64) == pytest.approx(0.09)
+    t = targets(bench, 64)
+    assert (t["aa_stages"], t["aa_largest_stage"]) == (7, "refill round2") and t["ort_aa_stages"] == 0
+    md = markdown(_table(bench), DENSE_INFO, 0.01, {}, t, 64, "a test CPU")
+    assert "The A/A readings of its 7 bench stages: median 1.0%, largest 9.0% (refill round2)." in md
 
 
 def test_suspect_rows_beat_their_flop_limit_by_more_than_the_noise():
