@@ -733,3 +733,8 @@ def test_a_convs_computed_outputs_come_from_the_conv_onednn_ran_and_its_log_leav
         assert out % block or call.kernel_channels == out
     os.write(1, b"after the log\n")  # file descriptor 1 is stdout again
     assert capfd.readouterr().out == "after the log\n"
+
+
+def test_without_onednn_no_conv_is_read_and_nothing_breaks(monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)  # a PyTorch built without it
+    assert conv_calls(nn.Conv2d(3, 8, 3).eval(), torch.randn(2, 3, 8, 8)) == []

@@ -91,7 +91,9 @@ def verbose_log(fn: Callable[[], object]) -> str:
 
 def conv_calls(module: nn.Module, x: torch.Tensor) -> list[ConvCall]:
     """The oneDNN convolutions one inference call module(x) runs (after one call unlogged, so
-    that lazily built kernels are the ones timed)."""
+    that lazily built kernels are the ones timed); none where PyTorch was built without oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return []
     with torch.no_grad():
         module(x)
         return parse_convs(verbose_log(lambda: module(x)))
