@@ -13,8 +13,8 @@ memory format, at the largest bench batch, like a bench row:
 
 Each row carries the output channels oneDNN computed per channel the net carries; the summary
 counts the tickets whose `block multiples` net turns more of its FLOP saving into time, with a
-sign test over them. Reads the
-workspace's params.yaml and artifacts (run `make repro` or `dvc pull` first).
+sign test over them. Reads the workspace's params.yaml and artifacts (run `make repro` or
+`dvc pull` first).
 """
 
 from __future__ import annotations

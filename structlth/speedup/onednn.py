@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from structlth.speedup.engines import round_up
+
 
 @dataclass(frozen=True)
 class ConvCall:
@@ -42,10 +44,6 @@ def dim_block(tag: str, dim: str) -> int:
     return size
 
 
-def _round_up(n: int, k: int) -> int:
-    return -(-n // k) * k
-
-
 _CONV = re.compile(r"exec,cpu,convolution,([^,]+),[^,]*,(?:[^,]*\s)?wei:[^:]*:[^:]*:[^:]*:([A-Za-z0-9]+)")
 _PROBLEM = re.compile(r"(?:^|,)(?:g(\d+))?mb\d+_ic\d+oc(\d+)_")
 
@@ -62,9 +60,9 @@ def parse_convs(log: str) -> list[ConvCall]:
         groups, out = int(problem.group(1) or 1), int(problem.group(2))
         tag = conv.group(2)
         if groups > 1:
-            computed = _round_up(groups, dim_block(tag, "a")) * _round_up(out // groups, dim_block(tag, "b"))
+            computed = round_up(groups, dim_block(tag, "a")) * round_up(out // groups, dim_block(tag, "b"))
         else:
-            computed = _round_up(out, dim_block(tag, "a"))
+            computed = round_up(out, dim_block(tag, "a"))
         calls.append(ConvCall(conv.group(1), tag, groups, out, computed))
     return calls
 
