@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from structlth.speedup.onednn import conv_calls
+from structlth.speedup.onednn import kernel_channels
 from structlth.speedup.timing import median, time_pair
 
 
@@ -34,10 +34,7 @@ def _both_formats(c_in: int, c_out: int, batch: int, side: int) -> dict:
     x_cl = x.contiguous(memory_format=torch.channels_last)
     t = time_pair(conv, cl, x, 15, 3, x_cl)
     best = "contiguous" if t.t_dense_ms <= t.t_ticket_ms else "channels_last"
-    kernel = {
-        "contiguous": sum(c.kernel_channels for c in conv_calls(conv, x)) or None,
-        "channels_last": sum(c.kernel_channels for c in conv_calls(cl, x_cl)) or None,
-    }
+    kernel = {"contiguous": kernel_channels(conv, x), "channels_last": kernel_channels(cl, x_cl)}
     return {
         "contiguous_ms": t.t_dense_ms,
         "channels_last_ms": t.t_ticket_ms,

@@ -237,14 +237,9 @@ def kernel_channels_per_channel(bench: pd.DataFrame, layers: pd.DataFrame, batch
     tickets' layers (bench_layers.csv); None where no layer has kernel_channels (e.g. on a GPU)."""
     if "kernel_channels" not in layers or not len(layers):
         return None
-    torch_rows = bench[(bench["runtime"] == "torch") & (bench["batch"] == batch)]
-
-    def runs(df: pd.DataFrame) -> list[tuple[str, str]]:
-        return list(df[["method", "round"]].itertuples(index=False, name=None))
-
-    channel = set(runs(torch_rows[torch_rows["engine"] == "slim"])) - set(runs(torch_rows[torch_rows["engine"] == "slim+blocks"]))
+    slim = bench[(bench["runtime"] == "torch") & (bench["batch"] == batch) & (bench["engine"] == "slim")]  # as `_efficiencies`
     rows = layers[(layers["runtime"] == "torch") & (layers["batch"] == batch)].dropna(subset=["kernel_channels", "channels"])
-    rows = rows[[run in channel for run in runs(rows)]]
+    rows = rows.merge(slim[["method", "round"]].drop_duplicates(), on=["method", "round"])
     return float(rows["kernel_channels"].sum() / rows["channels"].sum()) if len(rows) else None
 
 

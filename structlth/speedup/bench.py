@@ -26,7 +26,7 @@ from structlth.speedup.choice import Probe, fast_models_and_formats, fastest_for
 from structlth.speedup.compiled import SUFFIX, compile_model
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.layout import fold_bn
-from structlth.speedup.onednn import conv_calls
+from structlth.speedup.onednn import kernel_channels
 from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format
 from structlth.speedup.timing import Timing, conv_inputs, machine_name, time_pair, verify
 
@@ -58,7 +58,6 @@ def layer_rows(
         f = in_runtime(runtime, f_mods[name], f_in[name], bench.threads)
         t = time_pair(d, f, inp, bench.repeats, bench.warmup, f_in[name])
         dn, k = flops.get(name, (1, 1))
-        calls = conv_calls(f_mods[name], f_in[name]) if runtime == "torch" and inp.device.type == "cpu" else []
         rows.append(
             {
                 "layer": name,
@@ -69,7 +68,7 @@ def layer_rows(
                 "engine": type(f_mods[name]).__name__,
                 "dense_channels": d_mods[name].out_channels,
                 "channels": getattr(f_mods[name], "out_channels", None),  # a slim conv's, zero channels included
-                "kernel_channels": sum(c.kernel_channels for c in calls) or None,
+                "kernel_channels": kernel_channels(f_mods[name], f_in[name]) if runtime == "torch" and inp.device.type == "cpu" else None,
             }
         )
     return rows

@@ -95,3 +95,9 @@ def conv_calls(module: nn.Module, x: torch.Tensor) -> list[ConvCall]:
     with torch.no_grad():
         module(x)
         return parse_convs(verbose_log(lambda: module(x)))
+
+
+def kernel_channels(module: nn.Module, x: torch.Tensor) -> int | None:
+    """The output channels oneDNN computes for module(x), summed over its convs (block padding
+    included); None where it runs no conv."""
+    return sum(c.kernel_channels for c in conv_calls(module, x)) or None
