@@ -24,7 +24,7 @@ from torch import nn
 
 from benchmarks.common import workspace
 from structlth.artifacts import read_json
-from structlth.pipeline import load_ticket
+from structlth.rounds import load_ticket
 from structlth.speedup.bench import ticket_kind
 from structlth.speedup.choice import (
     ALIGNS,

@@ -22,7 +22,7 @@ from unittest import mock
 import pandas as pd
 
 from benchmarks.common import workspace
-from structlth.pipeline import load_ticket
+from structlth.rounds import load_ticket
 from structlth.speedup import choice
 from structlth.speedup.bench import ticket_kind
 from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format

@@ -14,7 +14,7 @@ from torch import nn
 from structlth.config import Params, load_params
 from structlth.data import Dataset, load_dataset, normalize
 from structlth.masks import mask_stats
-from structlth.pipeline import Context, load_ticket
+from structlth.rounds import Context, load_ticket
 from structlth.speedup.choice import fastest_format
 from structlth.speedup.layout import fold_bn
 from structlth.train import state_of

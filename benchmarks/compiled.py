@@ -19,7 +19,7 @@ from structlth.artifacts import read_json
 from structlth.config import BenchParams, load_params
 from structlth.data import load_dataset, normalize
 from structlth.models import build_model
-from structlth.pipeline import Context, load_ticket
+from structlth.rounds import Context, load_ticket
 from structlth.speedup.bench import bench_ticket, ticket_kind
 
 BATCH = 64

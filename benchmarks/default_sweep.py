@@ -22,12 +22,14 @@ import torch
 
 from benchmarks.common import ticket_of
 from structlth.config import parse_params
-from structlth.data import load_dataset, normalize
+from structlth.data import load_dataset, normalize, prepare_data
 from structlth.masks import drop_untrainable, ones_masks
-from structlth.pipeline import Context, load_state, prepare, pretrain, ticket_masks
 from structlth.pruning import magnitude_prune
+from structlth.rounds import Context, load_state
 from structlth.speedup.bench import bench_ticket
+from structlth.tickets import ticket_masks
 from structlth.train import state_of
+from structlth.training import pretrain
 
 ROUNDS = 4
 BASE = {
@@ -131,7 +133,7 @@ def run() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         first = _params(*next(iter(CANDIDATES.values())))
-        prepare(first, tmp / "data")  # the same data for every candidate
+        prepare_data(first.data, tmp / "data")  # the same data for every candidate
         for name, (model, train) in CANDIDATES.items():
             row = _candidate(name, _params(model, train), tmp / "data", tmp / name)
             print(row, flush=True)

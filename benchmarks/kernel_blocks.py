@@ -26,7 +26,7 @@ from torch import nn
 
 from benchmarks.common import workspace
 from structlth.masks import effective_flops
-from structlth.pipeline import load_ticket
+from structlth.rounds import load_ticket
 from structlth.speedup.bench import ticket_kind
 from structlth.speedup.choice import CHANNEL_KINDS
 from structlth.speedup.layout import fold_bn

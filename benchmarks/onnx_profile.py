@@ -21,7 +21,7 @@ import torch
 
 from structlth.config import load_params
 from structlth.data import load_dataset, normalize
-from structlth.pipeline import Context, load_ticket
+from structlth.rounds import Context, load_ticket
 from structlth.speedup.bench import ticket_kind
 from structlth.speedup.choice import Probe, fast_models
 from structlth.speedup.layout import fold_bn

@@ -16,7 +16,7 @@ from structlth.config import BenchParams
 from structlth.masks import drop_untrainable, ones_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune, regroup_layers
-from structlth.pruning.refill import refill_masks, weight_scores
+from structlth.pruning.kinds.refill import refill_masks, weight_scores
 from structlth.speedup.bench import bench_ticket, dense_baseline
 
 

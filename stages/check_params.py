@@ -8,9 +8,9 @@ import argparse
 from pathlib import Path
 
 from structlth.artifacts import write_bytes
+from structlth.checks import check_runnable
 from structlth.config import load_params
 from structlth.errors import user_errors
-from structlth.pipeline import check_runnable
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

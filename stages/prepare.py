@@ -5,8 +5,8 @@ import argparse
 
 from structlth.artifacts import write_json
 from structlth.config import load_params
+from structlth.data import prepare_data
 from structlth.errors import user_errors
-from structlth.pipeline import prepare
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
@@ -15,6 +15,7 @@ if __name__ == "__main__":
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args()
     with user_errors():
-        summary = prepare(load_params(args.params), args.out)
+        params = load_params(args.params)
+        summary = prepare_data(params.data, args.out, params.runtime.loader_workers)
         write_json(args.metrics, summary)
         print(f"prepared {summary['train_images']} train / {summary['val_images']} val / {summary['test_images']} test images")

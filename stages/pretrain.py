@@ -6,7 +6,8 @@ from pathlib import Path
 from structlth import distributed as dist
 from structlth.config import load_params
 from structlth.errors import user_errors
-from structlth.pipeline import pretrain, setup
+from structlth.rounds import setup
+from structlth.training import pretrain
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from structlth.config import load_params
 from structlth.errors import user_errors
-from structlth.pipeline import seed_chain, setup
+from structlth.rounds import seed_chain, setup
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save
 from structlth.errors import ArtifactError
 
 META_KEY = "structlth"
+State = dict[str, torch.Tensor]  # a model's parameters and buffers by name
 
 
 def _umask() -> int:

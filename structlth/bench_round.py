@@ -20,7 +20,7 @@ import torch
 from structlth.artifacts import read_json, write_json
 from structlth.config import Params
 from structlth.data import load_dataset, normalize
-from structlth.pipeline import Context, load_ticket
+from structlth.rounds import Context, load_ticket
 from structlth.speedup.bench import BENCH_COLUMNS, PRODUCTION_ENGINES, bench_ticket, dense_baseline, ticket_kind, timing_noise
 from structlth.speedup.timing import machine_lock
 

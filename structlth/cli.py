@@ -33,7 +33,7 @@ def main(
 def validate(params: Path = typer.Argument(Path("params.yaml"))) -> None:
     """Check params.yaml in full, and what it asks of this machine (the data folder, CUDA, layer
     names): the checks the pipeline's first stage runs. Exit 2 with one message naming the key."""
-    from structlth.pipeline import check_runnable
+    from structlth.checks import check_runnable
 
     with user_errors():
         p = load_params(params)

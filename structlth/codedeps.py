@@ -1,6 +1,6 @@
 """The library files a script runs: every `structlth` module it imports, transitively, function-
 level imports included, with the packages that hold them. The pipeline's `code` stage writes
-one digest per stage script (artifacts/code/<script>.json); each stage depends on its own, so
+one digest per stage script (codedeps/<script>.json); each stage depends on its own, so
 DVC reruns a stage exactly when a file it imports changes, and no list of files is kept by hand.
 """
 
@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 PACKAGE = "structlth"
 
 
 def module_file(name: str, root: Path) -> Path | None:
-    """The file of module `name` ('structlth.pipeline') under root (the folder holding the
+    """The file of module `name` ('structlth.rounds') under root (the folder holding the
     package), or None when it is not a module of the package."""
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
         return None
@@ -43,10 +44,13 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def closure(script: Path, root: Path) -> list[Path]:
+def closure(script: Path, root: Path, modules: Iterable[str] = ()) -> list[Path]:
     """script and every library file it runs, sorted: the transitive closure of imported_modules
-    over files under root, with the __init__.py of every package on the way."""
-    seen, todo = {script.resolve()}, [script.resolve()]
+    over files under root, with the __init__.py of every package on the way. modules: dotted
+    names of the modules it loads by name (a method from structlth.pruning.registry), followed
+    like imports."""
+    start = [script.resolve(), *(f.resolve() for m in modules for part in _with_parents(m) if (f := module_file(part, root)))]
+    seen, todo = set(start), list(start)
     while todo:
         for name in imported_modules(todo.pop()):
             for part in _with_parents(name):
@@ -57,9 +61,11 @@ def closure(script: Path, root: Path) -> list[Path]:
     return sorted(seen)
 
 
-def code_manifest(script: Path, root: Path) -> dict[str, str]:
-    """{path relative to root: sha256 prefix} of closure(script, root)."""
-    return {f.relative_to(root.resolve()).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in closure(script, root)}
+def code_manifest(script: Path, root: Path, modules: Iterable[str] = ()) -> dict[str, str]:
+    """{path relative to root: sha256 prefix} of closure(script, root, modules)."""
+    return {
+        f.relative_to(root.resolve()).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()[:16] for f in closure(script, root, modules)
+    }
 
 
 def manifest_digest(manifest: dict[str, str]) -> str:

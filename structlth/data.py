@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from structlth.artifacts import load_tensors, read_json, save_tensors, staged_dir, write_json
-from structlth.config import Augment, DataParams
+from structlth.config import Augment, DataParams, params_hash
 from structlth.errors import ArtifactError, DataError
 from structlth.imagefolder import StreamSplit, Tree, decode, eval_transform, scan
 
@@ -309,9 +309,11 @@ def _take(split: Split, idx: torch.Tensor) -> Split:
 # ---------------------------------------------------------------- artifacts
 
 
-def prepare_data(p: DataParams, out_dir: str | Path, meta: dict, workers: int = 0) -> dict:
-    """Write the prepared dataset into out_dir (an index for streamed trees, tensors otherwise)
-    and return its summary (split sizes, classes, files left out)."""
+def prepare_data(p: DataParams, out_dir: str | Path, workers: int = 0) -> dict:
+    """Write the prepared dataset into out_dir (an index for streamed trees, tensors otherwise),
+    stamped with the dataset and the hash of `p`, and return its summary (split sizes, classes,
+    files left out)."""
+    meta = {"dataset": p.dataset, "params_hash": params_hash(p)}
     if p.streams:
         index = build_index(p, workers)
         with staged_dir(out_dir) as d:

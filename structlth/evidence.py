@@ -3,7 +3,7 @@ from dense, which rounds win, how far each method goes before it loses, and meth
 with each other at matched sparsity and at matched FLOPs.
 
 Rows are identified by (method, round); `correct[seed][(method, round)]` is that round's
-per-image result under one training seed (bool [N_test], structlth.pipeline.load_predictions),
+per-image result under one training seed (bool [N_test], structlth.rounds.load_predictions),
 all on the same test images, and `dense[seed]` the dense net's of that seed.
 
 With one seed, an accuracy's interval is Wilson's and a difference is paired on the test images

@@ -163,7 +163,7 @@ def export_ticket(p, ticket_dir: Path, out: Path, fmt: str = "safetensors", data
     model.safetensors + architecture.json) or 'onnx' (the fast model of any structured ticket,
     verified in ONNX Runtime on the prepared test images in data_dir). Returns what was written."""
     from structlth.data import load_dataset, normalize
-    from structlth.pipeline import Context, load_ticket
+    from structlth.rounds import Context, load_ticket
     from structlth.speedup.bench import ticket_kind
 
     ds = load_dataset(data_dir)

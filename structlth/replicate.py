@@ -26,15 +26,19 @@ from pathlib import Path
 from structlth.artifacts import read_json, staged_dir
 from structlth.codedeps import code_manifest, manifest_digest
 from structlth.config import Params, params_hash
-from structlth.pipeline import file_digest, imp_round, make_ticket, pretrain, seed_chain, setup
+from structlth.pruning import registry
+from structlth.rounds import file_digest, seed_chain, setup
+from structlth.tickets import group_round, make_ticket
+from structlth.training import imp_round, pretrain
 
 STAMP = "identity.txt"
 
 
-def training_code_digest() -> str:
-    """Digest of the library files a replicate runs (this module's import closure, the code its
-    DVC stage depends on): a change there, and only there, retrains cached units."""
-    return manifest_digest(code_manifest(Path(__file__), Path(__file__).resolve().parents[1]))
+def training_code_digest(*modules: str) -> str:
+    """Digest of the library files a replicate runs (this module's import closure) and of the
+    method `modules` (dotted names) a unit loads by name: a change there, and only there,
+    retrains the cached units that run it."""
+    return manifest_digest(code_manifest(Path(__file__), Path(__file__).resolve().parents[1], modules))
 
 
 def _digest(*parts: str) -> str:
@@ -44,25 +48,35 @@ def _digest(*parts: str) -> str:
 def units(p: Params) -> list[tuple[str, str, str, tuple[str, ...]]]:
     """The replicate's units in training order: (method, round, identity, reads), where reads
     names the units ('method/round', 'pretrain') it is made from. Identities chain: a changed
-    unit changes every unit made from it."""
+    unit changes every unit made from it; a method's code changes only the units that run it."""
     ident = {"pretrain": _digest(params_hash(p.data, p.model, p.train), training_code_digest())}
     out = []
 
-    def add(method: str, rnd: str, reads: tuple[str, ...], *sections) -> None:
-        ident[f"{method}/{rnd}"] = _digest(*(ident[r] for r in reads), params_hash(*sections) if sections else "")
+    def add(method: str, rnd: str, reads: tuple[str, ...], code: str, *sections) -> None:
+        ident[f"{method}/{rnd}"] = _digest(*(ident[r] for r in reads), code, params_hash(*sections) if sections else "")
         out.append((method, rnd, ident[f"{method}/{rnd}"], reads))
+
+    def code(spec) -> str:
+        return training_code_digest(*registry.modules(spec))
 
     group = [(name, p.tickets[g.ticket]) for name, g in p.group_chains.items()]
     for chain, section in (("imp", p.prune), ("imp_channel", p.imp_channel), *group):
-        add(chain, "round0", ("pretrain",), p.prune.prunable)
+        add(chain, "round0", ("pretrain",), "", p.prune.prunable)
         for rnd in p.round_ids():
-            add(chain, rnd, (f"{chain}/{p.prune.rounds[rnd].prev}", "pretrain"), p.prune, section)
+            add(
+                chain,
+                rnd,
+                (f"{chain}/{p.prune.rounds[rnd].prev}", "pretrain"),
+                code(section) if chain in p.group_chains else "",
+                p.prune,
+                section,
+            )
     for name, spec in p.tickets.items():
         for rnd in p.prune.ticket_rounds:
-            add(name, rnd, (f"imp/{rnd}", "pretrain"), spec)
+            add(name, rnd, (f"imp/{rnd}", "pretrain"), code(spec), spec)
     for name, spec in p.baselines.items():
         for rnd in p.prune.ticket_rounds:
-            add(name, rnd, (f"imp/{rnd}", "pretrain"), spec, p.tickets[spec.match])
+            add(name, rnd, (f"imp/{rnd}", "pretrain", f"{spec.match}/{rnd}"), code(spec), spec)
     return [("pretrain", "", ident["pretrain"], ())] + out
 
 
@@ -81,7 +95,8 @@ def run_chain(
     p = params
     ctx = setup(p, data_dir)
     spec = p.tickets[p.group_chains[chain].ticket]
-    prev_id = _digest(file_digest(pretrain_dir / "weights.safetensors", pretrain_dir / "rewind.safetensors"), training_code_digest())
+    code = training_code_digest(*registry.modules(spec))
+    prev_id = _digest(file_digest(pretrain_dir / "weights.safetensors", pretrain_dir / "rewind.safetensors"), code)
     trained, rounds = 0, ["round0", *p.round_ids()]
     for rnd in rounds:
         identity = _digest(
@@ -95,7 +110,7 @@ def run_chain(
         if rnd == "round0":
             seed_chain(ctx, pretrain_dir, d)
         else:
-            imp_round(
+            group_round(
                 ctx, chain, cache / chain / p.prune.rounds[rnd].prev, pretrain_dir, d, cache / "_checkpoints" / f"{chain}_{rnd}.safetensors"
             )
         (d / STAMP).write_text(identity)
@@ -129,7 +144,11 @@ def run_replicate(params: Params, seed: int, data_dir: Path, out_dir: Path, cach
         elif rnd == "round0":
             seed_chain(ctx, cache / "pretrain", d)
         elif method in p.chains:
-            imp_round(ctx, method, cache / method / p.prune.rounds[rnd].prev, cache / "pretrain", d, ckpt)
+            chain_round = group_round if method in p.group_chains else imp_round
+            chain_round(ctx, method, cache / method / p.prune.rounds[rnd].prev, cache / "pretrain", d, ckpt)
+        elif method in p.baselines:
+            matched = read_json(cache / p.baselines[method].match / rnd / "metrics.json")["flops"]
+            make_ticket(ctx, method, cache / "imp" / rnd, cache / "pretrain", d, ckpt, matched)
         else:
             make_ticket(ctx, method, cache / "imp" / rnd, cache / "pretrain", d, ckpt)
         (d / STAMP).write_text(identity)

@@ -18,7 +18,7 @@ from structlth.errors import ArtifactError  # noqa: E402
 from structlth.evidence import EVIDENCE_COLS, accuracy, bracket, matched, versus_dense  # noqa: E402
 from structlth.masks import row_density  # noqa: E402
 from structlth.paper import paper_table  # noqa: E402
-from structlth.pipeline import load_predictions  # noqa: E402
+from structlth.rounds import load_predictions  # noqa: E402
 from structlth.speedup.bench import PRODUCTION_ENGINES, aa_readings, timing_noise  # noqa: E402
 
 SUMMARY_COLS = [

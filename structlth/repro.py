@@ -28,14 +28,15 @@ GATES = ("check_params", "code")  # stages whose outputs change only as computed
 
 
 def _stale_code(root: Path) -> set[str]:
-    """artifacts/code/<script>.json files the code stage would rewrite (their closure changed)."""
-    from structlth.codedeps import code_manifest
+    """codedeps/<name>.json files the code stage would rewrite (their closure changed)."""
+    from structlth.config import load_params
+    from structlth.stage_code import stage_manifests
 
     stale = set()
-    for script in sorted((root / "stages").glob("*.py")):
-        f = root / "artifacts" / "code" / f"{script.stem}.json"
-        if not f.is_file() or json.loads(f.read_text()) != code_manifest(script, root):
-            stale.add(f"artifacts/code/{script.stem}.json")
+    for name, manifest in stage_manifests(load_params(root / "params.yaml"), root / "stages", root).items():
+        f = root / "codedeps" / f"{name}.json"
+        if not f.is_file() or json.loads(f.read_text()) != manifest:
+            stale.add(f"codedeps/{name}.json")
     return stale
 
 

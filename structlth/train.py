@@ -20,13 +20,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from structlth import distributed as dist
-from structlth.artifacts import load_tensors, save_tensors
+from structlth.artifacts import State, load_tensors, save_tensors
 from structlth.config import Augment, TrainParams
 from structlth.data import Dataset, Split, eval_batches, train_batches
 from structlth.errors import ArtifactError
 from structlth.masks import apply_masks
-
-State = dict[str, torch.Tensor]
 
 
 @dataclass

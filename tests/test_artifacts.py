@@ -15,8 +15,8 @@ from structlth.artifacts import load_tensors, read_json, save_tensors, staged_di
 from structlth.errors import ArtifactError
 from structlth.masks import check_masks, ones_masks
 from structlth.models import build_model
-from structlth.pipeline import Context, load_round, save_round
 from structlth.pruning import magnitude_prune
+from structlth.rounds import Context, load_round, save_round
 from structlth.train import state_of
 
 
@@ -223,7 +223,7 @@ def test_verify_checks_each_file_of_a_folder_output_against_dvcs_listing(tmp_pat
 
 
 def test_round_predictions_round_trip_and_name_a_mismatch(tmp_path, params):
-    from structlth.pipeline import load_predictions
+    from structlth.rounds import load_predictions
 
     ctx = Context(params, synthetic_dataset(), torch.device("cpu"))
     model = ctx.model()

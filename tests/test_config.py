@@ -191,7 +191,7 @@ def test_fashion_mnist_without_a_local_copy_does_not_download_when_download_is_f
 )
 def test_a_missing_dataset_names_what_data_root_must_hold(tmp_path, monkeypatch, raw_params, dataset, expected):
     from structlth import data
-    from structlth.pipeline import check_runnable
+    from structlth.checks import check_runnable
 
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     raw_params["data"].update(dataset=dataset, root=str(tmp_path), download=False)

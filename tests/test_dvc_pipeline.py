@@ -103,18 +103,60 @@ def test_editing_one_ticket_reruns_and_rebenches_only_that_ticket(repo, tmp_path
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy, symlinks=True)
     _edit(copy, lambda r: r["tickets"]["regroup"].update(rows_per_part=2))
-    # the baseline reads every ticket's params (the one it matches cannot be declared alone), and
-    # reruns to the same bytes (it matches refill): DVC then skips its bench stage
-    assert stages_changed(copy) == {"check_params", "ticket@regroup-round2", "baseline@tp_l1-round2", "report"}
+    # the code stage reads the method entries (its digests stay the same); no baseline reruns:
+    # tp_l1 depends on the FLOPs of refill, the ticket it matches, alone
+    assert stages_changed(copy) == {"code", "check_params", "ticket@regroup-round2", "report"}
     plan = planned_stages(copy)  # what `structlth repro` counts as "stage k of N"
     ran = stages_ran(run_tool(["dvc", "repro"], copy))
-    assert ran <= set(plan) and set(plan) - ran <= {"bench_baseline@tp_l1-round2"}
-    assert ran == {"check_params", "ticket@regroup-round2", "baseline@tp_l1-round2", "bench_ticket@regroup-round2", "report"}
+    assert ran <= set(plan)
+    assert ran == {"code", "check_params", "ticket@regroup-round2", "bench_ticket@regroup-round2", "report"}
+
+
+TRAINING = {
+    "pretrain",
+    *(f"{chain}@round{r}" for chain in ("imp", "imp_channel") for r in (1, 2)),
+    "ticket@refill-round2",
+    "ticket@regroup-round2",
+    "baseline@tp_l1-round2",
+}
+BENCH = {"bench_chain@imp-round2", "bench_chain@imp_channel-round2", "bench_ticket@refill-round2", "bench_ticket@regroup-round2"}
+BENCH |= {"bench_baseline@tp_l1-round2"}
+CODE_EDITS = [  # a comment appended to one library file, and the stages it must rerun
+    ("structlth/pruning/sources/snip.py", set()),  # a method the pipeline does not run
+    ("structlth/pruning/kinds/refill.py", {"ticket@refill-round2"}),
+    ("structlth/pruning/kinds/regroup.py", {"ticket@regroup-round2"}),
+    ("structlth/pruning/kinds/torch_pruning.py", {"baseline@tp_l1-round2"}),
+    ("structlth/report.py", {"report"}),
+    ("structlth/speedup/slim.py", BENCH | {"report"}),  # the slim net: no training stage
+    ("structlth/train.py", TRAINING),  # every training stage, nothing upstream of them
+]
+
+
+@pytest.fixture(scope="module")
+def code_repo(repo, tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("code") / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    return copy
+
+
+@pytest.mark.parametrize("path, rerun", CODE_EDITS, ids=[Path(f).stem for f, _ in CODE_EDITS])
+def test_a_code_edit_reruns_exactly_the_stages_that_run_it(code_repo, path, rerun):
+    """Measured as a user would: edit, `dvc repro -s code` (the digests), `dvc status`."""
+    f = code_repo / path
+    before = f.read_text()
+    try:
+        f.write_text(before + "\n# an edit\n")
+        run_tool(["dvc", "repro", "-q", "-s", "code"], code_repo)
+        assert stages_changed(code_repo) == rerun
+    finally:
+        f.write_text(before)
+        run_tool(["dvc", "repro", "-q", "-s", "code"], code_repo)
+    assert stages_changed(code_repo) == set()
 
 
 def test_importing_the_library_with_bytecode_on_leaves_dvc_status_clean(repo):
     env = {k: v for k, v in tool_env().items() if k != "PYTHONDONTWRITEBYTECODE"}
-    code = "import structlth.pipeline, structlth.speedup.bench, structlth.models, structlth.report"
+    code = "import structlth.tickets, structlth.speedup.bench, structlth.models, structlth.report"
     subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True)  # cwd first on sys.path: the repo's copy
     assert any((repo / "structlth" / "speedup" / "__pycache__").iterdir())
     assert stages_changed(repo) == set()

@@ -28,7 +28,7 @@ def test_prune_refill_and_slim_a_model_without_the_pipeline():
 
 def test_export_ticket_writes_the_slim_net_of_a_saved_round(tmp_path, params, data_dir):
     from structlth.data import load_dataset
-    from structlth.pipeline import Context, save_round
+    from structlth.rounds import Context, save_round
 
     ctx = Context(params, load_dataset(data_dir), torch.device("cpu"))
     model = ctx.model().eval()

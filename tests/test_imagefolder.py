@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from helpers import tiny_raw
+from structlth.checks import check_runnable
 from structlth.config import Augment, parse_params
 from structlth.data import load_dataset, prepare_data, train_batches
 from structlth.errors import DataError, ParamsError
 from structlth.imagefolder import ImageFiles, sample_seed, scan, train_transform, write_tree
-from structlth.pipeline import check_runnable
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def _params(root, **data):
 
 
 def _prepared(tmp_path, p, workers=0, name="data"):
-    summary = prepare_data(p, tmp_path / name, {"dataset": p.dataset}, workers)
+    summary = prepare_data(p, tmp_path / name, workers)
     return summary, load_dataset(tmp_path / name, workers)
 
 
@@ -122,7 +122,7 @@ def test_files_left_out_are_named_and_counted(tmp_path, tree, capsys):
 def test_a_bad_tree_is_refused_naming_the_folder(tmp_path, tree, damage, message):
     damage(tree)
     with pytest.raises(DataError, match=message):
-        prepare_data(_params(tree), tmp_path / "data", {})
+        prepare_data(_params(tree), tmp_path / "data")
     assert not (tmp_path / "data").exists()
 
 

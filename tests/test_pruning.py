@@ -8,7 +8,7 @@ import torch
 from helpers import is_block_mask, synthetic_dataset
 from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, refill, refill_count, regroup
-from structlth.pruning.regroup import choose_columns, units
+from structlth.pruning.kinds.regroup import choose_columns, units
 
 
 def _weights(seed=0):
@@ -198,7 +198,7 @@ def test_refill_count_floor_and_ceil_at_the_rounding_edge():
 
 def test_small_part_joins_the_part_it_overlaps_most():
     """Parts of 16, 16 and 1 rows: the 1-row part reads block B's columns, so it joins B."""
-    from structlth.pruning.regroup import merge_small_parts
+    from structlth.pruning.kinds.regroup import merge_small_parts
 
     u = torch.zeros(33, 40)
     u[:16, :20] = 1
@@ -243,7 +243,7 @@ def test_channel_align_rounds_kept_channels_up():
 
 
 def test_channel_align_grows_a_block_by_its_most_used_units():
-    from structlth.pruning.regroup import align_units
+    from structlth.pruning.kinds.regroup import align_units
 
     chosen = torch.tensor([True, False, False, True, False])
     counts = torch.tensor([5.0, 1.0, 4.0, 5.0, 2.0])
@@ -267,7 +267,7 @@ def test_is_channel_wise_allows_dead_input_columns_but_not_partial_rows():
 
 
 def test_weight_scores_by_hand():
-    from structlth.pruning.refill import weight_scores
+    from structlth.pruning.kinds.refill import weight_scores
 
     w = {"w": torch.tensor([[1.0, -2.0], [3.0, 0.5], [-4.0, 1.0]])}
     m = {"w": torch.tensor([[True, True], [False, True], [True, False]])}
@@ -287,7 +287,7 @@ def _one_conv_net() -> torch.nn.Module:
 
 @pytest.mark.parametrize("criterion", ["l1", "l2", "saliency"])
 def test_activation_scores_by_hand_leave_no_hook_and_restore_the_mode(criterion):
-    from structlth.pruning.refill import activation_scores
+    from structlth.pruning.kinds.refill import activation_scores
 
     net = _one_conv_net().train()
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
@@ -315,7 +315,7 @@ def test_channel_prune_keeps_at_least_one_channel_per_layer():
 
 
 def test_regroup_falls_back_to_the_mask_without_edges_and_clamps_parts():
-    from structlth.pruning.regroup import partition_rows
+    from structlth.pruning.kinds.regroup import partition_rows
 
     diagonal = torch.eye(6).bool().view(6, 6, 1, 1)  # no column is shared: no hyperedge
     assert partition_rows(diagonal.flatten(1).float(), 3).tolist() == [0, 0, 1, 1, 2, 2]  # balanced, zero cut
@@ -339,7 +339,7 @@ def test_every_live_row_of_a_formed_part_is_in_its_block():
 
 
 def test_hyperedges_merge_identical_edges_and_sample_down_to_the_pin_budget():
-    from structlth.pruning.regroup import hyperedges
+    from structlth.pruning.kinds.regroup import hyperedges
 
     u = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.float)  # units 0 and 1 join rows {0, 1}
     edges, weights = hyperedges(u)
@@ -362,7 +362,7 @@ def test_regroup_with_a_pin_budget_is_deterministic_and_under_budget_changes_not
 
 
 def test_balanced_assign_respects_capacity_and_takes_the_best_pairs_first():
-    from structlth.pruning.regroup import balanced_assign
+    from structlth.pruning.kinds.regroup import balanced_assign
 
     score = torch.tensor([[5.0, 1.0], [4.0, 0.0], [3.0, 2.0], [0.0, 1.0]])
     assert balanced_assign(score, 2).tolist() == [0, 0, 1, 1]  # item 2 wants part 0 but it is full
@@ -383,7 +383,7 @@ def test_disjoint_blocks_split_rows_and_input_channels():
     assert bool((out.flatten(2).all(2) == rows).all())  # whole input channels
     assert abs(float(out.float().mean()) - 63 / 64 / 4) < 0.03
     assert torch.equal(out, regroup(mask, parts=4, min_rows=8, granularity="channel", inputs="disjoint"))
-    from structlth.pruning.regroup import layer_parts
+    from structlth.pruning.kinds.regroup import layer_parts
 
     assert layer_parts(mask, rows_per_part=8, min_rows=8, inputs="disjoint") == 4
     assert layer_parts(mask, rows_per_part=8, min_rows=32, inputs="disjoint") == 1  # 63 rows hold one block of >= 32
@@ -403,7 +403,8 @@ def test_every_ticket_param_reaches_its_post_processing(params, name):
     """ticket_masks takes a ticket's whole params section (init included) to masks of the
     ticket's structure: a field the post-processing does not take must not reach it."""
     from structlth.export import is_channel_wise
-    from structlth.pipeline import Context, ticket_masks
+    from structlth.rounds import Context
+    from structlth.tickets import ticket_masks
 
     ctx = Context(params, synthetic_dataset(), torch.device("cpu"))
     model = ctx.model()

@@ -18,11 +18,12 @@ import yaml
 
 from helpers import synthetic_dataset, tiny_raw
 from structlth.artifacts import load_tensors, save_tensors
+from structlth.checks import check_runnable
 from structlth.config import load_params, parse_params
 from structlth.errors import StructlthError
 from structlth.masks import ones_masks
-from structlth.pipeline import Context, check_runnable, load_round, read_metrics, save_round
 from structlth.pruning import magnitude_prune
+from structlth.rounds import Context, load_round, read_metrics, save_round
 from structlth.train import state_of
 
 

@@ -10,9 +10,9 @@ import torch
 
 from structlth.artifacts import load_tensors
 from structlth.config import parse_params
-from structlth.pipeline import load_predictions
 from structlth.replicate import run_replicate, units
 from structlth.report import write_reports
+from structlth.rounds import load_predictions
 
 pytestmark = pytest.mark.slow
 
@@ -75,8 +75,9 @@ def test_a_group_aware_chain_post_processes_every_round_and_reruns_only_what_an_
     """The paper's Alg. 4: each round of the chain is regrouped before rewinding, so the next
     round prunes block masks; finished rounds are reused by identity."""
     from helpers import is_block_mask
-    from structlth.pipeline import pretrain, setup
     from structlth.replicate import run_chain
+    from structlth.rounds import setup
+    from structlth.training import pretrain
 
     raw_params["group_chains"] = {"imp_regroup": {"ticket": "regroup"}}
     params = parse_params(raw_params)

@@ -13,7 +13,11 @@ from helpers import synthetic_dataset
 from structlth.artifacts import save_tensors
 from structlth.masks import density, ones_masks
 from structlth.pruning import magnitude_prune
-from structlth.pruning.sources import keep_top, omp_masks, random_masks, snip_scores, synflow_masks, synflow_scores
+from structlth.pruning.sources.omp import omp_masks
+from structlth.pruning.sources.random import random_masks
+from structlth.pruning.sources.snip import snip_scores
+from structlth.pruning.sources.synflow import synflow_masks, synflow_scores
+from structlth.pruning.sources.topk import keep_top
 
 
 def test_keep_top_keeps_the_highest_scores_across_layers():
@@ -66,7 +70,8 @@ def test_synflow_scores_are_the_path_products_through_each_weight():
 
 @pytest.mark.parametrize("source", ["omp", "random", "snip", "synflow"])
 def test_a_ticket_source_gives_a_mask_at_the_imp_rounds_density(tmp_path, params, source):
-    from structlth.pipeline import Context, source_masks
+    from structlth.rounds import Context
+    from structlth.tickets import source_masks
 
     ctx = Context(params, synthetic_dataset(), torch.device("cpu"))
     dense = ctx.model()

@@ -13,6 +13,7 @@ from structlth.graph import bn_masks
 from structlth.masks import ones_masks, training_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune
+from structlth.rounds import Context
 from structlth.train import lr_at, state_of, train
 
 HP = TrainParams(epochs=2, lr=0.1, momentum=0.9, weight_decay=5e-3, rewind_epoch=1, schedule="cosine")
@@ -128,33 +129,40 @@ def test_lr_schedules():
 
 def test_checkpoint_identity_covers_the_library_code(monkeypatch, params, tmp_path):
     """A code change must not resume from the old code's checkpoint: the identity train() gets
-    ends with the code digest, and each identity has its own checkpoint file, so another run of
-    the same stage (an experiment) never overwrites a resumable one."""
-    from structlth import pipeline
+    ends with the digest of the code that runs (training's and the stage's methods'), and each
+    identity has its own checkpoint file, so another run of the same stage (an experiment)
+    never overwrites a resumable one."""
+    from structlth import training
     from structlth.train import TrainResult
 
     seen = []
-    monkeypatch.setattr(pipeline, "train", lambda *a, **kw: seen.append((kw["identity"], kw["checkpoint"])) or TrainResult())
-    ctx = pipeline.Context(params, synthetic_dataset(), torch.device("cpu"))
+    monkeypatch.setattr(training, "train", lambda *a, **kw: seen.append((kw["identity"], kw["checkpoint"])) or TrainResult())
+    ctx = Context(params, synthetic_dataset(), torch.device("cpu"))
     model = ctx.model()
     for digest in ("code-a", "code-b", "code-b"):
-        monkeypatch.setattr(pipeline, "code_digest", lambda digest=digest: digest)
-        pipeline._train(
+        monkeypatch.setattr(training, "code_digest", lambda *methods, digest=digest: digest + "+".join(methods))
+        training.train_masked(
             ctx, model, ones_masks(model), start_epoch=0, rewind_epoch=None, checkpoint=tmp_path / "pretrain.safetensors", identity="params"
         )
-    assert [i for i, _ in seen] == ["paramscode-a", "paramscode-b", "paramscode-b"]
-    (a, path_a), (_, path_b), (_, again) = seen
+    training.train_masked(ctx, model, ones_masks(model), start_epoch=0, rewind_epoch=None, checkpoint=None, identity="p", methods=("m",))
+    assert [i for i, _ in seen] == ["paramscode-a", "paramscode-b", "paramscode-b", "pcode-bm"]
+    (a, path_a), (_, path_b), (_, again), _ = seen
     assert path_a != path_b and path_b == again and path_a.parent == tmp_path
     assert path_a.name.startswith("pretrain.") and path_a.suffix == ".safetensors"
 
 
-def test_code_digest_is_the_training_code_closure():
-    from structlth import pipeline
+def test_code_digest_is_the_training_code_closure_and_the_methods_it_is_given():
+    from structlth import training
     from structlth.codedeps import closure
 
-    files = {f.name for f in closure(Path(pipeline.__file__), Path(pipeline.__file__).parents[1])}
-    assert {"pipeline.py", "train.py", "masks.py", "artifacts.py"} <= files and "report.py" not in files
-    assert len(pipeline.code_digest()) == 16
+    files = {f.name for f in closure(Path(training.__file__), Path(training.__file__).parents[1])}
+    assert {"training.py", "train.py", "masks.py", "artifacts.py"} <= files
+    assert not files & {"report.py", "tickets.py", "refill.py", "regroup.py", "torch_pruning.py", "snip.py", "slim.py"}
+    assert len(training.code_digest()) == 16
+    assert training.code_digest("structlth.pruning.kinds.refill") not in (
+        training.code_digest(),
+        training.code_digest("structlth.pruning.kinds.regroup"),
+    )
 
 
 def test_resume_before_the_rewind_epoch_keeps_the_same_rewind_point(tmp_path):
@@ -193,15 +201,15 @@ def test_a_truncated_checkpoint_restarts_as_a_fresh_run(tmp_path):
 def test_a_ticket_retrains_from_the_start_its_init_names(monkeypatch, params):
     """init: original restarts from pretraining's own initialisation (train.seed), random from a
     fresh one under another seed (the same every time); the mask applies to either."""
-    from structlth import pipeline
+    from structlth import training
     from structlth.train import TrainResult
 
     starts = []
-    monkeypatch.setattr(pipeline, "_train", lambda ctx, model, masks, **kw: starts.append(copy_state(model)) or TrainResult())
-    ctx = pipeline.Context(params, synthetic_dataset(), torch.device("cpu"))
+    monkeypatch.setattr(training, "train_masked", lambda ctx, model, masks, **kw: starts.append(copy_state(model)) or TrainResult())
+    ctx = Context(params, synthetic_dataset(), torch.device("cpu"))
     masks = magnitude_prune(ctx.model().state_dict(), ones_masks(ctx.model()), 0.5)
     for init in ("original", "random", "random"):
-        pipeline._retrain(ctx, masks, Path("unused"), None, "id", init)
+        training.retrain(ctx, masks, Path("unused"), None, "id", init)
     original, random_a, random_b = starts
     fresh = ctx.model().state_dict()
     assert all(torch.equal(original[k], fresh[k]) for k in fresh)

@@ -1,7 +1,25 @@
-"""Pruning methods: global magnitude (IMP), channel L1 (imp_channel), refill, regroup."""
+"""Pruning methods: global magnitude (IMP), channel L1 (imp_channel), refill, regroup, and the
+ticket sources and baseline the registry (structlth.pruning.registry) loads by name.
 
-from structlth.pruning.magnitude import channel_prune, magnitude_prune
-from structlth.pruning.refill import refill, refill_count
-from structlth.pruning.regroup import parts_for, regroup, regroup_layers
+The public names below load their module on first use, so importing one method (or the
+registry) never imports the others: a stage's code closure holds only the methods it runs.
+"""
 
-__all__ = ["channel_prune", "magnitude_prune", "parts_for", "refill", "refill_count", "regroup", "regroup_layers"]
+from importlib import import_module
+
+_FACE = {
+    "magnitude_prune": "structlth.pruning.magnitude",
+    "channel_prune": "structlth.pruning.magnitude",
+    "refill": "structlth.pruning.kinds.refill",
+    "refill_count": "structlth.pruning.kinds.refill",
+    "regroup": "structlth.pruning.kinds.regroup",
+    "regroup_layers": "structlth.pruning.kinds.regroup",
+    "parts_for": "structlth.pruning.kinds.regroup",
+}
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name: str):
+    if name in _FACE:
+        return getattr(import_module(_FACE[name]), name)
+    raise AttributeError(f"module 'structlth.pruning' has no attribute {name!r}")

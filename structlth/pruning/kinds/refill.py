@@ -106,3 +106,16 @@ def refill_masks(
     masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor], refill_rate: float, count: str = "floor", align: int = 1
 ) -> Masks:
     return {n: refill(m, scores[n], refill_rate, count, align) for n, m in masks.items()}
+
+
+def ticket_masks(spec, weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], inputs) -> Masks:
+    """The registry's entry point: the refill ticket of one round's masks under `spec`
+    (RefillParams), channels scored by `spec.criterion` on that round's trained `weights`."""
+    if spec.criterion in ("magnitude", "remain"):
+        scores = weight_scores(spec.criterion, weights, masks)
+    else:
+        model = inputs.model()
+        model.load_state_dict(weights)
+        model.to(inputs.device)
+        scores = activation_scores(spec.criterion, model, masks, inputs.batches(spec.score_batches))
+    return refill_masks(masks, scores, spec.refill_rate, spec.count, spec.channel_align)

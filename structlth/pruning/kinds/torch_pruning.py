@@ -86,3 +86,22 @@ def match_flops(
         else:
             hi = mid
     return channel_masks(model, prunable, example, importance, hi, round_to, gradients), hi
+
+
+def baseline_masks(
+    spec, model: nn.Module, prunable: Mapping[str, torch.Tensor], target: float, flops_of: Callable[[Masks], float], inputs
+) -> tuple[Masks, float]:
+    """The registry's entry point: `match_flops` of the trained dense `model` under `spec`
+    (TorchPruningParams) at `target` FLOPs, a taylor importance's gradients taken on
+    spec.score_batches training batches; returns the masks and Torch-Pruning's ratio."""
+    gradients = None
+    if spec.importance == "taylor":
+        batches = inputs.batches(spec.score_batches)
+
+        def gradients(net: nn.Module) -> None:
+            net.zero_grad()
+            for x, y in batches:
+                nn.functional.cross_entropy(net(x.cpu()), y.cpu()).backward()
+
+    example = torch.zeros(inputs.input_shape)
+    return match_flops(model, prunable, example, spec.importance, spec.round_to, target, flops_of, gradients)

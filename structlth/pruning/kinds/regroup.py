@@ -35,6 +35,7 @@ import mtkahypar
 import torch
 from torch.nn import functional as F
 
+from structlth.config import TicketOrigin
 from structlth.errors import StructlthError
 
 _LOCK = threading.Lock()
@@ -291,3 +292,9 @@ def regroup_layers(masks: Mapping[str, torch.Tensor], *, rows_per_part: int, **o
     arguments (min_rows, column rule, granularity, inputs, seed, ...)."""
     keys = {k: options[k] for k in ("inputs", "channel_align") if k in options}
     return {n: regroup(m, parts=layer_parts(m, rows_per_part, options.get("min_rows", 16), **keys), **options) for n, m in masks.items()}
+
+
+def ticket_masks(spec, weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], inputs) -> dict[str, torch.Tensor]:
+    """The registry's entry point: `regroup_layers` of one round's masks under `spec`
+    (RegroupParams: every key but kind and the ticket's origin is a keyword of regroup)."""
+    return regroup_layers(masks, **spec.model_dump(exclude={"kind", *TicketOrigin.model_fields}))
