@@ -48,8 +48,10 @@ lint: setup
 	$(VENV)/bin/ruff check structlth stages tests benchmarks
 	$(VENV)/bin/ruff format --check structlth stages tests benchmarks
 
+# Every benchmark at full size on the workspace's run (after `make repro`) -> reports/benchmarks/;
+# `make bench BENCH="--smoke"` runs each at a tiny size into a temporary folder (minutes).
 bench: setup
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH)
 
 # The table of bad params files and broken artifacts (also part of make test), with its counts.
 reliability: setup

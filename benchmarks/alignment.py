@@ -69,8 +69,8 @@ def _nets(model, masks, in_channels: int, dense, probe: Probe, bench, flops_savi
     return rows
 
 
-def run() -> dict:
-    ws = workspace()
+def run(smoke: bool = False) -> dict:
+    ws = workspace()  # a smoke run's workspace is tiny already
     params, ds, x, dense, fmt = ws.params, ws.ds, ws.x, ws.dense, ws.fmt
     structured = [m for m in params.methods if m != "imp" and ticket_kind(m, params) in CHANNEL_KINDS + GROUP_KINDS]
     rows, nets = [], []

@@ -25,14 +25,14 @@ from structlth.speedup.onednn import kernel_channels
 from structlth.speedup.timing import median, time_pair
 
 
-def _both_formats(c_in: int, c_out: int, batch: int, side: int) -> dict:
-    """ms of one 3x3 conv c_in -> c_out on [batch, c_in, side, side], contiguous and channels_last,
-    and the output channels oneDNN computes in each."""
+def _both_formats(c_in: int, c_out: int, batch: int, side: int, repeats: int) -> dict:
+    """ms of one 3x3 conv c_in -> c_out on [batch, c_in, side, side], contiguous and channels_last
+    (median of `repeats` pairs), and the output channels oneDNN computes in each."""
     conv = nn.Conv2d(c_in, c_out, 3, padding=1).eval()
     x = torch.randn(batch, c_in, side, side)
     cl = nn.Conv2d(c_in, c_out, 3, padding=1).eval().to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    t = time_pair(conv, cl, x, 15, 3, x_cl)
+    t = time_pair(conv, cl, x, repeats, 3, x_cl)
     best = "contiguous" if t.t_dense_ms <= t.t_ticket_ms else "channels_last"
     kernel = {"contiguous": kernel_channels(conv, x), "channels_last": kernel_channels(cl, x_cl)}
     return {
@@ -49,11 +49,14 @@ def _next_power_of_two(c: int) -> int:
     return 1 << (c - 1).bit_length()
 
 
-def run(batch: int = 64, side: int = 14, channels=tuple(range(8, 65, 4))) -> dict:
-    rows = [{"channels": c, **_both_formats(c, c, batch, side)} for c in channels]
+def run(smoke: bool = False) -> dict:
+    batch, side, repeats = (4, 14, 2) if smoke else (64, 14, 15)
+    channels = range(8, 25, 4) if smoke else range(8, 65, 4)
+    layers = ((32, 7, 32),) if smoke else ((64, 7, 64), (128, 3, 128))  # (c_in, side, dense c_out)
+    rows = [{"channels": c, **_both_formats(c, c, batch, side, repeats)} for c in channels]
     outputs = [
-        {"c_in": c_in, "side": s, "c_out": c, **_both_formats(c_in, c, batch, s)}
-        for c_in, s, dense in ((64, 7, 64), (128, 3, 128))
+        {"c_in": c_in, "side": s, "c_out": c, **_both_formats(c_in, c, batch, s, repeats)}
+        for c_in, s, dense in layers
         for c in range(8, dense + 1, 8)
     ]
     out_ms = {(r["c_in"], r["c_out"]): r["best_ms"] for r in outputs}

@@ -65,7 +65,8 @@ def audited(build: Callable[[], object]) -> list[dict]:
     ]
 
 
-def run() -> dict:
+def run(smoke: bool = False) -> dict:
+    builds, audits = (1, 1) if smoke else (BUILDS, AUDITS)
     ws = workspace()
     params, ds, x, dense, fmt = ws.params, ws.ds, ws.x, ws.dense, ws.fmt
     rnd = params.prune.ticket_rounds[len(params.prune.ticket_rounds) // 2]
@@ -77,7 +78,7 @@ def run() -> dict:
             run_fmt = runtime_format(runtime, fmt)
             xr = x.contiguous(memory_format=run_fmt)
             d = in_runtime(runtime, dense.to(memory_format=run_fmt), xr, params.bench.threads)
-            for _ in range(BUILDS):
+            for _ in range(builds):
                 for repeats, alpha in CHOICES:  # interleaved, so a drift in the machine's speed meets all alike
                     probe = choice.Probe(xr, run_fmt, repeats, 1, runtime, params.bench.threads, alpha)
                     t0 = time.perf_counter()
@@ -91,7 +92,7 @@ def run() -> dict:
                         {"method": method, "round": rnd, "runtime": runtime, "repeats": repeats, "early_stop": alpha is not None}
                         | {"engines": engines, "choice_s": choice_s, "time_saving": t.saving, "ci95": t.ci95}
                     )
-            for _ in range(AUDITS):
+            for _ in range(audits):
                 probe = choice.Probe(xr, run_fmt, runtime=runtime, threads=params.bench.threads)
                 for a in audited(lambda: choice.fast_models(ticket_kind(method, params), model.eval(), masks, ds.in_channels, probe)):
                     audit.append({"method": method, "runtime": runtime} | a)
@@ -122,4 +123,4 @@ def run() -> dict:
         }
         for runtime, g in checked.groupby("runtime")
     }
-    return {"batch": len(x), "builds": BUILDS, "audits": AUDITS, "rows": rows, "audit": audit, "summary": summary}
+    return {"batch": len(x), "builds": builds, "audits": audits, "rows": rows, "audit": audit, "summary": summary}

@@ -1,7 +1,8 @@
 """torch.compile (inductor, freezing) as an engine: compile time and what it saves, against the
 dense net compiled alike, beside the eager engines (bench_ticket with bench.compile, PyTorch,
-batch 64): the default run's last-round refill and regroup tickets, and a ResNet-18 at the
-paper's scale (32x32 inputs, untrained, randomised BN) refilled and regrouped at 40% density.
+batch 64): the default run's last-round tickets of the first refill and regroup entries of
+params.yaml, and a ResNet-18 at the paper's scale (32x32 inputs, untrained, randomised BN)
+refilled and regrouped at 40% density.
 
 Reads the workspace's params.yaml and artifacts for the default's tickets (run `make repro`
 or `dvc pull` first).
@@ -26,33 +27,36 @@ BATCH = 64
 KEEP = ("method", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "compile_s", "max_abs_err")
 
 
-def _default_cases():
+def _default_cases(batch: int):
     params = load_params("params.yaml")
     ds = load_dataset(Path("artifacts/data"))
     ctx = Context(params, ds, torch.device("cpu"))
-    x = normalize(ds.test.head(BATCH), ds.mean, ds.std)
+    x = normalize(ds.test.head(batch), ds.mean, ds.std)
     rnd = params.prune.ticket_rounds[-1]
-    for method in ("refill", "regroup"):
+    firsts = {spec.kind: name for name, spec in reversed(params.tickets.items())}  # the first ticket of each kind
+    for method in (firsts[k] for k in ("refill", "regroup") if k in firsts):
         d = Path("artifacts") / method / rnd
         model, masks = load_ticket(ctx, d)
         yield f"default {method} {rnd}", ticket_kind(method, params), model, masks, read_json(d / "metrics.json"), x
 
 
-def _scale_cases():
+def _scale_cases(arch: str, batch: int, methods: tuple[str, ...] = ("refill", "regroup_disjoint")):
     torch.manual_seed(0)
-    model = build_model("resnet18", 10, 3, 1.0).eval()
+    model = build_model(arch, 10, 3, 1.0).eval()
     randomise_bn(model)
-    x = torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for method, (kind, masks) in tickets(model, 0.4).items():
-        if method in ("refill", "regroup_disjoint"):
+        if method in methods:
             ticket, metrics = ticket_of(model, masks, (1, 3, 32, 32))
-            yield f"resnet18 {method} @0.4", kind, ticket, masks, metrics, x
+            yield f"{arch} {method} @0.4", kind, ticket, masks, metrics, x
 
 
-def run() -> dict:
-    bench = BenchParams(batch_sizes=[BATCH], repeats=15, blocks=1, warmup=3, threads=2, onnxruntime=False, compile=True)
+def run(smoke: bool = False) -> dict:
+    batch, repeats, arch = (4, 2, "resnet20") if smoke else (BATCH, 15, "resnet18")
+    bench = BenchParams(batch_sizes=[batch], repeats=repeats, blocks=1, warmup=3, threads=2, onnxruntime=False, compile=True)
     rows = []
-    for case, kind, model, masks, metrics, x in [*_default_cases(), *_scale_cases()]:
+    scale = _scale_cases(arch, batch, ("regroup_disjoint",)) if smoke else _scale_cases(arch, batch)
+    for case, kind, model, masks, metrics, x in [*_default_cases(batch), *scale]:
         out, _ = bench_ticket(case, kind, model, masks, metrics, x, bench, layers=False)
         rows += [{k: r[k] for k in KEEP} for r in out]
         print(case, [(r["engine"], f"{r['time_saving']:.1%}", r["compile_s"]) for r in out], flush=True)
@@ -67,4 +71,4 @@ def run() -> dict:
         for r in rows
         if r["compile_s"] is not None
     }
-    return {"batch": BATCH, "rows": rows, "summary": summary}
+    return {"batch": batch, "rows": rows, "summary": summary}

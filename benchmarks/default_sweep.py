@@ -91,10 +91,12 @@ CANDIDATES = {  # name -> (model section changes, train section changes)
 }
 
 
-def _params(model: dict, train: dict):
+def _params(model: dict, train: dict, data: dict | None = None, bench: dict | None = None):
     raw = copy.deepcopy(BASE)
     raw["model"].update(model)
     raw["train"].update(train)
+    raw["data"].update(data or {})
+    raw["bench"].update(bench or {})
     return parse_params(raw, "sweep")
 
 
@@ -109,7 +111,7 @@ def _candidate(name: str, params, data_dir: Path, work: Path) -> dict:
     model.load_state_dict(load_state(ctx, work / "pretrain" / "weights.safetensors", model)[0])
     weights = dict(model.named_parameters())
     imp = magnitude_prune(weights, ones_masks(model), 1 - (1 - params.prune.rate) ** ROUNDS)
-    x = normalize(ctx.data.test.head(64), ctx.data.mean, ctx.data.std)
+    x = normalize(ctx.data.test.head(max(params.bench.batch_sizes)), ctx.data.mean, ctx.data.std)
     t0 = time.perf_counter()
     for name_, spec in params.tickets.items():
         masks = drop_untrainable(model, ticket_masks(ctx, spec, state_of(model), imp), ctx.data.in_channels)
@@ -128,14 +130,23 @@ def _candidate(name: str, params, data_dir: Path, work: Path) -> dict:
     return out
 
 
-def run() -> dict:
+SMOKE = {  # --smoke: one tiny candidate on a few hundred images
+    "candidates": {"resnet20_w0.25_e2": ({"arch": "resnet20", "width": 0.25}, {"epochs": 2, "rewind_epoch": 1})},
+    "data": {"val_size": 64, "train_subset": 256, "test_subset": 128, "eval_batch_size": 128},
+    "bench": {"batch_sizes": [4], "repeats": 2},
+}
+
+
+def run(smoke: bool = False) -> dict:
     rows = []
+    candidates = SMOKE["candidates"] if smoke else CANDIDATES
+    edit = {"data": SMOKE["data"], "bench": SMOKE["bench"]} if smoke else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        first = _params(*next(iter(CANDIDATES.values())))
+        first = _params(*next(iter(candidates.values())), **edit)
         prepare_data(first.data, tmp / "data")  # the same data for every candidate
-        for name, (model, train) in CANDIDATES.items():
-            row = _candidate(name, _params(model, train), tmp / "data", tmp / name)
+        for name, (model, train) in candidates.items():
+            row = _candidate(name, _params(model, train, **edit), tmp / "data", tmp / name)
             print(row, flush=True)
             rows.append(row)
     return {

@@ -63,8 +63,8 @@ def _block_multiples(masks: dict[str, torch.Tensor], kept: dict[str, list[int]],
     return out
 
 
-def run() -> dict:
-    ws = workspace()
+def run(smoke: bool = False) -> dict:
+    ws = workspace()  # a smoke run's workspace is tiny already
     params, x, fmt = ws.params, ws.x.contiguous(memory_format=ws.fmt), ws.fmt
     dense = ws.dense.to(memory_format=fmt)
     shape = (1, *ws.x.shape[1:])
@@ -82,6 +82,7 @@ def run() -> dict:
             for net, net_masks, fast in (("as kept", masks, slim), ("block multiples", rounded, whole)):
                 used = blocks if fast is slim else _blocks(fast, x)
                 dense_flops, flops = effective_flops(model, net_masks, shape)
+                flops_saving = 1 - flops / dense_flops
                 t = time_pair(dense, fast, x, bench.repeats, bench.warmup, blocks=bench.blocks)
                 rows.append(
                     {
@@ -89,22 +90,25 @@ def run() -> dict:
                         "round": rnd,
                         "net": net,
                         "widths": [c for c, _, _ in used.values()],
-                        "flops_saving": 1 - flops / dense_flops,
+                        "flops_saving": flops_saving,
                         "time_saving": t.saving,
                         "ci95": t.ci95,
-                        "time_per_flop_saving": t.saving / (1 - flops / dense_flops),
+                        "time_per_flop_saving": t.saving / flops_saving if flops_saving > 0 else None,  # no FLOP saving: none
                         "kernel_channels_per_channel": sum(c for _, c, _ in used.values()) / sum(c for c, _, _ in used.values()),
                     }
                 )
             print(method, rnd, flush=True)
     pairs = [(a["time_per_flop_saving"], b["time_per_flop_saving"]) for a, b in zip(rows[::2], rows[1::2])]  # as kept, block multiples
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
     higher = sum(b > a for a, b in pairs)
     summary = {
         "tickets where block multiples turn more of their FLOP saving into time": f"{higher} of {len(pairs)}",
         "sign test p": sign_test(higher, len(pairs) - higher),
     } | {
         net: {
-            "median time/FLOP saving": median([r["time_per_flop_saving"] for r in rows if r["net"] == net]),
+            "median time/FLOP saving": median(v)
+            if (v := [r["time_per_flop_saving"] for r in rows if r["net"] == net and r["time_per_flop_saving"] is not None])
+            else None,
             "median kernel channels per channel": median([r["kernel_channels_per_channel"] for r in rows if r["net"] == net]),
         }
         for net in ("as kept", "block multiples")

@@ -31,6 +31,9 @@ WORKERS = (0, 1, 2, 4)
 SCALES = (1, 32, 1024)  # dataset size = scale x the generated tree's train images (up to 409,600)
 
 
+SMOKE = {"classes": 2, "per_class": 4, "batches": 2, "batch": 2, "workers": (0, 1), "scales": (1, 2), "train": ("resnet18", 2, 64)}
+
+
 def _index(tree: Path, out: Path, scale: int) -> Path:
     """A prepared dataset over `tree` whose train split lists every file `scale` times."""
     files = sorted(p.relative_to(tree).as_posix() for p in (tree / "train").rglob("*.JPEG"))
@@ -54,27 +57,27 @@ def _index(tree: Path, out: Path, scale: int) -> Path:
     return out
 
 
-def _loader_rate(data: Path, workers: int, batches: int) -> float:
-    """Images per second over `batches` batches after the first (workers started)."""
+def _loader_rate(data: Path, workers: int, batches: int, batch: int = BATCH) -> float:
+    """Images per second over `batches` batches of `batch` after the first (workers started)."""
     ds = load_dataset(data, workers)
-    it = train_batches(ds.train, ds, BATCH, AUG, seed=0)
+    it = train_batches(ds.train, ds, batch, AUG, seed=0)
     next(it)
     began = time.perf_counter()
     for _ in range(batches):
         next(it)
-    rate = batches * BATCH / (time.perf_counter() - began)
+    rate = batches * batch / (time.perf_counter() - began)
     it.close()
     return rate
 
 
-def _train_rate(steps: int = 2) -> float:
-    """ResNet-50 (the ImageNet preset) training steps at BATCH x 3 x 224 x 224, images/s."""
+def _train_rate(arch: str = "resnet50", batch: int = BATCH, side: int = SIDE, steps: int = 2) -> float:
+    """Training steps of `arch` (ResNet-50: the ImageNet preset) at batch x 3 x side x side, images/s."""
     from structlth.models import build_model
 
-    model = build_model("resnet50", 1000, 3, 1.0, small_input_stem=False).to(memory_format=torch.channels_last).train()
+    model = build_model(arch, 1000, 3, 1.0, small_input_stem=False).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(BATCH, 3, SIDE, SIDE).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (BATCH,))
+    x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,))
     times = []
     for _ in range(steps + 1):
         began = time.perf_counter()
@@ -82,16 +85,16 @@ def _train_rate(steps: int = 2) -> float:
         F.cross_entropy(model(x), y).backward()
         opt.step()
         times.append(time.perf_counter() - began)
-    return BATCH / sorted(times[1:])[len(times[1:]) // 2]
+    return batch / sorted(times[1:])[len(times[1:]) // 2]
 
 
-def _peak_rss_mb(data: Path, workers: int, batches: int) -> dict:
+def _peak_rss_mb(data: Path, workers: int, batches: int, batch: int) -> dict:
     """Stream `batches` batches in a fresh process: its peak RSS (VmHWM, which exec resets,
     unlike ru_maxrss) and its largest worker's (forked, so counting the pages it shares)."""
     code = (
         "import resource, torch; torch.set_num_threads(2)\n"
         "from benchmarks.loader import _loader_rate\n"
-        f"_loader_rate({str(data)!r}, {workers}, {batches})\n"
+        f"_loader_rate({str(data)!r}, {workers}, {batches}, {batch})\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
         "print(hwm, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     )
@@ -99,28 +102,33 @@ def _peak_rss_mb(data: Path, workers: int, batches: int) -> dict:
     return {"main_mb": int(out[-2]) / 1024, "largest_worker_mb": int(out[-1]) / 1024}
 
 
-def run(classes: int = 10, per_class: int = 40, batches: int = 8) -> dict:
+def run(smoke: bool = False) -> dict:
+    classes, per_class, batches, batch, workers, scales = (
+        (SMOKE[k] for k in ("classes", "per_class", "batches", "batch", "workers", "scales"))
+        if smoke
+        else (10, 40, 8, BATCH, WORKERS, SCALES)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tree = write_tree(Path(tmp) / "tree", classes=classes, per_class=per_class, val_per_class=1, side=256)
         jpeg_kb = sum(f.stat().st_size for f in (tree / "train").rglob("*.JPEG")) / (classes * per_class) / 1024
         base = _index(tree, Path(tmp) / "x1", 1)
         memory = {}
-        for scale in SCALES:
+        for scale in scales:
             n = classes * per_class * scale
             memory[n] = {
-                **_peak_rss_mb(_index(tree, Path(tmp) / f"x{scale}", scale), 2, batches),
+                **_peak_rss_mb(_index(tree, Path(tmp) / f"x{scale}", scale), 2, batches, batch),
                 "in_memory_pixels_mb": n * 3 * SIDE * SIDE / 2**20,
             }
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*worker processes in total")  # 4 workers on 2 cores: measured on purpose
-            loader = {w: _loader_rate(base, w, batches) for w in WORKERS}
-        train = _train_rate()
+            loader = {w: _loader_rate(base, w, batches, batch) for w in workers}
+        train = _train_rate(*SMOKE["train"]) if smoke else _train_rate()
     best = max(loader, key=loader.get)
     sizes = sorted(memory)
     growth = memory[sizes[-1]]["main_mb"] - memory[sizes[0]]["main_mb"]
     return {
         "setup": (
-            f"ImageNet recipe (RandomResizedCrop {SIDE} + flip), batch {BATCH}, {torch.get_num_threads()} threads,"
+            f"ImageNet recipe (RandomResizedCrop {SIDE} + flip), batch {batch}, {torch.get_num_threads()} threads,"
             f" JPEGs of {jpeg_kb:.0f} KB"
         ),
         "loader_img_per_s": {str(w): round(r, 1) for w, r in loader.items()},

@@ -53,7 +53,8 @@ def profile(data: bytes, x: torch.Tensor, threads: int, runs: int) -> dict:
     return {"total_ms": total, "by_op_ms": dict(sorted(by_op.items(), key=lambda kv: -kv[1])), "by_node_ms": dict(by_node)}
 
 
-def run(runs: int = 30) -> dict:
+def run(smoke: bool = False) -> dict:
+    runs = 2 if smoke else 30
     params = load_params("params.yaml")
     torch.set_num_threads(params.bench.threads)
     ds = load_dataset("artifacts/data")

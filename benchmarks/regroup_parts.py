@@ -20,18 +20,20 @@ from structlth.pruning.kinds.refill import refill_masks, weight_scores
 from structlth.speedup.bench import bench_ticket, dense_baseline
 
 
-def run(arch: str = "vgg16", width: float = 0.25, density: float = 0.8**4) -> dict:
+def run(smoke: bool = False) -> dict:
+    arch, width, density = ("resnet20", 0.25, 0.8**4) if smoke else ("vgg16", 0.25, 0.8**4)
+    batch, repeats, parts, aligns = (4, 2, (16,), (1,)) if smoke else (64, 25, (16, 32, 64, 128), (1, 8))
     torch.manual_seed(0)
     model = build_model(arch, 10, 1, width).eval()
     randomise_bn(model)
     w = dict(model.named_parameters())
     imp = magnitude_prune(w, ones_masks(model), 1 - density)
-    x = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    bench = BenchParams(batch_sizes=[64], repeats=25, blocks=1, warmup=3)
+    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    bench = BenchParams(batch_sizes=[batch], repeats=repeats, blocks=1, warmup=3)
     baseline = dense_baseline(model, x, bench)
     variants = {("refill", 0, 8): ("refill", refill_masks(imp, weight_scores("magnitude", w, imp), 0.0, "ceil", 8))}
-    for rpp in (16, 32, 64, 128):
-        for align in (1, 8):
+    for rpp in parts:
+        for align in aligns:
             variants["regroup", rpp, align] = (
                 "regroup",
                 regroup_layers(imp, rows_per_part=rpp, min_rows=8, column_rule="budget", granularity="channel", channel_align=align),
@@ -59,7 +61,7 @@ def run(arch: str = "vgg16", width: float = 0.25, density: float = 0.8**4) -> di
         "arch": arch,
         "width": width,
         "density": density,
-        "batch": 64,
+        "batch": batch,
         "rows": rows,
         "summary": {
             "best_rows_per_part": best["rows_per_part"],

@@ -32,15 +32,21 @@ def _on(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> tor
     return copy.deepcopy(model).to(device, dtype).to(memory_format=torch.channels_last).eval()
 
 
-def run(device: str = "cuda", cases: list[tuple[str, float]] = CASES, batches: list[int] = BATCHES, image: int = 32) -> dict:
-    """Rows per (case, ticket, batch) and per-layer rows at the largest batch; image: input side."""
+def run(
+    smoke: bool = False, device: str = "cuda", cases: list[tuple[str, float]] = CASES, batches: list[int] = BATCHES, image: int = 32
+) -> dict:
+    """Rows per (case, ticket, batch) and per-layer rows at the largest batch; image: input side.
+    smoke: a small ResNet on the CPU in fp32, a few pairs (does the path run?)."""
+    if smoke:
+        device, cases, batches, image = "cpu", [("resnet20", 0.4)], [2], 16
+    repeats, warmup = (2, 1) if smoke else (REPEATS, WARMUP)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("speedup_gpu needs a CUDA GPU (torch.cuda.is_available() is False)")
     torch.backends.cudnn.benchmark = True
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     rows, layers = [], []
-    per_layer = BenchParams(repeats=REPEATS, warmup=WARMUP, threads=torch.get_num_threads())
+    per_layer = BenchParams(repeats=repeats, warmup=warmup, threads=torch.get_num_threads())
     for arch, density in cases:
         torch.manual_seed(0)
         model = build_model(arch, 10, 3, 1.0).eval()
@@ -63,8 +69,8 @@ def run(device: str = "cuda", cases: list[tuple[str, float]] = CASES, batches: l
                     finally:
                         torch.backends.cudnn.allow_tf32 = True
                     f = _on(fast, dev, dtype)
-                    t = time_pair(dense, f, xt, REPEATS, WARMUP)
-                    aa = time_pair(dense, dense, xt, REPEATS, WARMUP, seed=1)
+                    t = time_pair(dense, f, xt, repeats, warmup)
+                    aa = time_pair(dense, dense, xt, repeats, warmup, seed=1)
                     rows.append(
                         {
                             "arch": arch,

@@ -26,6 +26,14 @@ from structlth.speedup.bench import bench_ticket, dense_baseline
 
 BATCHES = [1, 64]
 CASES = [("vgg16", 0.2), ("vgg16", 0.4), ("resnet18", 0.2), ("resnet18", 0.4)]  # (arch, density)
+SMOKE = {
+    "cases": [("resnet20", 0.4)],
+    "width": 0.5,
+    "methods": ("refill", "regroup_disjoint"),
+    "batches": [1, 4],
+    "repeats": 2,
+    "blocks": 2,
+}
 REGROUP = {"rows_per_part": 32, "min_rows": 8, "granularity": "channel"}
 
 
@@ -40,16 +48,20 @@ def tickets(model: nn.Module, density: float) -> dict[str, tuple[str, dict]]:
     }
 
 
-def run() -> dict:
-    bench = BenchParams(batch_sizes=BATCHES, repeats=4, blocks=3, warmup=2, threads=2)  # 12 pairs a row
-    x = torch.randn(max(BATCHES), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+def run(smoke: bool = False) -> dict:
+    cases, batches, repeats, blocks = (SMOKE[k] for k in ("cases", "batches", "repeats", "blocks")) if smoke else (CASES, BATCHES, 4, 3)
+    width = SMOKE["width"] if smoke else 1.0
+    bench = BenchParams(batch_sizes=batches, repeats=repeats, blocks=blocks, warmup=2, threads=2)  # 12 pairs a row
+    x = torch.randn(max(batches), 3, 32, 32, generator=torch.Generator().manual_seed(0))
     rows, layers = [], []
-    for arch, density in CASES:
+    for arch, density in cases:
         torch.manual_seed(0)
-        model = build_model(arch, 10, 3, 1.0).eval()
+        model = build_model(arch, 10, 3, width).eval()
         randomise_bn(model)
         baseline = dense_baseline(model, x, bench)
         for method, (kind, masks) in tickets(model, density).items():
+            if smoke and method not in SMOKE["methods"]:
+                continue
             m, metrics = ticket_of(model, masks, (1, 3, 32, 32))
             out, lay = bench_ticket(method, kind, m, masks, metrics, x, bench, layers=True, baseline=baseline)
             case = {"arch": arch, "source_density": density}
@@ -87,16 +99,17 @@ def run() -> dict:
                 [f"{r['runtime']} b{r['batch']}: {r['time_saving']:.1%} of {r['flops_saving']:.1%}" for r in out],
                 flush=True,
             )
-    return {"rows": rows, "layers": layers, "summary": summary(rows)}
+    return {"rows": rows, "layers": layers, "summary": summary(rows, batches)}
 
 
-def summary(rows: list[dict]) -> dict:
-    """The report's speedup measurements (structlth.report.targets) over these rows, per batch;
-    the timing noise per architecture (each has its own dense net), the largest reported."""
+def summary(rows: list[dict], batches: list[int] = BATCHES) -> dict:
+    """The report's speedup measurements (structlth.report.targets) over these rows, per batch
+    (the largest unsuffixed); the timing noise per architecture (each has its own dense net),
+    the largest reported."""
     frame = pd.DataFrame(rows).assign(round=lambda d: d["arch"] + "@" + d["source_density"].astype(str))
     out = {}
-    for b in BATCHES:
-        suffix = "" if b == 64 else f"@b{b}"
+    for b in batches:
+        suffix = "" if b == max(batches) else f"@b{b}"
         goals = targets(frame, b)
         for prefix, runtime in (("", "torch"), ("ort_", "onnxruntime")):
             keys = ("channel_time_per_flop_saving", "best_group_time_saving", "group_time_per_flop_saving")

@@ -26,7 +26,8 @@ def _plain_loop(model, ds, hp, aug, batch) -> None:
         opt.step()
 
 
-def run(n: int = 4096, batch: int = 64, repeats: int = 3) -> dict:
+def run(smoke: bool = False) -> dict:
+    n, batch, repeats = (128, 32, 1) if smoke else (4096, 64, 3)
     ds = synthetic_dataset(n_train=n, n_val=8, n_test=8, classes=10)
     hp = TrainParams(epochs=1, lr=0.05, rewind_epoch=0, weight_decay=5e-4)
     aug = Augment(crop_padding=0, hflip=True)

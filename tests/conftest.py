@@ -11,7 +11,7 @@ from helpers import synthetic_dataset, tiny_raw
 from structlth.config import parse_params
 from structlth.data import save_dataset
 
-FIRST = ("test_dvc_pipeline.py", "test_interrupt.py", "test_replicate.py", "test_distributed.py")  # the longest files
+FIRST = ("test_dvc_pipeline.py", "test_benchmarks.py", "test_interrupt.py", "test_replicate.py", "test_distributed.py")  # the longest files
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -111,9 +111,7 @@ def test_every_stage_depends_on_the_code_its_script_runs():
         deps = [d if isinstance(d, str) else next(iter(d)) for d in body["deps"]]
         own = f"codedeps/{scripts[0]}-${{item.name}}.json" if scripts[0] in PER_METHOD else f"codedeps/{scripts[0]}.json"
         assert own in deps, f"{name} runs stages/{scripts[0]}.py but does not depend on {own}"
-        assert not [d for d in deps if d.startswith(("structlth", "stages/"))], (
-            f"{name}: code deps come from codedeps, not a hand list"
-        )
+        assert not [d for d in deps if d.startswith(("structlth", "stages/"))], f"{name}: code deps come from codedeps, not a hand list"
 
 
 def _names(manifest: dict) -> set[str]:

@@ -294,7 +294,12 @@ def regroup_layers(masks: Mapping[str, torch.Tensor], *, rows_per_part: int, **o
     return {n: regroup(m, parts=layer_parts(m, rows_per_part, options.get("min_rows", 16), **keys), **options) for n, m in masks.items()}
 
 
+def options(spec) -> dict:
+    """regroup_layers' keywords from a RegroupParams: every key but kind and the ticket's origin
+    (its mask source and init, structlth.config.TicketOrigin)."""
+    return spec.model_dump(exclude={"kind", *TicketOrigin.model_fields})
+
+
 def ticket_masks(spec, weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], inputs) -> dict[str, torch.Tensor]:
-    """The registry's entry point: `regroup_layers` of one round's masks under `spec`
-    (RegroupParams: every key but kind and the ticket's origin is a keyword of regroup)."""
-    return regroup_layers(masks, **spec.model_dump(exclude={"kind", *TicketOrigin.model_fields}))
+    """The registry's entry point: `regroup_layers` of one round's masks under `spec` (RegroupParams)."""
+    return regroup_layers(masks, **options(spec))
