@@ -41,6 +41,32 @@ def validate(params: Path = typer.Argument(Path("params.yaml"))) -> None:
     typer.echo(f"{params}: ok ({p.model.arch} on {p.data.dataset}, rounds {', '.join(p.round_ids())}, tickets {', '.join(p.tickets)})")
 
 
+def composed_text(variant: Path) -> str:
+    """A variant of params (`base:` + what differs, structlth.config.compose) as one complete,
+    validated params file, headed by where it came from."""
+    import yaml
+
+    from structlth.config import compose, parse_params
+
+    raw = compose(variant)
+    parse_params(raw, str(variant))
+    return f"# Composed by `structlth compose {variant}`: edit that file, not this one.\n" + yaml.safe_dump(raw, sort_keys=False)
+
+
+@app.command("compose")
+def compose_params(
+    variant: Path = typer.Argument(..., help="a params file, e.g. configs/default_3seeds.yaml (base: + what differs)"),
+    out: Path = typer.Option(Path("params.yaml"), "--out", help="where the complete params go (DVC reads params.yaml)"),
+) -> None:
+    """Write a variant composed on its base as a complete params file (DVC reads params.yaml
+    whole). Then `dvc exp run`, or `structlth repro`; `git checkout params.yaml` returns to the
+    default."""
+    with user_errors():
+        text = composed_text(variant)
+    out.write_text(text)
+    typer.echo(f"{variant} -> {out}")
+
+
 @app.command()
 def verify(lock: Path = typer.Argument(Path("dvc.lock"))) -> None:
     """Re-hash every pipeline output against dvc.lock; exit 1 naming each missing or altered file."""
@@ -139,8 +165,7 @@ def quick(
     from structlth.repro import run, scratch_repo
 
     with user_errors():
-        load_params(params)
-        code = run([], scratch_repo(out, params))
+        code = run([], scratch_repo(out, composed_text(params)))
     if code == 0:
         typer.echo(f"smoke run done: {out / 'reports' / 'report.md'}")
     raise typer.Exit(code)

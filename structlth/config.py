@@ -8,6 +8,7 @@ reruns nothing.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -529,10 +530,9 @@ def _read_yaml(text: str) -> Any:
         loader.dispose()
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
+def _read_file(path: Path) -> Any:
     try:
-        raw = _read_yaml(path.read_text(encoding="utf-8"))
+        return _read_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -541,7 +541,49 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, str(path))
+
+
+def merge(base: dict, over: dict) -> dict:
+    """base with over's keys laid on it: mappings merge key by key, any other value replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def compose(path: str | Path, _seen: tuple[Path, ...] = ()) -> Any:
+    """The params a file describes, as raw YAML data. A variant names the file it varies with
+    `base:` (relative to its own folder) and holds only what differs: its mappings merge into the
+    base's key by key, other values replace, and `drop:` lists dotted keys of the base to remove
+    first (e.g. prune.rounds.round8). Bases may have bases; a cycle is an error."""
+    path = Path(path)
+    raw = _read_file(path)
+    if not isinstance(raw, dict) or "base" not in raw:
+        return raw
+    over = dict(raw)
+    base, drop = over.pop("base"), over.pop("drop", [])
+    if not isinstance(base, str) or not isinstance(drop, list) or not all(isinstance(k, str) for k in drop):
+        raise ParamsError(f"{path}: base must be a params file's path and drop a list of dotted keys")
+    base_path = (path.parent / base).resolve()
+    if base_path in (*_seen, path.resolve()):
+        raise ParamsError(f"{path}: base {base!r} leads back to {path} (a cycle)")
+    composed = copy.deepcopy(compose(base_path, (*_seen, path.resolve())))
+    if not isinstance(composed, dict):
+        raise ParamsError(f"{base_path}: expected a mapping of sections, got {type(composed).__name__}")
+    for key in drop:
+        *parents, last = key.split(".")
+        node = composed
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            raise ParamsError(f"{path}: drop: {key!r} is not a key of its base {base}")
+        del node[last]
+    return merge(composed, over)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """The validated params of a params file, or of a variant composed on its base (`compose`)."""
+    return parse_params(compose(path), str(path))
 
 
 def params_hash(*sections: BaseModel) -> str:

@@ -162,10 +162,11 @@ def run(targets: list[str], root: Path = Path("."), say: Callable[[str], None] =
 SCRATCH_ITEMS = ("dvc.yaml", "stages", "structlth", ".dvcignore", ".dvc/plots")
 
 
-def scratch_repo(dest: Path, params: Path, project: Path = Path(".")) -> Path:
-    """A DVC repo in dest (no git) holding the project's pipeline and code, with `params` as its
-    params.yaml: a run there leaves the project's workspace untouched. Reused when it exists
-    (only what changed reruns); its code is refreshed from the project each time."""
+def scratch_repo(dest: Path, params: str, project: Path = Path(".")) -> Path:
+    """A DVC repo in dest (no git) holding the project's pipeline and code, with `params` (the
+    text of a complete params file) as its params.yaml: a run there leaves the project's
+    workspace untouched. Reused when it exists (only what changed reruns); its code is refreshed
+    from the project each time."""
     dest.mkdir(parents=True, exist_ok=True)
     if not (dest / ".dvc" / "config").is_file():
         subprocess.run(["dvc", "init", "--no-scm", "-q", "-f"], cwd=dest, check=True)
@@ -179,5 +180,5 @@ def scratch_repo(dest: Path, params: Path, project: Path = Path(".")) -> Path:
         elif src.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
-    shutil.copy(params, dest / "params.yaml")
+    (dest / "params.yaml").write_text(params)
     return dest

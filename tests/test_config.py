@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import ROOT
+from helpers import ROOT, tool_env
 from structlth.config import load_params, parse_params
 from structlth.errors import ParamsError
 
@@ -242,3 +242,48 @@ def test_params_hash_is_stable_across_processes_and_ignores_runtime(raw_params):
     assert params_hash(q.data, q.model, q.train) == here
     raw_params["train"]["lr"] = 0.07
     assert params_hash(parse_params(raw_params).train) != params_hash(p.train)
+
+
+def test_a_variant_composes_on_its_base(tmp_path, raw_params):
+    """base: + what differs: mappings merge key by key, other values (null too) replace, drop:
+    removes keys of the base first; bases chain."""
+    raw_params["tickets"]["regroup"]["max_pins"] = 60_000
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "a.yaml").write_text(
+        "base: ../params.yaml\ndrop: [prune.rounds.round2, tickets.refill_plus]\n"
+        "prune: {ticket_rounds: [round1]}\ntickets: {regroup: {max_pins: null}}\n"
+    )
+    (tmp_path / "v" / "b.yaml").write_text("base: a.yaml\ntrain: {epochs: 3}\n")
+    p = load_params(tmp_path / "v" / "b.yaml")
+    assert list(p.prune.rounds) == ["round1"] and p.prune.ticket_rounds == ["round1"] and "refill_plus" not in p.tickets
+    assert p.tickets["regroup"].max_pins is None and p.tickets["regroup"].rows_per_part == 4  # merged, not replaced
+    assert p.train.epochs == 3 and p.train.lr == raw_params["train"]["lr"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("base: missing.yaml\n", "missing.yaml: no such file"),
+        ("base: params.yaml\ndrop: [train.nope]\n", "drop: 'train.nope' is not a key of its base params.yaml"),
+        ("base: v.yaml\n", "leads back to"),
+        ("base: [params.yaml]\n", "base must be a params file's path"),
+    ],
+)
+def test_a_broken_variant_is_one_clear_error(tmp_path, raw_params, text, message):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    (tmp_path / "v.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load_params(tmp_path / "v.yaml")
+
+
+def test_cli_compose_writes_the_complete_params_a_variant_describes(tmp_path, raw_params):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+    (tmp_path / "v.yaml").write_text("base: params.yaml\nreplicates: {seeds: [1, 2]}\n")
+    out = tmp_path / "composed.yaml"
+    proc = subprocess.run(
+        ["structlth", "compose", str(tmp_path / "v.yaml"), "--out", str(out)], capture_output=True, text=True, env=tool_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    composed = yaml.safe_load(out.read_text())
+    assert "base" not in composed and composed["replicates"]["seeds"] == [1, 2] and composed["tickets"] == raw_params["tickets"]

@@ -15,6 +15,27 @@ def test_every_face_name_resolves_and_unknown_names_fail():
         sl.nope  # noqa: B018
 
 
+def test_the_pruning_face_gives_the_functions_after_the_method_modules_load():
+    """`from structlth.pruning import refill, regroup` is the algorithm, never a module: the
+    registry loading a method's module by name must not shadow the public function."""
+    import importlib
+    import types
+
+    from structlth import pruning
+    from structlth.pruning.registry import KINDS, SOURCES
+
+    for module in [*KINDS.values(), *SOURCES.values()]:
+        importlib.import_module(module)
+    for name in pruning.__all__:
+        assert callable(getattr(pruning, name)) and not isinstance(getattr(pruning, name), types.ModuleType), name
+
+
+def test_one_version_for_the_package_and_its_metadata():
+    from importlib.metadata import version
+
+    assert version("structlth") == sl.__version__
+
+
 def test_prune_refill_and_slim_a_model_without_the_pipeline():
     model = sl.build_model("resnet20", 10, 3, 0.5).eval()
     weights = model.state_dict()

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from helpers import ROOT
-from structlth.config import parse_params
+from structlth.config import load_params, parse_params
 from structlth.models import build_model
 from structlth.presets import DATASET_SHAPES, PRESETS
 
@@ -39,25 +39,29 @@ def _load(name: str) -> dict:
 EXTRA = {"default_all_tickets", "default_3seeds", "default_group_aware", "default_reinit", "default_sources", "default_align16", "quick"}
 
 
+def _variant(name: str):
+    return load_params(ROOT / "configs" / f"{name}.yaml")
+
+
 def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
     assert sorted(p.stem for p in (ROOT / "configs").glob("*.yaml")) == sorted(set(PRESETS) | EXTRA)
     assert set(PAPER) <= set(PRESETS)
-    extra = parse_params(_load("default_all_tickets"))
+    extra = _variant("default_all_tickets")
     assert {"refill", "refill_plus", "regroup", "regroup_paper"} <= set(extra.tickets)
     assert set(extra.baselines) >= {"tp_l1", "tp_l1_rewind", "tp_bn_scale", "tp_taylor"}
-    reinit = parse_params(_load("default_reinit"))
+    reinit = _variant("default_reinit")
     assert {t.init for t in reinit.tickets.values()} == {"rewind", "original", "random"}
     assert (reinit.data, reinit.model, reinit.train, reinit.prune) == (extra.data, extra.model, extra.train, extra.prune)
-    sources = parse_params(_load("default_sources"))
+    sources = _variant("default_sources")
     assert {t.source for t in sources.tickets.values()} == {"imp", "omp", "random", "snip", "synflow"}
     assert (sources.data, sources.model, sources.train, sources.prune) == (extra.data, extra.model, extra.train, extra.prune)
-    group = parse_params(_load("default_group_aware"))
+    group = _variant("default_group_aware")
     assert {n: g.ticket for n, g in group.group_chains.items()} == {"imp_regroup": "regroup", "imp_refill": "refill"}
     assert group.chains == ["imp", "imp_channel", "imp_regroup", "imp_refill"]
-    align16 = parse_params(_load("default_align16"))
+    align16 = _variant("default_align16")
     assert {n: t.channel_align for n, t in align16.tickets.items() if t.kind == "refill"} == {"refill": 8, "refill16": 16}
     assert (align16.data, align16.model, align16.train, align16.prune) == (extra.data, extra.model, extra.train, extra.prune)
-    seeds = parse_params(_load("default_3seeds"))
+    seeds = _variant("default_3seeds")
     assert seeds.seeds == [0, 1, 2]
     assert (seeds.data, seeds.model, seeds.train, seeds.prune) == (
         extra.data,
@@ -65,6 +69,27 @@ def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
         extra.train,
         extra.prune,
     )  # one default, two variants
+
+
+def _leaves(raw: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in raw.items():
+        out |= _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v}
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA))
+def test_a_default_variant_holds_only_what_differs_from_params_yaml(name):
+    """A variant is params.yaml plus its own edits (`base:`), never a copy that can drift from it:
+    it composes to valid params, and none of its values restates the base's."""
+    raw = _load(name)
+    assert raw.pop("base") == "../params.yaml"
+    touched = set(raw) | {key.split(".")[0] for key in raw.pop("drop", [])}
+    base = _leaves(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    restated = {k: v for k, v in _leaves(raw).items() if k in base and base[k] == v}
+    assert not restated, f"configs/{name}.yaml restates params.yaml: {restated}"
+    composed, default = _variant(name), load_params(ROOT / "params.yaml")
+    assert touched and all(getattr(composed, s) == getattr(default, s) for s in type(default).model_fields if s not in touched)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
