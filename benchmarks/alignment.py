@@ -25,11 +25,8 @@ from torch import nn
 from benchmarks.common import workspace
 from structlth.artifacts import read_json
 from structlth.rounds import load_ticket
-from structlth.speedup.bench import ticket_kind
 from structlth.speedup.choice import (
     ALIGNS,
-    CHANNEL_KINDS,
-    GROUP_KINDS,
     Probe,
     alignment_candidates,
     choose_alignment,
@@ -72,7 +69,7 @@ def _nets(model, masks, in_channels: int, dense, probe: Probe, bench, flops_savi
 def run(smoke: bool = False) -> dict:
     ws = workspace()  # a smoke run's workspace is tiny already
     params, ds, x, dense, fmt = ws.params, ws.ds, ws.x, ws.dense, ws.fmt
-    structured = [m for m in params.methods if m != "imp" and ticket_kind(m, params) in CHANNEL_KINDS + GROUP_KINDS]
+    structured = [m for m in params.methods if m != "imp" and params.structure_of(m) != "unstructured"]
     rows, nets = [], []
     for method in structured:
         for rnd in params.prune.ticket_rounds:
@@ -97,7 +94,7 @@ def run(smoke: bool = False) -> dict:
                     }
                     for n, a in choice.items()
                 ]
-                if ticket_kind(method, params) in CHANNEL_KINDS:
+                if params.structure_of(method) == "channel":
                     metrics = read_json(d / "metrics.json")
                     flops_saving = 1 - metrics["flops"] / metrics["flops_dense"]
                     raced = _nets(model, masks, ds.in_channels, dense.to(memory_format=run_fmt), probe, params.bench, flops_saving, choice)

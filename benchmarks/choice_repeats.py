@@ -24,7 +24,6 @@ import pandas as pd
 from benchmarks.common import workspace
 from structlth.rounds import load_ticket
 from structlth.speedup import choice
-from structlth.speedup.bench import ticket_kind
 from structlth.speedup.onnxrt import RUNTIMES, in_runtime, runtime_format
 from structlth.speedup.timing import median, settled_side, time_pair
 
@@ -70,7 +69,7 @@ def run(smoke: bool = False) -> dict:
     ws = workspace()
     params, ds, x, dense, fmt = ws.params, ws.ds, ws.x, ws.dense, ws.fmt
     rnd = params.prune.ticket_rounds[len(params.prune.ticket_rounds) // 2]
-    regroups = [m for m in params.methods if m != "imp" and ticket_kind(m, params) in choice.GROUP_KINDS]
+    regroups = [m for m in params.methods if m != "imp" and params.structure_of(m) == "group"]
     rows, audit = [], []
     for method in regroups:
         model, masks = load_ticket(ws.ctx, Path("artifacts") / method / rnd)
@@ -82,7 +81,7 @@ def run(smoke: bool = False) -> dict:
                 for repeats, alpha in CHOICES:  # interleaved, so a drift in the machine's speed meets all alike
                     probe = choice.Probe(xr, run_fmt, repeats, 1, runtime, params.bench.threads, alpha)
                     t0 = time.perf_counter()
-                    fast = choice.fast_models(ticket_kind(method, params), model.eval(), masks, ds.in_channels, probe)["slim+blocks"]
+                    fast = choice.fast_models(params.structure_of(method), model.eval(), masks, ds.in_channels, probe)["slim+blocks"]
                     choice_s = time.perf_counter() - t0
                     f = in_runtime(runtime, fast.to(memory_format=run_fmt), xr, params.bench.threads)
                     t = time_pair(d, f, xr, params.bench.repeats, params.bench.warmup, blocks=params.bench.blocks)
@@ -94,7 +93,7 @@ def run(smoke: bool = False) -> dict:
                     )
             for _ in range(audits):
                 probe = choice.Probe(xr, run_fmt, runtime=runtime, threads=params.bench.threads)
-                for a in audited(lambda: choice.fast_models(ticket_kind(method, params), model.eval(), masks, ds.in_channels, probe)):
+                for a in audited(lambda: choice.fast_models(params.structure_of(method), model.eval(), masks, ds.in_channels, probe)):
                     audit.append({"method": method, "runtime": runtime} | a)
             print(method, runtime, flush=True)
     frame = pd.DataFrame(rows)

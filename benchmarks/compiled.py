@@ -21,7 +21,7 @@ from structlth.config import BenchParams, load_params
 from structlth.data import load_dataset, normalize
 from structlth.models import build_model
 from structlth.rounds import Context, load_ticket
-from structlth.speedup.bench import bench_ticket, ticket_kind
+from structlth.speedup.bench import bench_ticket
 
 BATCH = 64
 KEEP = ("method", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "compile_s", "max_abs_err")
@@ -37,7 +37,7 @@ def _default_cases(batch: int):
     for method in (firsts[k] for k in ("refill", "regroup") if k in firsts):
         d = Path("artifacts") / method / rnd
         model, masks = load_ticket(ctx, d)
-        yield f"default {method} {rnd}", ticket_kind(method, params), model, masks, read_json(d / "metrics.json"), x
+        yield f"default {method} {rnd}", params.structure_of(method), model, masks, read_json(d / "metrics.json"), x
 
 
 def _scale_cases(arch: str, batch: int, methods: tuple[str, ...] = ("refill", "regroup_disjoint")):
@@ -45,10 +45,10 @@ def _scale_cases(arch: str, batch: int, methods: tuple[str, ...] = ("refill", "r
     model = build_model(arch, 10, 3, 1.0).eval()
     randomise_bn(model)
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    for method, (kind, masks) in tickets(model, 0.4).items():
+    for method, (structure, masks) in tickets(model, 0.4).items():
         if method in methods:
             ticket, metrics = ticket_of(model, masks, (1, 3, 32, 32))
-            yield f"{arch} {method} @0.4", kind, ticket, masks, metrics, x
+            yield f"{arch} {method} @0.4", structure, ticket, masks, metrics, x
 
 
 def run(smoke: bool = False) -> dict:
@@ -56,8 +56,8 @@ def run(smoke: bool = False) -> dict:
     bench = BenchParams(batch_sizes=[batch], repeats=repeats, blocks=1, warmup=3, threads=2, onnxruntime=False, compile=True)
     rows = []
     scale = _scale_cases(arch, batch, ("regroup_disjoint",)) if smoke else _scale_cases(arch, batch)
-    for case, kind, model, masks, metrics, x in [*_default_cases(batch), *scale]:
-        out, _ = bench_ticket(case, kind, model, masks, metrics, x, bench, layers=False)
+    for case, structure, model, masks, metrics, x in [*_default_cases(batch), *scale]:
+        out, _ = bench_ticket(case, structure, model, masks, metrics, x, bench, layers=False)
         rows += [{k: r[k] for k in KEEP} for r in out]
         print(case, [(r["engine"], f"{r['time_saving']:.1%}", r["compile_s"]) for r in out], flush=True)
     eager = {r["method"]: r for r in rows if r["compile_s"] is None}

@@ -116,7 +116,7 @@ def _candidate(name: str, params, data_dir: Path, work: Path) -> dict:
     for name_, spec in params.tickets.items():
         masks = drop_untrainable(model, ticket_masks(ctx, spec, state_of(model), imp), ctx.data.in_channels)
         m, metrics = ticket_of(model, masks, ctx.input_shape)
-        rows, _ = bench_ticket(name_, spec.kind, m, masks, metrics, x, params.bench, layers=False)
+        rows, _ = bench_ticket(name_, spec.structure, m, masks, metrics, x, params.bench, layers=False)
         out[f"{name_}_sparsity"], out[f"{name_}_time_saving"], out[f"{name_}_flops_saving"] = (
             metrics["sparsity"],
             rows[0]["time_saving"],

@@ -27,8 +27,6 @@ from torch import nn
 from benchmarks.common import workspace
 from structlth.masks import effective_flops
 from structlth.rounds import load_ticket
-from structlth.speedup.bench import ticket_kind
-from structlth.speedup.choice import CHANNEL_KINDS
 from structlth.speedup.layout import fold_bn
 from structlth.speedup.onednn import conv_calls, dim_block
 from structlth.speedup.slim import kept_channels, slim_model
@@ -70,7 +68,7 @@ def run(smoke: bool = False) -> dict:
     shape = (1, *ws.x.shape[1:])
     bench = params.bench
     rows = []
-    for method in [m for m in params.methods if m != "imp" and ticket_kind(m, params) in CHANNEL_KINDS]:
+    for method in [m for m in params.methods if m != "imp" and params.structure_of(m) == "channel"]:
         for rnd in params.prune.ticket_rounds:
             model, masks = load_ticket(ws.ctx, Path("artifacts") / method / rnd)
             model = model.eval()

@@ -22,7 +22,6 @@ import torch
 from structlth.config import load_params
 from structlth.data import load_dataset, normalize
 from structlth.rounds import Context, load_ticket
-from structlth.speedup.bench import ticket_kind
 from structlth.speedup.choice import Probe, fast_models
 from structlth.speedup.layout import fold_bn
 from structlth.speedup.onnxrt import to_onnx
@@ -69,9 +68,9 @@ def run(smoke: bool = False) -> dict:
     runs_of = [("imp_channel", params.round_ids()[-1])] + [(m, r) for m in params.tickets for r in params.rounds_of(m)]
     for method, rnd in runs_of:
         model, masks = load_ticket(ctx, Path("artifacts") / method / rnd)
-        kind = ticket_kind(method, params)
+        structure = params.structure_of(method)
         [(engine, fast)] = fast_models(
-            kind, model.eval(), masks, ds.in_channels, Probe(x, runtime="onnxruntime", threads=params.bench.threads)
+            structure, model.eval(), masks, ds.in_channels, Probe(x, runtime="onnxruntime", threads=params.bench.threads)
         ).items()
         out["models"][f"{method}/{rnd} ({engine})"] = profile(to_onnx(fast, x), x, params.bench.threads, runs)
     d = out["models"]["dense"]["total_ms"]

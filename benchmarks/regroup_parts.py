@@ -31,18 +31,18 @@ def run(smoke: bool = False) -> dict:
     x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     bench = BenchParams(batch_sizes=[batch], repeats=repeats, blocks=1, warmup=3)
     baseline = dense_baseline(model, x, bench)
-    variants = {("refill", 0, 8): ("refill", refill_masks(imp, weight_scores("magnitude", w, imp), 0.0, "ceil", 8))}
+    variants = {("refill", 0, 8): ("channel", refill_masks(imp, weight_scores("magnitude", w, imp), 0.0, "ceil", 8))}
     for rpp in parts:
         for align in aligns:
             variants["regroup", rpp, align] = (
-                "regroup",
+                "group",
                 regroup_layers(imp, rows_per_part=rpp, min_rows=8, column_rule="budget", granularity="channel", channel_align=align),
             )
     rows = []
-    for (name, rpp, align), (kind, masks) in variants.items():
+    for (name, rpp, align), (structure, masks) in variants.items():
         masks = drop_untrainable(model, masks, 1)
         m, metrics = ticket_of(model, masks, (1, 1, 28, 28))
-        r = bench_ticket(name, kind, m, masks, metrics, x, bench, layers=False, baseline=baseline)[0][0]
+        r = bench_ticket(name, structure, m, masks, metrics, x, bench, layers=False, baseline=baseline)[0][0]
         rows.append(
             {
                 "ticket": name,

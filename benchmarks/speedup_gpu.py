@@ -52,7 +52,7 @@ def run(
         model = build_model(arch, 10, 3, 1.0).eval()
         randomise_bn(model)
         dense = _on(fold_bn(model), dev, dtype)
-        for method, (kind, masks) in tickets(model, density).items():
+        for method, (structure, masks) in tickets(model, density).items():
             ticket, metrics = ticket_of(model, masks, (1, 3, image, image))
             ref = _on(masked_reference(ticket, masks, 3), dev, torch.float32)  # verification runs in fp32
             for b in batches:
@@ -62,7 +62,7 @@ def run(
                     .contiguous(memory_format=torch.channels_last)
                 )
                 xt = x.to(dtype)
-                for engine, fast in fast_models(kind, ticket, masks, 3, Probe(xt, torch.channels_last, 9, 2)).items():
+                for engine, fast in fast_models(structure, ticket, masks, 3, Probe(xt, torch.channels_last, 9, 2)).items():
                     torch.backends.cudnn.allow_tf32 = False
                     try:
                         err = verify(ref, _on(fast, dev, torch.float32), x, ATOL, f"{arch} {method} {engine}")

@@ -41,10 +41,10 @@ def tickets(model: nn.Module, density: float) -> dict[str, tuple[str, dict]]:
     weights = dict(model.named_parameters())
     imp = magnitude_prune(weights, ones_masks(model), 1 - density)
     return {  # imp's engines (masked dense, CSR) are left out: CSR runs 10-30x slower than dense here
-        "refill": ("refill", refill_masks(imp, weight_scores("magnitude", weights, imp), 0.0)),
-        "regroup_budget": ("regroup", regroup_layers(imp, column_rule="budget", **REGROUP)),
-        "regroup_density": ("regroup", regroup_layers(imp, column_rule="density", t2=0.5, b2=2, **REGROUP)),
-        "regroup_disjoint": ("regroup", regroup_layers(imp, inputs="disjoint", **REGROUP)),
+        "refill": ("channel", refill_masks(imp, weight_scores("magnitude", weights, imp), 0.0)),
+        "regroup_budget": ("group", regroup_layers(imp, column_rule="budget", **REGROUP)),
+        "regroup_density": ("group", regroup_layers(imp, column_rule="density", t2=0.5, b2=2, **REGROUP)),
+        "regroup_disjoint": ("group", regroup_layers(imp, inputs="disjoint", **REGROUP)),
     }
 
 
@@ -59,11 +59,11 @@ def run(smoke: bool = False) -> dict:
         model = build_model(arch, 10, 3, width).eval()
         randomise_bn(model)
         baseline = dense_baseline(model, x, bench)
-        for method, (kind, masks) in tickets(model, density).items():
+        for method, (structure, masks) in tickets(model, density).items():
             if smoke and method not in SMOKE["methods"]:
                 continue
             m, metrics = ticket_of(model, masks, (1, 3, 32, 32))
-            out, lay = bench_ticket(method, kind, m, masks, metrics, x, bench, layers=True, baseline=baseline)
+            out, lay = bench_ticket(method, structure, m, masks, metrics, x, bench, layers=True, baseline=baseline)
             case = {"arch": arch, "source_density": density}
             rows += [
                 {

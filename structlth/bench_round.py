@@ -6,7 +6,7 @@ Writes to its out folder:
 - speed.json: the headline a DVC metric carries, so `dvc metrics diff` / `dvc exp diff` show
   speed beside accuracy: test_acc, sparsity, flops_saving, the stage's own timing noise, and
   per runtime x batch size the time saving of the ticket's production engine (the fastest
-  engine timed where the kind has none: imp).
+  engine timed where the structure has none: imp).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from structlth.artifacts import read_json, write_json
 from structlth.config import Params
 from structlth.data import load_dataset, normalize
 from structlth.rounds import Context, load_ticket
-from structlth.speedup.bench import BENCH_COLUMNS, PRODUCTION_ENGINES, bench_ticket, dense_baseline, ticket_kind, timing_noise
+from structlth.speedup.bench import BENCH_COLUMNS, PRODUCTION_ENGINES, bench_ticket, dense_baseline, timing_noise
 from structlth.speedup.timing import machine_lock
 
 RUNTIME_KEYS = {"torch": "torch", "onnxruntime": "ort"}  # short, so `dvc metrics show` fits a terminal
@@ -63,7 +63,7 @@ def bench_round(p: Params, data_dir: Path, artifacts: Path, method: str, rnd: st
         baseline = dense_baseline(dense, x, p.bench)
         phases = {"dense baseline": time.perf_counter() - began}
         rows, layers = bench_ticket(
-            method, ticket_kind(method, p), model, masks, metrics, x, p.bench, layers=True, baseline=baseline, phases=phases
+            method, p.structure_of(method), model, masks, metrics, x, p.bench, layers=True, baseline=baseline, phases=phases
         )
     print("bench phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), flush=True)
     out.mkdir(parents=True, exist_ok=True)

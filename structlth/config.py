@@ -16,7 +16,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -236,7 +236,11 @@ class TicketOrigin(Strict):
     )
 
 
+STRUCTURES = ("unstructured", "channel", "group")  # what a ticket's masks are, and so how it runs fast
+
+
 class RefillParams(TicketOrigin):
+    structure: ClassVar[str] = "channel"  # whole output channels: a smaller dense net
     kind: Literal["refill"]
     criterion: Literal[REFILL_CRITERIA] = "magnitude"  # type: ignore[valid-type]
     refill_rate: float = Field(0.0, ge=0, lt=1)
@@ -248,6 +252,7 @@ class RefillParams(TicketOrigin):
 
 
 class RegroupParams(TicketOrigin):
+    structure: ClassVar[str] = "group"  # dense blocks of rows x input units
     kind: Literal["regroup"]
     granularity: Literal["column", "channel"] = "column"
     hypergraph: Literal["channel", "column"] = Field("channel", description="hyperedges per input channel (fast) or per column (the paper)")
@@ -286,6 +291,7 @@ class TorchPruningParams(Strict):
     """The field's structured baseline: Torch-Pruning (DepGraph, global channel importance)
     prunes the trained dense net to the FLOPs of another ticket of the same IMP round."""
 
+    structure: ClassVar[str] = "channel"
     kind: Literal["torch_pruning"]
     match: str = Field(description="a refill or regroup ticket of the tickets section: its FLOPs at each round are the target")
     importance: Literal["l1", "bn_scale", "taylor"] = Field(
@@ -450,6 +456,13 @@ class Params(Strict):
         if spec is None:
             raise ParamsError(f"tickets.{name}: no such ticket or baseline (have {sorted([*self.tickets, *self.baselines])})")
         return spec
+
+    def structure_of(self, method: str) -> str:
+        """The structure of a method's masks (one of STRUCTURES): imp's are unstructured,
+        imp_channel's channel-wise, a ticket's, baseline's or group-aware chain's its kind's."""
+        if method in ("imp", "imp_channel"):
+            return "unstructured" if method == "imp" else "channel"
+        return self.ticket_spec(method).structure
 
     def round_ids(self) -> list[str]:
         return chain_order(self.prune.rounds)

@@ -22,7 +22,7 @@ from torch import nn
 from structlth.artifacts import check_state, load_tensors, read_json, save_tensors, write_bytes, write_json
 from structlth.errors import ArtifactError
 from structlth.models import build_model
-from structlth.speedup.choice import CHANNEL_KINDS, GROUP_KINDS, Probe, fast_models
+from structlth.speedup.choice import STRUCTURED, Probe, fast_models
 from structlth.speedup.engines import ALIGN, masked_reference
 from structlth.speedup.slim import kept_channels, slim_model
 from structlth.speedup.timing import verify
@@ -123,9 +123,15 @@ def load_slim(out_dir: str | Path) -> SlimNet:
 
 
 def export_onnx(
-    kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mapping, images: torch.Tensor, out_dir: str | Path, atol: float
+    structure: str,
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    arch: Mapping,
+    images: torch.Tensor,
+    out_dir: str | Path,
+    atol: float,
 ) -> tuple[str, list[str]]:
-    """Write model.onnx + architecture.json for a structured ticket of `kind`: the fast model the
+    """Write model.onnx + architecture.json for a ticket of `structure` (channel or group): the fast model the
     bench times in ONNX Runtime (channel-wise: the slim net; group-wise: the slim net with its
     grouped/sub convs; alignment and engines chosen by timing on `images` in ONNX Runtime on
     this machine), checked by onnx.checker and, in ONNX Runtime, against the masked model on
@@ -135,14 +141,14 @@ def export_onnx(
 
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
-    if kind not in CHANNEL_KINDS + GROUP_KINDS:
+    if structure not in STRUCTURED:
         raise ArtifactError(
-            f"export: {kind} tickets are unstructured; ONNX export takes channel-wise ({', '.join(CHANNEL_KINDS)})"
-            f" and group-wise ({', '.join(GROUP_KINDS)}) tickets"
+            f"export: {structure} tickets have no fast model; ONNX export takes channel-wise (refill, imp_channel,"
+            " Torch-Pruning) and group-wise (regroup) tickets"
         )
     model = model.cpu().eval()
     probe = Probe(images, runtime="onnxruntime", threads=torch.get_num_threads())
-    [(engine, fast)] = fast_models(kind, model, masks, arch["in_channels"], probe).items()
+    [(engine, fast)] = fast_models(structure, model, masks, arch["in_channels"], probe).items()
     data = to_onnx(fast.to(memory_format=torch.contiguous_format), images)
     verify(
         masked_reference(model, masks, arch["in_channels"]),
@@ -153,7 +159,7 @@ def export_onnx(
     )
     ops = op_types(data)
     write_bytes(out_dir / "model.onnx", data)
-    write_json(out_dir / "architecture.json", {"format": ONNX_FORMAT, **arch, "kind": kind, "engine": engine, "onnx_ops": ops})
+    write_json(out_dir / "architecture.json", {"format": ONNX_FORMAT, **arch, "structure": structure, "engine": engine, "onnx_ops": ops})
     return engine, ops
 
 
@@ -164,7 +170,6 @@ def export_ticket(p, ticket_dir: Path, out: Path, fmt: str = "safetensors", data
     verified in ONNX Runtime on the prepared test images in data_dir). Returns what was written."""
     from structlth.data import load_dataset, normalize
     from structlth.rounds import Context, load_ticket
-    from structlth.speedup.bench import ticket_kind
 
     ds = load_dataset(data_dir)
     ctx = Context(p, ds, torch.device("cpu"))
@@ -172,10 +177,15 @@ def export_ticket(p, ticket_dir: Path, out: Path, fmt: str = "safetensors", data
     arch = {**ctx.model_meta(), "small_input_stem": p.model.small_input_stem, "mean": ds.mean, "std": ds.std}
     if fmt == "onnx":
         method = load_tensors(ticket_dir / "mask.safetensors")[1].get("kind", "")
-        kind = ticket_kind(method, p) if method in p.methods else method
+        if method not in p.methods:
+            raise ArtifactError(f"export: {ticket_dir} holds a {method!r} ticket, not a method of these params ({', '.join(p.methods)})")
+        structure = p.structure_of(method)
         images = normalize(ds.test.head(max(p.bench.batch_sizes)), ds.mean, ds.std)
-        engine, ops = export_onnx(kind, model, masks, arch, images, out, p.bench.atol)
-        return f"exported {ticket_dir} -> {out / 'model.onnx'}: {kind} ticket as {engine} ({', '.join(ops)}), verified in ONNX Runtime"
+        engine, ops = export_onnx(structure, model, masks, arch, images, out, p.bench.atol)
+        return (
+            f"exported {ticket_dir} -> {out / 'model.onnx'}: {method}, a {structure}-wise ticket,"
+            f" as {engine} ({', '.join(ops)}), verified in ONNX Runtime"
+        )
     n_dense = sum(t.numel() for t in model.parameters())
     n_slim = sum(t.numel() for t in export_slim(model, masks, arch, out).parameters())
     return f"exported {ticket_dir} -> {out}: {n_slim} parameters ({n_slim / n_dense:.1%} of dense)"

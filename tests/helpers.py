@@ -17,6 +17,7 @@ from structlth.data import Dataset, Split
 from structlth.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
+STRUCTURE = {"refill": "channel", "imp_channel": "channel", "torch_pruning": "channel", "regroup": "group", "imp": "unstructured"}
 
 
 def tiny_raw() -> dict:

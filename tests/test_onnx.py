@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from helpers import randomised_model
+from helpers import STRUCTURE, randomised_model
 from structlth.config import BenchParams
 from structlth.errors import ArtifactError, StructlthError
 from structlth.export import export_onnx
@@ -48,7 +48,7 @@ def test_the_benched_fast_model_runs_in_onnxruntime_with_the_masked_outputs(kind
     m, masks = _ticket(kind)
     x = torch.randn(4, 1, 28, 28)
     ref = masked_reference(m, masks, 1)
-    for engine, fast in fast_models(kind, m, masks, 1, Probe(x, repeats=1, warmup=0, runtime=runtime)).items():
+    for engine, fast in fast_models(STRUCTURE[kind], m, masks, 1, Probe(x, repeats=1, warmup=0, runtime=runtime)).items():
         if engine == "csr":  # torch sparse CSR tensors do not export
             continue
         y = torch.randn(7, 1, 28, 28)  # another batch size than the traced one
@@ -78,7 +78,7 @@ def test_block_engines_export_as_gather_and_grouped_or_sub_convs(engine):
 def test_export_onnx_writes_a_verified_model_onnxruntime_loads_in_three_lines(tmp_path, kind):
     m, masks = _ticket(kind)
     x = torch.randn(8, 1, 28, 28)
-    engine, ops = export_onnx(kind, m, masks, ARCH, x, tmp_path, 1e-3)
+    engine, ops = export_onnx(STRUCTURE[kind], m, masks, ARCH, x, tmp_path, 1e-3)
     assert engine == {"refill": "slim", "regroup": "slim+blocks"}[kind] and "Conv" in ops
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": x.numpy()})[0]
@@ -89,24 +89,24 @@ def test_export_onnx_writes_a_verified_model_onnxruntime_loads_in_three_lines(tm
 
 def test_export_onnx_refuses_unstructured_tickets_and_a_file_as_folder(tmp_path):
     m, masks = _ticket("imp")
-    with pytest.raises(ArtifactError, match="imp tickets are unstructured"):
-        export_onnx("imp", m, masks, ARCH, torch.randn(2, 1, 28, 28), tmp_path, 1e-3)
+    with pytest.raises(ArtifactError, match="unstructured tickets have no fast model"):
+        export_onnx("unstructured", m, masks, ARCH, torch.randn(2, 1, 28, 28), tmp_path, 1e-3)
     (tmp_path / "f").write_text("")
     with pytest.raises(ArtifactError, match="exists and is not a folder"):
-        export_onnx("refill", *_ticket("refill"), ARCH, torch.randn(2, 1, 28, 28), tmp_path / "f", 1e-3)
+        export_onnx("channel", *_ticket("refill"), ARCH, torch.randn(2, 1, 28, 28), tmp_path / "f", 1e-3)
 
 
 def test_bench_times_onnxruntime_beside_pytorch_for_exportable_engines():
     m, masks = _ticket("imp")
     metrics = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
     rows, layers = bench_ticket(
-        "imp", "imp", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0), layers=True
+        "imp", "unstructured", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0), layers=True
     )
     assert {(r["runtime"], r["engine"]) for r in rows} == {("torch", "masked_dense"), ("torch", "csr"), ("onnxruntime", "masked_dense")}
     assert {r["runtime"] for r in layers} == {"torch"}  # csr's per-layer rows: PyTorch only
     off = bench_ticket(
         "imp",
-        "imp",
+        "unstructured",
         m,
         masks,
         metrics,
@@ -136,6 +136,6 @@ def test_engines_for_onnxruntime_are_chosen_by_timings_in_onnxruntime(monkeypatc
     monkeypatch.setattr(choice, "time_pair", record)
     metrics = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
     bench_ticket(
-        "regroup", "regroup", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0), layers=False
+        "regroup", "group", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0), layers=False
     )
     assert set(timed) == {(False, False), (True, True)}  # alignment and engines: each runtime's own timings

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import randomised_model
+from helpers import ROOT, STRUCTURE, randomised_model
 from structlth.artifacts import load_tensors, save_tensors
 from structlth.config import BenchParams
 from structlth.errors import ArtifactError, VerificationError
@@ -236,7 +236,7 @@ def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
     metrics = {"flops": 1, "flops_dense": 2, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
     rows, _ = bench_ticket(
         kind,
-        kind,
+        STRUCTURE[kind],
         m,
         masks,
         metrics,
@@ -278,7 +278,14 @@ def _bench_case(kind: str):
 def test_bench_ticket_rows_are_verified(kind):
     m, masks, metrics = _bench_case(kind)
     rows, layers = bench_ticket(
-        kind, kind, m, masks, metrics, torch.randn(4, 1, 28, 28), BenchParams(batch_sizes=[1, 4], repeats=1, warmup=0), layers=True
+        kind,
+        STRUCTURE[kind],
+        m,
+        masks,
+        metrics,
+        torch.randn(4, 1, 28, 28),
+        BenchParams(batch_sizes=[1, 4], repeats=1, warmup=0),
+        layers=True,
     )
     engines = {"imp": {"masked_dense", "csr"}, "imp_channel": {"slim"}, "regroup": {"slim+blocks"}}[kind]
     for b in (1, 4):
@@ -302,7 +309,7 @@ def test_bench_ticket_refuses_a_fast_model_that_computes_something_else(monkeypa
     with pytest.raises(VerificationError, match=r"imp_channel slim \(torch\): fast path differs"):
         bench_ticket(
             "imp_channel",
-            "imp_channel",
+            "channel",
             m,
             masks,
             metrics,
@@ -424,7 +431,7 @@ def test_one_multiple_for_every_conv_wins_where_the_whole_net_runs_faster(monkey
         return net_at_16 if all(c.out_channels % 16 == 0 for c in _convs(model).values()) else 1.0
 
     monkeypatch.setattr("structlth.speedup.choice.time_pair", lambda dense, fast, *a, **k: Timing(seconds(dense), seconds(fast)))
-    slim = _convs(fast_models("imp_channel", m, masks, 3, Probe(torch.randn(2, 3, 32, 32), repeats=1, warmup=0))["slim"])
+    slim = _convs(fast_models("channel", m, masks, 3, Probe(torch.randn(2, 3, 32, 32), repeats=1, warmup=0))["slim"])
     live, full = kept_channels(m, masks, 3), _convs(m)
     at = 16 if net_at_16 < 1 - ALIGN_MARGIN else ALIGN
     assert {n: c.out_channels for n, c in slim.items()} == {n: min(full[n].out_channels, round_up(len(live[n]), at)) for n in full}
@@ -545,7 +552,7 @@ def test_choices_are_timed_in_the_format_they_build_for_even_on_one_channel_imag
     monkeypatch.setattr("structlth.speedup.choice.format_race", race)
     m, masks, metrics = _bench_case("regroup")
     bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
-    bench_ticket("regroup", "regroup", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
+    bench_ticket("regroup", "group", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
     assert built.count("cl") > 20 and built.count("nchw") > 20 and raced == [("nchw", "cl")]
 
 
@@ -564,7 +571,7 @@ def test_choices_are_timed_on_choice_repeats_pairs_however_few_a_row_takes(monke
     monkeypatch.setattr("structlth.speedup.choice.time_pair", record)
     m, masks, metrics = _bench_case("regroup")
     bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
-    bench_ticket("regroup", "regroup", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
+    bench_ticket("regroup", "group", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
     assert len(pairs) > 20 and set(pairs) == {CHOICE_REPEATS}
     assert ruled.count(False) == 1  # no engine beat dense, so no block order was measured (`absorb`)
 
@@ -584,7 +591,7 @@ def test_a_tickets_fast_model_runs_in_the_format_it_runs_faster_in_whatever_the_
     bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
     for kind in ("imp_channel", "regroup", "imp"):
         m, masks, metrics = _bench_case(kind)
-        rows, _ = bench_ticket(kind, kind, m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
+        rows, _ = bench_ticket(kind, STRUCTURE[kind], m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
         assert rows and all(r["channels_last"] == (dense_format == "cl") for r in rows)
         ticket_format = dense_format if kind == "imp" else faster
         assert all(r["ticket_channels_last"] == (ticket_format == "cl") for r in rows), kind
@@ -595,11 +602,11 @@ def test_compiled_engines_are_verified_and_carry_their_compile_time(monkeypatch)
     bench = BenchParams(batch_sizes=[4], repeats=1, warmup=0, onnxruntime=False, compile=True)
     x = torch.randn(4, 1, 28, 28)
     monkeypatch.setattr("structlth.speedup.bench.compile_model", lambda model, _x: (model, 1.5))  # inductor takes ~40 s: its plumbing here
-    rows, _ = bench_ticket("imp_channel", "imp_channel", m, masks, metrics, x, bench, layers=False)
+    rows, _ = bench_ticket("imp_channel", "channel", m, masks, metrics, x, bench, layers=False)
     assert [(r["engine"], r["compile_s"]) for r in rows] == [("slim", None), ("slim+compile", 1.5)]
     monkeypatch.setattr("structlth.speedup.bench.compile_model", lambda model, _x: (lambda y: model(y) + 1, 1.5))
     with pytest.raises(VerificationError, match=r"imp_channel slim\+compile \(torch\): fast path differs"):
-        bench_ticket("imp_channel", "imp_channel", m, masks, metrics, x, bench, layers=False)
+        bench_ticket("imp_channel", "channel", m, masks, metrics, x, bench, layers=False)
 
 
 def test_the_machine_names_its_cpu_isa_and_runtimes():
@@ -738,3 +745,21 @@ def test_a_convs_computed_outputs_come_from_the_conv_onednn_ran_and_its_log_leav
 def test_without_onednn_no_conv_is_read_and_nothing_breaks(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)  # a PyTorch built without it
     assert conv_calls(nn.Conv2d(3, 8, 3).eval(), torch.randn(2, 3, 8, 8)) == []
+
+
+def test_the_speed_library_knows_structures_not_method_names():
+    """A ticket declares its structure (config.STRUCTURES); structlth.speedup never names a method,
+    so a new method of a known structure needs no change there."""
+    import ast
+
+    from helpers import tiny_raw
+    from structlth.config import parse_params
+
+    names = {"imp", "imp_channel", "refill", "regroup", "torch_pruning", *parse_params(tiny_raw()).methods}
+    found = [
+        (f.name, node.value)
+        for f in sorted((ROOT / "structlth" / "speedup").glob("*.py"))
+        for node in ast.walk(ast.parse(f.read_text()))
+        if isinstance(node, ast.Constant) and node.value in names
+    ]
+    assert not found, found

@@ -74,13 +74,6 @@ def layer_rows(
     return rows
 
 
-def ticket_kind(method: str, params) -> str:
-    """imp -> unstructured; imp_channel -> channel; tickets.<name> or baselines.<name> -> its kind."""
-    if method in ("imp", "imp_channel"):
-        return method
-    return params.ticket_spec(method).kind
-
-
 BENCH_COLUMNS = [
     "method",
     "round",
@@ -104,7 +97,7 @@ BENCH_COLUMNS = [
     "sparsity",
     "test_acc",
 ]
-PRODUCTION_ENGINES = ("slim", "slim+blocks")  # chosen per ticket kind before any timing (speedup.choice)
+PRODUCTION_ENGINES = ("slim", "slim+blocks")  # chosen per ticket structure before any timing (speedup.choice)
 ORT_ENGINES = ("slim", "slim+blocks", "masked_dense")  # exportable to ONNX (torch's sparse CSR is not)
 
 
@@ -183,7 +176,7 @@ def _phase(phases: dict[str, float] | None, name: str) -> Iterator[None]:
 
 def bench_ticket(
     method: str,
-    kind: str,
+    structure: str,
     model: nn.Module,
     masks: Mapping[str, torch.Tensor],
     metrics: dict,
@@ -198,7 +191,8 @@ def bench_ticket(
     production engine compiled, against the dense net compiled alike) and bench_layers.csv
     (largest batch, production engines and csr).
 
-    model: the ticket's architecture with its trained weights; test_x: normalised test images
+    structure: the ticket's (structlth.config.STRUCTURES); model: the ticket's architecture with
+    its trained weights; test_x: normalised test images
     [N, C, H, W], N >= max(batch sizes); bench: BenchParams; baseline: the stage's dense
     baseline (measured here when None). Every fast path, in every runtime, is verified against
     the masked model on test_x[:max batch] first. phases: seconds spent per phase are added to it.
@@ -221,7 +215,7 @@ def bench_ticket(
             x = test_x[:b].contiguous(memory_format=run_fmt)
             with _phase(phases, f"{runtime}: engine choice"):
                 probe = Probe(x, run_fmt, runtime=runtime, threads=bench.threads)
-                candidates = fast_models_and_formats(kind, model, masks, in_ch, probe)
+                candidates = fast_models_and_formats(structure, model, masks, in_ch, probe)
             for engine, (fast, fast_fmt) in candidates.items():
                 if runtime != "torch" and engine not in ORT_ENGINES:
                     continue

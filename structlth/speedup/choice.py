@@ -1,7 +1,8 @@
-"""Which engine runs each layer, and the fast model of each ticket kind.
+"""Which engine runs each layer, and the fast model of each ticket structure.
 
-Every ticket kind has one production engine, chosen before any end-to-end timing:
-- channel-wise tickets (refill, imp_channel): `slim`, the physically smaller net, each conv's
+A ticket declares the structure of its masks (structlth.config.STRUCTURES); each structure has
+one production engine, chosen before any end-to-end timing:
+- channel-wise tickets (refill, imp_channel, Torch-Pruning): `slim`, the physically smaller net, each conv's
   kept channels padded with zero channels to a multiple of 8, 16 or 32, per layer, whichever
   runs fastest on this machine (`choose_alignment`: CPU kernels compute channels in blocks
   whose size depends on the instruction set), unless one multiple for every conv runs the
@@ -39,8 +40,7 @@ from structlth.speedup.onnxrt import in_runtime
 from structlth.speedup.slim import kept_channels, slim_model
 from structlth.speedup.timing import conv_inputs, settled_side, time_pair
 
-CHANNEL_KINDS = ("refill", "imp_channel", "torch_pruning")
-GROUP_KINDS = ("regroup",)
+STRUCTURED = ("channel", "group")  # the structures with a fast model of their own; "unstructured" runs masked
 ALIGNS = (8, 16, 32)  # channel multiples tried per slim conv (oneDNN's fp32 blocks: 8 channels on AVX2, 16 on AVX-512)
 ALIGN_MARGIN = 0.03  # a wider count (or net) is kept only this much faster: its zero channels cost its readers work
 ENGINE_MARGIN = 0.03  # an engine replaces the one chosen before it only this much faster: noise would decide its readers' gathers
@@ -250,14 +250,17 @@ def _faster(model: nn.Module, than: nn.Module, probe: Probe) -> bool:
     return probe.ratio(probe.runner(copy.deepcopy(than), x), probe.runner(copy.deepcopy(model), x), x, bar=1) < 1
 
 
-def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe) -> dict[str, nn.Module]:
-    """engine name -> fast model (on the CPU, fp32) for a ticket of this kind (model: on the CPU,
-    with its trained weights); alignment and engines are chosen by timings on probe.x (a batch
-    on the device, in the dtype the models will run in) in the probe's memory format and runtime."""
-    if kind in CHANNEL_KINDS + GROUP_KINDS:
+def fast_models(
+    structure: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe
+) -> dict[str, nn.Module]:
+    """engine name -> fast model (on the CPU, fp32) for a ticket of this structure (channel,
+    group or unstructured; model: on the CPU, with its trained weights); alignment and engines
+    are chosen by timings on probe.x (a batch on the device, in the dtype the models will run in)
+    in the probe's memory format and runtime."""
+    if structure in STRUCTURED:
         align = net_alignment(model, masks, in_channels, probe)
         slim = fold_bn(slim_model(model, masks, in_channels, align))
-        if kind in CHANNEL_KINDS:
+        if structure == "channel":
             return {"slim": slim}
         plain = slim_masks(model, masks, in_channels, align)
         blocks = fold_layouts(swap_convs(slim, plain, choose_engines(slim, plain, probe)))
@@ -268,7 +271,7 @@ def fast_models(kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], 
 
 
 def fast_models_and_formats(
-    kind: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe
+    structure: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe
 ) -> dict[str, tuple[nn.Module, torch.memory_format]]:
     """engine name -> (fast model, the memory format it runs fastest in). In PyTorch a channel- or
     group-wise ticket's models are built (`fast_models`: alignment and engines chosen) in each
@@ -276,12 +279,12 @@ def fast_models_and_formats(
     convs are narrower or grouped, so the dense net's format (probe.memory_format) need not suit
     it. Elsewhere (ONNX Runtime takes NCHW; imp's masked_dense is the A/A and does the dense
     net's work) the probe's format alone."""
-    if probe.runtime != "torch" or kind not in CHANNEL_KINDS + GROUP_KINDS:
-        return {e: (m, probe.memory_format) for e, m in fast_models(kind, model, masks, in_channels, probe).items()}
+    if probe.runtime != "torch" or structure not in STRUCTURED:
+        return {e: (m, probe.memory_format) for e, m in fast_models(structure, model, masks, in_channels, probe).items()}
     built = {}
     for fmt in FORMATS:
         p = replace(probe, x=probe.x.contiguous(memory_format=fmt), memory_format=fmt)
-        built[fmt] = {e: p.like(m) for e, m in fast_models(kind, model, masks, in_channels, p).items()}
+        built[fmt] = {e: p.like(m) for e, m in fast_models(structure, model, masks, in_channels, p).items()}
     out = {}
     for engine, plain in built[torch.contiguous_format].items():
         fmt = format_race(plain, built[torch.channels_last][engine], probe.x, probe.repeats, probe.warmup)
