@@ -21,7 +21,7 @@ from structlth.config import BenchParams, load_params
 from structlth.data import load_dataset, normalize
 from structlth.models import build_model
 from structlth.rounds import Context, load_ticket
-from structlth.speedup.bench import bench_ticket
+from structlth.speedup.measure import bench_ticket
 
 BATCH = 64
 KEEP = ("method", "engine", "t_dense_ms", "t_ticket_ms", "time_saving", "flops_saving", "compile_s", "max_abs_err")

@@ -26,7 +26,7 @@ from structlth.data import load_dataset, normalize, prepare_data
 from structlth.masks import drop_untrainable, ones_masks
 from structlth.pruning import magnitude_prune
 from structlth.rounds import Context, load_state
-from structlth.speedup.bench import bench_ticket
+from structlth.speedup.measure import bench_ticket
 from structlth.tickets import ticket_masks
 from structlth.train import state_of
 from structlth.training import pretrain

@@ -3,7 +3,7 @@
 The default model (VGG-16 at width 0.25, 1x28x28, batch 64, 2 threads; BN randomised so
 outputs depend on the input) with one-shot global magnitude masks at IMP round 4's density
 (0.8^4), regrouped at channel granularity by the budget rule with rows_per_part 16..128 and
-channel_align 1 / 8, then the bench stage's verified timing. A refill ticket of the same mask
+input_align 1 / 8, then the bench stage's verified timing. A refill ticket of the same mask
 is the reference. Speed only (untrained weights).
 """
 
@@ -17,7 +17,7 @@ from structlth.masks import drop_untrainable, ones_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune, regroup_layers
 from structlth.pruning.kinds.refill import refill_masks, weight_scores
-from structlth.speedup.bench import bench_ticket, dense_baseline
+from structlth.speedup.measure import bench_ticket, dense_baseline
 
 
 def run(smoke: bool = False) -> dict:
@@ -36,7 +36,7 @@ def run(smoke: bool = False) -> dict:
         for align in aligns:
             variants["regroup", rpp, align] = (
                 "group",
-                regroup_layers(imp, rows_per_part=rpp, min_rows=8, column_rule="budget", granularity="channel", channel_align=align),
+                regroup_layers(imp, rows_per_part=rpp, min_rows=8, column_rule="budget", granularity="channel", input_align=align),
             )
     rows = []
     for (name, rpp, align), (structure, masks) in variants.items():
@@ -47,7 +47,7 @@ def run(smoke: bool = False) -> dict:
             {
                 "ticket": name,
                 "rows_per_part": rpp,
-                "channel_align": align,
+                "input_align": align,
                 "sparsity": metrics["sparsity"],
                 "time_saving": r["time_saving"],
                 "flops_saving": r["flops_saving"],
@@ -65,7 +65,7 @@ def run(smoke: bool = False) -> dict:
         "rows": rows,
         "summary": {
             "best_rows_per_part": best["rows_per_part"],
-            "best_channel_align": best["channel_align"],
+            "best_input_align": best["input_align"],
             "best_regroup_time_saving": best["time_saving"],
         },
     }

@@ -18,10 +18,10 @@ from benchmarks.speedup_scale import CASES, tickets
 from structlth.config import BenchParams
 from structlth.masks import layer_effective_flops
 from structlth.models import build_model
-from structlth.speedup.bench import layer_rows
 from structlth.speedup.choice import Probe, fast_models
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.layout import fold_bn
+from structlth.speedup.measure import layer_rows
 from structlth.speedup.timing import time_pair, verify
 
 BATCHES = [64, 512]

@@ -22,7 +22,7 @@ from structlth.models import build_model
 from structlth.pruning import magnitude_prune, regroup_layers
 from structlth.pruning.kinds.refill import refill_masks, weight_scores
 from structlth.report import targets, timing_noise
-from structlth.speedup.bench import bench_ticket, dense_baseline
+from structlth.speedup.measure import bench_ticket, dense_baseline
 
 BATCHES = [1, 64]
 CASES = [("vgg16", 0.2), ("vgg16", 0.4), ("resnet18", 0.2), ("resnet18", 0.4)]  # (arch, density)

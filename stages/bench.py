@@ -4,7 +4,7 @@
 import argparse
 from pathlib import Path
 
-from structlth.bench_round import bench_round
+from structlth.bench import bench_round
 from structlth.config import load_params
 from structlth.errors import user_errors
 

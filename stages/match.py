@@ -1,7 +1,7 @@
-"""DVC stage: the FLOPs a Torch-Pruning baseline matches -> artifacts/<baseline>/matched.json,
-per ticket round the matched ticket's name and FLOPs (read from its metrics.json). Each
-baseline round declares its own round's entry as a DVC param, so it reruns only when the FLOPs
-it is pruned to change, never for another ticket's edit."""
+"""DVC stage: what a Torch-Pruning baseline is pruned to -> artifacts/<baseline>/matched.json: per
+ticket round the matched ticket's name, its FLOPs (read from its metrics.json) and the channel
+multiple the baseline keeps. Each baseline round declares its own round's entry as a DVC param,
+so it reruns only when its target changes, never for another ticket's edit."""
 
 import argparse
 from pathlib import Path
@@ -9,7 +9,7 @@ from pathlib import Path
 from structlth.artifacts import write_json
 from structlth.config import load_params
 from structlth.errors import ParamsError, user_errors
-from structlth.rounds import matched_flops
+from structlth.rounds import matched
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
@@ -22,4 +22,4 @@ if __name__ == "__main__":
         params = load_params(args.params)
         if args.name not in params.baselines:
             raise ParamsError(f"baselines: {args.name!r} is not one of {sorted(params.baselines)}")
-        write_json(Path(args.out), matched_flops(params, args.name, Path(args.artifacts)))
+        write_json(Path(args.out), matched(params, args.name, Path(args.artifacts)))

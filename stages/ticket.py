@@ -19,7 +19,7 @@ if __name__ == "__main__":
     ap.add_argument("--imp", required=True, help="the IMP round's directory")
     ap.add_argument("--out", required=True)
     ap.add_argument("--checkpoint")
-    ap.add_argument("--matched", help="a baseline's matched.json: the FLOPs it is pruned to at each round")
+    ap.add_argument("--matched", help="a baseline's matched.json: the FLOPs and channel multiple it is pruned to per round")
     args = ap.parse_args()
     with user_errors():
         params = load_params(args.params)

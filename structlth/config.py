@@ -241,6 +241,7 @@ STRUCTURES = ("unstructured", "channel", "group")  # what a ticket's masks are, 
 
 class RefillParams(TicketOrigin):
     structure: ClassVar[str] = "channel"  # whole output channels: a smaller dense net
+    align_field: ClassVar[str] = "channel_align"  # the key that rounds what the ticket keeps up
     kind: Literal["refill"]
     criterion: Literal[REFILL_CRITERIA] = "magnitude"  # type: ignore[valid-type]
     refill_rate: float = Field(0.0, ge=0, lt=1)
@@ -253,6 +254,7 @@ class RefillParams(TicketOrigin):
 
 class RegroupParams(TicketOrigin):
     structure: ClassVar[str] = "group"  # dense blocks of rows x input units
+    align_field: ClassVar[str] = "input_align"
     kind: Literal["regroup"]
     granularity: Literal["column", "channel"] = "column"
     hypergraph: Literal["channel", "column"] = Field("channel", description="hyperedges per input channel (fast) or per column (the paper)")
@@ -263,7 +265,7 @@ class RegroupParams(TicketOrigin):
     t1: float = Field(1.5, gt=0, description="prefix rule threshold")
     t2: float = Field(0.5, gt=0, le=1, description="density rule: min share of rows")
     b2: int = Field(4, ge=1, description="density rule: min qualifying columns")
-    channel_align: int = Field(1, ge=1, le=64, description="channel granularity: block input channels rounded up to a multiple")
+    input_align: int = Field(1, ge=1, le=64, description="channel granularity: each block's input channels rounded up to a multiple")
     max_pins: int | None = Field(
         50_000,
         ge=1000,
@@ -300,7 +302,15 @@ class TorchPruningParams(Strict):
     start: Literal["finetune", "rewind"] = Field(
         "finetune", description="finetune: the trained dense weights; rewind: the rewind point (as every ticket)"
     )
-    round_to: int = Field(8, ge=1, le=64, description="kept channels per layer rounded to a multiple (Torch-Pruning's round_to)")
+    round_to: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description=(
+            "kept channels per layer rounded to a multiple (Torch-Pruning's round_to); null: the matched ticket's channel_align"
+            " (a regroup ticket's: 1), so both keep channels in the same multiples"
+        ),
+    )
     score_batches: int = Field(1, ge=1, description="train batches for the taylor importance's gradients")
 
 
@@ -456,6 +466,11 @@ class Params(Strict):
         if spec is None:
             raise ParamsError(f"tickets.{name}: no such ticket or baseline (have {sorted([*self.tickets, *self.baselines])})")
         return spec
+
+    def round_to(self, baseline: str) -> int:
+        """The channel multiple baseline `baseline` keeps: its round_to, else its matched ticket's channel_align."""
+        spec = self.baselines[baseline]
+        return spec.round_to if spec.round_to is not None else getattr(self.tickets[spec.match], "channel_align", 1)
 
     def structure_of(self, method: str) -> str:
         """The structure of a method's masks (one of STRUCTURES): imp's are unstructured,

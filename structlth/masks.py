@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from structlth.config import Prunable
 from structlth.errors import ArtifactError
-from structlth.graph import bn_masks, liveness
+from structlth.liveness import bn_masks, liveness
 
 Masks = dict[str, torch.Tensor]
 
@@ -49,7 +49,7 @@ def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], source: str
 
 def drop_untrainable(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int) -> Masks:
     """`masks` without the conv weights that can never train: those reading a dead input
-    channel or feeding a dead output channel (structlth.graph). Their gradient is exactly zero,
+    channel or feeding a dead output channel (structlth.liveness). Their gradient is exactly zero,
     so they would keep their rewind values and count as kept weights and FLOPs."""
     live = liveness(model, masks, in_channels)
     modules = dict(model.named_modules())
@@ -63,7 +63,7 @@ def drop_untrainable(model: nn.Module, masks: Mapping[str, torch.Tensor], in_cha
 
 
 def training_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int) -> Masks:
-    """Weight masks plus the BN masks of dead channels (see structlth.graph)."""
+    """Weight masks plus the BN masks of dead channels (see structlth.liveness)."""
     return {**masks, **bn_masks(model, masks, in_channels)}
 
 

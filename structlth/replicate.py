@@ -27,7 +27,7 @@ from structlth.artifacts import read_json, staged_dir
 from structlth.codedeps import code_manifest, manifest_digest
 from structlth.config import Params, params_hash
 from structlth.pruning import registry
-from structlth.rounds import file_digest, seed_chain, setup
+from structlth.rounds import file_digest, matched, seed_chain, setup
 from structlth.tickets import group_round, make_ticket
 from structlth.training import imp_round, pretrain
 
@@ -147,8 +147,7 @@ def run_replicate(params: Params, seed: int, data_dir: Path, out_dir: Path, cach
             chain_round = group_round if method in p.group_chains else imp_round
             chain_round(ctx, method, cache / method / p.prune.rounds[rnd].prev, cache / "pretrain", d, ckpt)
         elif method in p.baselines:
-            matched = read_json(cache / p.baselines[method].match / rnd / "metrics.json")["flops"]
-            make_ticket(ctx, method, cache / "imp" / rnd, cache / "pretrain", d, ckpt, matched)
+            make_ticket(ctx, method, cache / "imp" / rnd, cache / "pretrain", d, ckpt, matched(p, method, cache)[rnd])
         else:
             make_ticket(ctx, method, cache / "imp" / rnd, cache / "pretrain", d, ckpt)
         (d / STAMP).write_text(identity)

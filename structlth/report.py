@@ -19,7 +19,7 @@ from structlth.evidence import EVIDENCE_COLS, accuracy, bracket, matched, versus
 from structlth.masks import row_density  # noqa: E402
 from structlth.paper import paper_table  # noqa: E402
 from structlth.rounds import load_predictions  # noqa: E402
-from structlth.speedup.bench import PRODUCTION_ENGINES, aa_readings, timing_noise  # noqa: E402
+from structlth.speedup.measure import PRODUCTION_ENGINES, aa_readings, timing_noise  # noqa: E402
 
 SUMMARY_COLS = [
     "method",

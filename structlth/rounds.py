@@ -189,20 +189,21 @@ def seed_chain(ctx: Context, pretrain_dir: Path, out_dir: Path) -> dict:
     return metrics
 
 
-def matched_flops(params: Params, name: str, artifacts: Path) -> dict[str, dict]:
-    """Baseline `name`'s targets: per ticket round, {'ticket', 'flops'} of the ticket it
-    matches, read from that ticket's metrics.json under `artifacts`."""
-    match = params.baselines[name].match
+def matched(params: Params, name: str, artifacts: Path) -> dict[str, dict]:
+    """Baseline `name`'s targets: per ticket round, the ticket it matches, that ticket's FLOPs
+    (from its metrics.json under `artifacts`) and the channel multiple the baseline keeps
+    (Params.round_to): {'ticket', 'flops', 'round_to'}."""
+    match, round_to = params.baselines[name].match, params.round_to(name)
     return {
-        r: {"ticket": match, "flops": read_metrics(artifacts / match / r / "metrics.json", ("flops",))["flops"]}
+        r: {"ticket": match, "flops": read_metrics(artifacts / match / r / "metrics.json", ("flops",))["flops"], "round_to": round_to}
         for r in params.prune.ticket_rounds
     }
 
 
-def read_matched(path: Path, rnd: str) -> int:
-    """The FLOPs a baseline matches at round `rnd`, from the file of matched_flops."""
+def read_matched(path: Path, rnd: str) -> dict:
+    """A baseline's target at round `rnd` ({'ticket', 'flops', 'round_to'}), from the file of `matched`."""
     targets = read_json(path)
     entry = targets.get(rnd) if isinstance(targets, dict) else None
-    if not isinstance(entry, dict) or not isinstance(entry.get("flops"), int):
-        raise ArtifactError(f"{path}: no matched FLOPs for {rnd} (rerun the stage that writes it: dvc repro -f -s <stage>)")
-    return entry["flops"]
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), int) for k in ("flops", "round_to")):
+        raise ArtifactError(f"{path}: no matched FLOPs and round_to for {rnd} (rerun the stage that writes it: dvc repro -f -s <stage>)")
+    return entry

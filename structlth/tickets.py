@@ -66,9 +66,11 @@ def structured_masks(
     return drop_untrainable(ctx.model(), ticket_masks(ctx, spec, state, masks), ctx.data.in_channels), extra
 
 
-def baseline_masks(ctx: Context, spec: TorchPruningParams, target: int, pretrain_dir: Path) -> tuple[Masks, dict]:
+def baseline_masks(ctx: Context, spec: TorchPruningParams, target: int, round_to: int, pretrain_dir: Path) -> tuple[Masks, dict]:
     """Torch-Pruning's channel masks of the trained dense net at no more than `target` FLOPs
-    (the matched ticket's at this round); and what the metrics record of it."""
+    (the matched ticket's at this round), kept channels a multiple of `round_to`; and what the
+    metrics record of it."""
+    spec = spec.model_copy(update={"round_to": round_to})
     model = ctx.model()
     model.load_state_dict(load_state(ctx, pretrain_dir / "weights.safetensors", model, {"kind": "weights"})[0])
     in_ch = ctx.data.in_channels
@@ -95,12 +97,12 @@ def make_ticket(
     pretrain_dir: Path,
     out_dir: Path,
     checkpoint: Path | None = None,
-    matched: int | None = None,
+    matched: dict | None = None,
 ) -> dict:
     """A structured ticket from IMP round k: post-process its mask (or, for a torch_pruning
-    baseline, prune the dense net to `matched`, the FLOPs of its matched ticket at round k),
-    rewind (or start from the weights the ticket's `init` / `start` names), retrain.
-    metrics.json records that start."""
+    baseline, prune the dense net to `matched`: the 'flops' of its matched ticket at round k,
+    kept channels a multiple of 'round_to'; structlth.rounds.matched), rewind (or start from the
+    weights the ticket's `init` / `start` names), retrain. metrics.json records that start."""
     p = ctx.params
     spec = p.ticket_spec(name)
     model = ctx.model()
@@ -111,13 +113,14 @@ def make_ticket(
     if isinstance(spec, TorchPruningParams):
         if matched is None:
             raise ValueError(f"{name}: a torch_pruning baseline needs the FLOPs of its matched ticket ({spec.match})")
-        new, extra = baseline_masks(ctx, spec, matched, pretrain_dir)
+        new, extra = baseline_masks(ctx, spec, matched["flops"], matched["round_to"], pretrain_dir)
         start_from = "weights" if spec.start == "finetune" else "rewind"
-        identity += str(matched)
+        identity += f"{matched['flops']}/{matched['round_to']}"
     else:
         new, extra = structured_masks(ctx, spec, state, masks, pretrain_dir)
-    if getattr(spec, "channel_align", 1) > 1:  # what alignment gave back: the sparsity the ticket had before it
-        unaligned = structured_masks(ctx, spec.model_copy(update={"channel_align": 1}), state, masks, pretrain_dir)[0]
+    align = getattr(spec, "align_field", None)
+    if align and getattr(spec, align) > 1:  # what alignment gave back: the sparsity the ticket had before it
+        unaligned = structured_masks(ctx, spec.model_copy(update={align: 1}), state, masks, pretrain_dir)[0]
         extra["unaligned_sparsity"] = 1 - density(unaligned)
     model, result = retrain(ctx, new, pretrain_dir, checkpoint, identity, start_from, methods(spec))
     metrics = round_metrics(

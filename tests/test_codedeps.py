@@ -132,7 +132,7 @@ def test_the_code_stage_writes_one_closure_per_stage_and_per_method(tmp_path):
     assert {f.stem for f in (tmp_path / "code").glob("*.json")} == scripts | entries
     written = yaml.safe_load((tmp_path / "code" / "bench.json").read_text())
     assert written == code_manifest(ROOT / "stages" / "bench.py", ROOT)
-    assert "structlth/speedup/bench.py" in written and not _names(written) & {"report.py", "train.py", "tickets.py"}
+    assert "structlth/speedup/measure.py" in written and not _names(written) & {"report.py", "train.py", "tickets.py"}
     methods = {"refill.py", "regroup.py", "torch_pruning.py", "omp.py", "random.py", "snip.py", "synflow.py"}
     for entry, own in [("refill", "refill.py"), ("regroup", "regroup.py"), ("tp_l1", "torch_pruning.py")]:
         manifest = yaml.safe_load((tmp_path / "code" / f"ticket-{entry}.json").read_text())
@@ -180,7 +180,7 @@ for name, (section, entry, edit) in json.loads(sys.argv[1]).items():
     import structlth.tickets as tickets
     before = set(sys.modules)
     if section == "baselines":
-        tickets.baseline_masks(ctx, params.baselines[entry], effective_flops(model, masks, ctx.input_shape)[1], pretrain)
+        tickets.baseline_masks(ctx, params.baselines[entry], effective_flops(model, masks, ctx.input_shape)[1], 8, pretrain)
     else:
         tickets.structured_masks(ctx, params.tickets[entry], model.state_dict(), masks, pretrain)
     loaded[name] = sorted(m.__file__ for n, m in sys.modules.items() if n.startswith("structlth.") and n not in before)

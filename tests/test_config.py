@@ -287,3 +287,16 @@ def test_cli_compose_writes_the_complete_params_a_variant_describes(tmp_path, ra
     assert proc.returncode == 0, proc.stderr
     composed = yaml.safe_load(out.read_text())
     assert "base" not in composed and composed["replicates"]["seeds"] == [1, 2] and composed["tickets"] == raw_params["tickets"]
+
+
+def test_a_baselines_channel_multiple_follows_the_ticket_it_matches_unless_set(raw_params):
+    """round_to: null keeps the matched refill's channel_align (a regroup ticket has none: 1), so
+    a baseline and its ticket keep channels in the same multiples without a second setting."""
+    raw_params["tickets"]["refill"]["channel_align"] = 8
+    raw_params["baselines"] = {
+        "follows": {"kind": "torch_pruning", "match": "refill"},
+        "of_regroup": {"kind": "torch_pruning", "match": "regroup"},
+        "set": {"kind": "torch_pruning", "match": "refill", "round_to": 4},
+    }
+    p = parse_params(raw_params)
+    assert [p.round_to(b) for b in ("follows", "of_regroup", "set")] == [8, 1, 4]

@@ -103,13 +103,13 @@ def test_editing_one_ticket_reruns_and_rebenches_only_that_ticket(repo, tmp_path
     copy = tmp_path / "repo"
     shutil.copytree(repo, copy, symlinks=True)
     _edit(copy, lambda r: r["tickets"]["regroup"].update(rows_per_part=2))
-    # the code stage reads the method entries (its digests stay the same); no baseline reruns:
-    # tp_l1 depends on the FLOPs of refill, the ticket it matches, alone
-    assert stages_changed(copy) == {"code", "check_params", "ticket@regroup-round2", "report"}
+    # the code and match stages read the ticket entries (in a second, to the same files); no
+    # baseline reruns: tp_l1 depends on the FLOPs of refill, the ticket it matches, alone
+    assert stages_changed(copy) == {"code", "check_params", "match@tp_l1", "ticket@regroup-round2", "report"}
     plan = planned_stages(copy)  # what `structlth repro` counts as "stage k of N"
     ran = stages_ran(run_tool(["dvc", "repro"], copy))
     assert ran <= set(plan)
-    assert ran == {"code", "check_params", "ticket@regroup-round2", "bench_ticket@regroup-round2", "report"}
+    assert ran == {"code", "check_params", "match@tp_l1", "ticket@regroup-round2", "bench_ticket@regroup-round2", "report"}
 
 
 TRAINING = {
@@ -156,7 +156,7 @@ def test_a_code_edit_reruns_exactly_the_stages_that_run_it(code_repo, path, reru
 
 def test_importing_the_library_with_bytecode_on_leaves_dvc_status_clean(repo):
     env = {k: v for k, v in tool_env().items() if k != "PYTHONDONTWRITEBYTECODE"}
-    code = "import structlth.tickets, structlth.speedup.bench, structlth.models, structlth.report"
+    code = "import structlth.tickets, structlth.speedup.measure, structlth.models, structlth.report"
     subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, check=True)  # cwd first on sys.path: the repo's copy
     assert any((repo / "structlth" / "speedup" / "__pycache__").iterdir())
     assert stages_changed(repo) == set()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from helpers import randomised_model
-from structlth.graph import bn_masks
+from structlth.liveness import bn_masks
 from structlth.masks import effective_flops, layer_effective_flops, mask_stats
 from structlth.speedup.engines import masked_reference
 from structlth.speedup.slim import kept_channels, slim_model

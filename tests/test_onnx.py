@@ -16,10 +16,10 @@ from structlth.errors import ArtifactError, StructlthError
 from structlth.export import export_onnx
 from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
-from structlth.speedup.bench import bench_ticket
 from structlth.speedup.choice import Probe, fast_models, slim_masks
 from structlth.speedup.engines import masked_reference, swap_convs
 from structlth.speedup.layout import fold_bn, fold_layouts
+from structlth.speedup.measure import bench_ticket
 from structlth.speedup.onnxrt import OrtModel, op_types, to_onnx
 from structlth.speedup.slim import slim_model
 

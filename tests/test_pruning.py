@@ -250,7 +250,7 @@ def test_channel_align_grows_a_block_by_its_most_used_units():
     assert align_units(chosen, counts, 4).tolist() == [True, False, True, True, True]
     assert align_units(chosen, counts, 2).tolist() == chosen.tolist()
     mask = torch.rand(40, 24, 3, 3, generator=torch.Generator().manual_seed(1)) < 0.3
-    out = regroup(mask, parts=2, min_rows=8, column_rule="budget", granularity="channel", channel_align=8)
+    out = regroup(mask, parts=2, min_rows=8, column_rule="budget", granularity="channel", input_align=8)
     for rows in (out.flatten(2).any(2)).unique(dim=0):
         assert int(rows.sum()) % 8 == 0 or int(rows.sum()) == 0  # every block reads a multiple of 8 input channels
 

@@ -22,7 +22,7 @@ from structlth.report import (
     targets,
     timing_noise,
 )
-from structlth.speedup.bench import aa_readings
+from structlth.speedup.measure import aa_readings
 
 COLS = ["method", "round", "runtime", "batch", "engine", "t_dense_ms", "ci95", "time_saving", "flops_saving"]
 NAN = float("nan")

@@ -18,7 +18,6 @@ from structlth.errors import ArtifactError, VerificationError
 from structlth.export import export_slim, load_slim
 from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, regroup
-from structlth.speedup.bench import bench_ticket
 from structlth.speedup.choice import (
     ALIGN,
     ALIGN_MARGIN,
@@ -43,6 +42,7 @@ from structlth.speedup.engines import (
     swap_convs,
 )
 from structlth.speedup.layout import FEEDER_GROWTH, absorb, feeders, fold_bn, fold_layouts, to_layout
+from structlth.speedup.measure import bench_ticket
 from structlth.speedup.onednn import conv_calls, dim_block, parse_convs
 from structlth.speedup.slim import StreamAdd, add_segments, kept_channels, slim_model
 from structlth.speedup.timing import Timing, machine_name, time_pair, verify
@@ -305,7 +305,7 @@ def test_bench_ticket_refuses_a_fast_model_that_computes_something_else(monkeypa
     broken = copy.deepcopy(m)
     broken.fc.bias.data += 1.0  # every logit off by one
 
-    monkeypatch.setattr("structlth.speedup.bench.fast_models_and_formats", lambda *a: {"slim": (broken, a[-1].memory_format)})
+    monkeypatch.setattr("structlth.speedup.measure.fast_models_and_formats", lambda *a: {"slim": (broken, a[-1].memory_format)})
     with pytest.raises(VerificationError, match=r"imp_channel slim \(torch\): fast path differs"):
         bench_ticket(
             "imp_channel",
@@ -547,7 +547,7 @@ def test_choices_are_timed_in_the_format_they_build_for_even_on_one_channel_imag
         raced.append((_model_format(plain), _model_format(cl)))
         return torch.channels_last
 
-    monkeypatch.setattr("structlth.speedup.bench.fastest_format", lambda *a: torch.channels_last)
+    monkeypatch.setattr("structlth.speedup.measure.fastest_format", lambda *a: torch.channels_last)
     monkeypatch.setattr("structlth.speedup.choice.time_pair", record)
     monkeypatch.setattr("structlth.speedup.choice.format_race", race)
     m, masks, metrics = _bench_case("regroup")
@@ -567,7 +567,7 @@ def test_choices_are_timed_on_choice_repeats_pairs_however_few_a_row_takes(monke
         ruled.append(settled is not None)
         return Timing(1.0, 1.0)
 
-    monkeypatch.setattr("structlth.speedup.bench.fastest_format", lambda *a: torch.channels_last)
+    monkeypatch.setattr("structlth.speedup.measure.fastest_format", lambda *a: torch.channels_last)
     monkeypatch.setattr("structlth.speedup.choice.time_pair", record)
     m, masks, metrics = _bench_case("regroup")
     bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
@@ -584,7 +584,7 @@ def test_a_tickets_fast_model_runs_in_the_format_it_runs_faster_in_whatever_the_
     formats = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
     faster = "nchw" if dense_format == "cl" else "cl"
     ms = {faster: 1.0, dense_format: 2.0, None: 2.0}
-    monkeypatch.setattr("structlth.speedup.bench.fastest_format", lambda *a: formats[dense_format])
+    monkeypatch.setattr("structlth.speedup.measure.fastest_format", lambda *a: formats[dense_format])
     monkeypatch.setattr(
         "structlth.speedup.choice.time_pair", lambda dense, fast, *a, **k: Timing(ms[_model_format(dense)], ms[_model_format(fast)])
     )
@@ -601,10 +601,12 @@ def test_compiled_engines_are_verified_and_carry_their_compile_time(monkeypatch)
     m, masks, metrics = _bench_case("imp_channel")
     bench = BenchParams(batch_sizes=[4], repeats=1, warmup=0, onnxruntime=False, compile=True)
     x = torch.randn(4, 1, 28, 28)
-    monkeypatch.setattr("structlth.speedup.bench.compile_model", lambda model, _x: (model, 1.5))  # inductor takes ~40 s: its plumbing here
+    monkeypatch.setattr(
+        "structlth.speedup.measure.compile_model", lambda model, _x: (model, 1.5)
+    )  # inductor takes ~40 s: its plumbing here
     rows, _ = bench_ticket("imp_channel", "channel", m, masks, metrics, x, bench, layers=False)
     assert [(r["engine"], r["compile_s"]) for r in rows] == [("slim", None), ("slim+compile", 1.5)]
-    monkeypatch.setattr("structlth.speedup.bench.compile_model", lambda model, _x: (lambda y: model(y) + 1, 1.5))
+    monkeypatch.setattr("structlth.speedup.measure.compile_model", lambda model, _x: (lambda y: model(y) + 1, 1.5))
     with pytest.raises(VerificationError, match=r"imp_channel slim\+compile \(torch\): fast path differs"):
         bench_ticket("imp_channel", "channel", m, masks, metrics, x, bench, layers=False)
 

@@ -9,7 +9,7 @@ import torch
 
 from helpers import synthetic_dataset
 from structlth.config import Augment, TrainParams
-from structlth.graph import bn_masks
+from structlth.liveness import bn_masks
 from structlth.masks import ones_masks, training_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune

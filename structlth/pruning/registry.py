@@ -12,8 +12,8 @@ Every method module has one entry point, called with the method's params section
   one round's masks (weights: that round's trained state);
 - a mask source: `source_masks(spec, dense, density, inputs) -> Masks`, an unstructured mask of
   the prunable weights at `density` (dense: the trained dense state);
-- a baseline: `baseline_masks(spec, dense_model, target, flops_of, inputs) -> (Masks, ratio)`,
-  channel masks of the trained dense model at no more than `target` FLOPs.
+- a baseline: `baseline_masks(spec, dense_model, prunable, target, flops_of, inputs) -> (Masks,
+  ratio)`, channel masks of the trained dense model at no more than `target` FLOPs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Physically smaller dense networks from channel-wise tickets.
 
-Dead channels (structlth.graph) are removed: a conv keeps its live output channels and reads
+Dead channels (structlth.liveness) are removed: a conv keeps its live output channels and reads
 only the live channels its input tensor still carries; BN and the classifier shrink with
 them. The slim network equals the masked one up to float summation order.
 
@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import fx, nn
 
-from structlth.graph import ADD_OPS, liveness
+from structlth.liveness import ADD_OPS, liveness
 from structlth.masks import apply_masks, training_masks
 from structlth.speedup.engines import is_channels_last, round_up
 

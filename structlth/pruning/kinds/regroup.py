@@ -192,12 +192,12 @@ def balanced_assign(score: torch.Tensor, capacity: int) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
-def disjoint_parts(u: torch.Tensor, min_rows: int, channel_align: int = 1) -> int:
+def disjoint_parts(u: torch.Tensor, min_rows: int, input_align: int = 1) -> int:
     """Block count for disjoint blocks of unit shares u [R, C] (live rows, used channels): the
     one whose block density 1/k is nearest u's density, at most R // min_rows blocks and
-    C // channel_align blocks, at least one."""
+    C // input_align blocks, at least one."""
     k = round(1 / max(float(u.mean()), 1e-9))
-    return max(1, min(k, u.shape[0] // min_rows, u.shape[1] // channel_align))
+    return max(1, min(k, u.shape[0] // min_rows, u.shape[1] // input_align))
 
 
 def disjoint_blocks(u: torch.Tensor, rows: torch.Tensor, passes: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +228,7 @@ def regroup(
     granularity: str = "column",
     hypergraph: str = "channel",
     imbalance: float = 0.1,
-    channel_align: int = 1,
+    input_align: int = 1,
     max_pins: int | None = None,
     inputs: str = "overlap",
 ) -> torch.Tensor:
@@ -265,7 +265,7 @@ def regroup(
         if cols is None:
             continue
         if granularity == "channel":
-            cols = align_units(cols, u[rows].sum(0), channel_align)
+            cols = align_units(cols, u[rows].sum(0), input_align)
         out[rows[:, None], torch.nonzero(cols).flatten()[None, :]] = True
         formed = True
     if not formed:
@@ -278,19 +278,19 @@ def parts_for(rows: int, rows_per_part: int) -> int:
     return max(1, rows // rows_per_part)
 
 
-def layer_parts(mask: torch.Tensor, rows_per_part: int, min_rows: int, inputs: str = "overlap", channel_align: int = 1) -> int:
+def layer_parts(mask: torch.Tensor, rows_per_part: int, min_rows: int, inputs: str = "overlap", input_align: int = 1) -> int:
     """Part count of one layer: parts_for(its live rows, rows_per_part) for overlapping blocks,
     disjoint_parts of its channel shares for disjoint ones."""
     if inputs == "disjoint":
         u = units(mask, "channel")
-        return disjoint_parts(u[u.sum(1) > 0][:, u.sum(0) > 0], min_rows, channel_align)
+        return disjoint_parts(u[u.sum(1) > 0][:, u.sum(0) > 0], min_rows, input_align)
     return parts_for(int(mask.flatten(1).any(1).sum()), rows_per_part)
 
 
 def regroup_layers(masks: Mapping[str, torch.Tensor], *, rows_per_part: int, **options) -> dict[str, torch.Tensor]:
     """`regroup` on every layer's mask, each with its `layer_parts`; options: regroup's keyword
     arguments (min_rows, column rule, granularity, inputs, seed, ...)."""
-    keys = {k: options[k] for k in ("inputs", "channel_align") if k in options}
+    keys = {k: options[k] for k in ("inputs", "input_align") if k in options}
     return {n: regroup(m, parts=layer_parts(m, rows_per_part, options.get("min_rows", 16), **keys), **options) for n, m in masks.items()}
 
 

@@ -21,7 +21,7 @@ from structlth.artifacts import read_json, write_json
 from structlth.config import Params
 from structlth.data import load_dataset, normalize
 from structlth.rounds import Context, load_ticket
-from structlth.speedup.bench import BENCH_COLUMNS, PRODUCTION_ENGINES, bench_ticket, dense_baseline, timing_noise
+from structlth.speedup.measure import BENCH_COLUMNS, PRODUCTION_ENGINES, bench_ticket, dense_baseline, timing_noise
 from structlth.speedup.timing import machine_lock
 
 RUNTIME_KEYS = {"torch": "torch", "onnxruntime": "ort"}  # short, so `dvc metrics show` fits a terminal
