@@ -21,8 +21,8 @@ from structlth.masks import ones_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune, regroup_layers
 from structlth.pruning.kinds.refill import refill_masks, weight_scores
-from structlth.report import targets, timing_noise
-from structlth.speedup.measure import bench_ticket, dense_baseline
+from structlth.report.claims import targets
+from structlth.speedup.measure import bench_ticket, dense_baseline, timing_noise
 
 BATCHES = [1, 64]
 CASES = [("vgg16", 0.2), ("vgg16", 0.4), ("resnet18", 0.2), ("resnet18", 0.4)]  # (arch, density)
@@ -103,7 +103,7 @@ def run(smoke: bool = False) -> dict:
 
 
 def summary(rows: list[dict], batches: list[int] = BATCHES) -> dict:
-    """The report's speedup measurements (structlth.report.targets) over these rows, per batch
+    """The report's speedup measurements (structlth.report.claims.targets) over these rows, per batch
     (the largest unsuffixed); the timing noise per architecture (each has its own dense net),
     the largest reported."""
     frame = pd.DataFrame(rows).assign(round=lambda d: d["arch"] + "@" + d["source_density"].astype(str))

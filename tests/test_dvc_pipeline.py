@@ -126,7 +126,7 @@ CODE_EDITS = [  # a comment appended to one library file, and the stages it must
     ("structlth/pruning/kinds/refill.py", {"ticket@refill-round2"}),
     ("structlth/pruning/kinds/regroup.py", {"ticket@regroup-round2"}),
     ("structlth/pruning/kinds/torch_pruning.py", {"baseline@tp_l1-round2"}),
-    ("structlth/report.py", {"report"}),
+    ("structlth/report/markdown.py", {"report"}),
     ("structlth/speedup/slim.py", BENCH | {"report"}),  # the slim net: no training stage
     ("structlth/train.py", TRAINING),  # every training stage, nothing upstream of them
 ]

@@ -9,20 +9,11 @@ import pytest
 from structlth.errors import ArtifactError
 from structlth.evidence import versus_dense
 from structlth.paper import paper_table
-from structlth.report import (
-    extreme_sparsity,
-    gather_bench,
-    headline,
-    kernel_channels_per_channel,
-    markdown,
-    method_colors,
-    paper_vs_run,
-    summary,
-    suspect_rows,
-    targets,
-    timing_noise,
-)
-from structlth.speedup.measure import aa_readings
+from structlth.report.claims import extreme_sparsity, headline, kernel_channels_per_channel, suspect_rows, targets
+from structlth.report.gather import gather_bench, summary
+from structlth.report.markdown import Report, markdown, paper_vs_run
+from structlth.report.plots import method_colors
+from structlth.speedup.measure import aa_readings, timing_noise
 
 COLS = ["method", "round", "runtime", "batch", "engine", "t_dense_ms", "ci95", "time_saving", "flops_saving"]
 NAN = float("nan")
@@ -82,7 +73,7 @@ def test_the_report_shows_how_the_aa_readings_spread_over_the_bench_stages():
     assert timing_noise(bench, 64) == pytest.approx(0.09)
     t = targets(bench, 64)
     assert (t["aa_stages"], t["aa_largest_stage"]) == (7, "refill round2") and t["ort_aa_stages"] == 0
-    md = markdown(_table(bench), DENSE_INFO, 0.01, {}, t, 64, "a test CPU")
+    md = markdown(Report(_table(bench), DENSE_INFO, 0.01, {}, t, 64, "a test CPU"))
     assert "The A/A readings of its 7 bench stages: median 1.0%, largest 9.0% (refill round2)." in md
 
 
@@ -127,7 +118,7 @@ def test_summary_headline_and_markdown():
         "30.00% time saving at 20.00% sparsity (50.0% FLOP saving), round1: test acc 0.9000, -0.50% vs dense [-0.94%, -0.06%]"
     )
     assert headline(table, noise=0.35)["refill"].startswith("~0 (30.00%, inside the noise)")
-    md = markdown(table, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU, 2 threads")
+    md = markdown(Report(table, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU, 2 threads"))
     assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | PyTorch | 0.80 | ≥ 0.6 | yes |" in md
     # Wilson 850/1000 and the paired Wald interval, computed by hand; p = 2 * 0.5**55
     assert (
@@ -136,14 +127,14 @@ def test_summary_headline_and_markdown():
     )
     assert "| refill | 20.00% | 40.00% | none |" in md  # its bracket: wins at 20%, loses at 40%
     assert "| imp | 20.00% | not reached within the rounds run | 20.00% |" in md
-    noisy = markdown(table, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU")
+    noisy = markdown(Report(table, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU"))
     assert "| 0.062 | yes | no | ~0 (30.0%) |" in noisy  # refill round1: p = 2 * 0.5**5 = 0.0625
     with_ci = _table(_bench(ci=(NAN, NAN, NAN, 0.021, 0.034, NAN, NAN, NAN, NAN, NAN)))
     assert with_ci.loc[with_ci["method"] == "refill", "time_ci95"].tolist() == [0.021, 0.034]
-    md = markdown(with_ci, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU")
+    md = markdown(Report(with_ci, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU"))
     assert "| ~0 (30.0% ± 2.1%) |" in md and "| 60.0% ± 3.4% |" in md  # each saving beside its 95% half-width
     wide = _table(_bench(ci=(NAN, NAN, NAN, 0.35, 0.034, NAN, NAN, NAN, NAN, NAN)))
-    assert "| ~0 (30.0% ± 35.0%) |" in markdown(wide, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU")
+    assert "| ~0 (30.0% ± 35.0%) |" in markdown(Report(wide, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU"))
     assert headline(wide)["refill"].startswith("~0 (30.00%, inside the noise)")  # inside its own interval
 
 
@@ -179,7 +170,7 @@ def test_paper_vs_run_on_a_tiny_fake_preset_run():
 def test_block_order_makes_blocks_contiguous():
     import torch
 
-    from structlth.report import block_order
+    from structlth.report.plots import block_order
 
     m = torch.zeros(8, 10, dtype=torch.bool)
     m[[0, 3, 5], :4] = True
@@ -201,7 +192,7 @@ def test_onnxruntime_savings_sit_beside_pytorch_and_have_their_own_noise():
     table = _table(bench)
     refill = table[table["method"] == "refill"]
     assert refill["time_saving"].tolist() == [0.30, 0.60] and refill["ort_time_saving"].tolist() == [0.40, 0.05]
-    md = markdown(table, DENSE_INFO, 0.01, {}, t, 64, "a test CPU")
+    md = markdown(Report(table, DENSE_INFO, 0.01, {}, t, 64, "a test CPU"))
     assert "| yes | no | 30.0% | 40.0% | 50.0% | slim |" in md
     assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | ONNX Runtime | 0.44 | ≥ 0.6 | no |" in md
     assert "| group-wise: best regroup time saving | ONNX Runtime |" not in md  # nothing measured, no row
@@ -225,7 +216,7 @@ def test_gather_bench_concatenates_stage_tables_and_names_a_missing_one(tmp_path
 
 
 def test_matched_lines_bold_only_what_the_interval_and_the_test_both_support():
-    from structlth.report import matched_lines
+    from structlth.report.markdown import matched_lines
 
     pairs = pd.DataFrame(
         [
@@ -265,7 +256,7 @@ def test_matched_lines_bold_only_what_the_interval_and_the_test_both_support():
 
 
 def test_a_method_that_wins_again_above_a_loss_is_flagged():
-    from structlth.report import evidence_lines
+    from structlth.report.markdown import evidence_lines
 
     table = _table()
     table.loc[table["method"] == "refill", "wins"] = [False, True]  # loses at 20%, wins at 40%
@@ -291,6 +282,6 @@ def test_the_report_says_how_many_channels_onednn_computed_per_kept_one_in_chann
     v = kernel_channels_per_channel(bench, layers, 64)
     assert v == pytest.approx((64 + 32) / (40 + 24))
     assert kernel_channels_per_channel(bench, layers.drop(columns="kernel_channels"), 64) is None
-    md = markdown(_table(bench), DENSE_INFO, 0.01, {}, targets(bench, 64) | {"kernel_channels_per_channel": v}, 64, "a test CPU")
+    md = markdown(Report(_table(bench), DENSE_INFO, 0.01, {}, targets(bench, 64) | {"kernel_channels_per_channel": v}, 64, "a test CPU"))
     assert "oneDNN's convs computed 1.50 output channels per channel the channel-wise tickets' slim convs carry" in md
-    assert "oneDNN's convs computed" not in markdown(_table(bench), DENSE_INFO, 0.01, {}, targets(bench, 64), 64, "a test CPU")
+    assert "oneDNN's convs computed" not in markdown(Report(_table(bench), DENSE_INFO, 0.01, {}, targets(bench, 64), 64, "a test CPU"))
