@@ -39,7 +39,17 @@ _FACE = {
 __all__ = sorted(_FACE)
 
 
-def __getattr__(name: str):
-    if name in _FACE:
-        return getattr(import_module(_FACE[name]), name)
-    raise AttributeError(f"module 'structlth' has no attribute {name!r}")
+def lazy_names(package: str, names: dict[str, str]):
+    """A package's module-level __getattr__ that imports the module names[attr] names only when
+    attr is first asked for: the package's face costs nothing until used, and a static import
+    closure (structlth.codedeps) never follows it."""
+
+    def getattr_(name: str):
+        if name in names:
+            return getattr(import_module(names[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return getattr_
+
+
+__getattr__ = lazy_names(__name__, _FACE)

@@ -142,16 +142,18 @@ def code_repo(repo, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("path, rerun", CODE_EDITS, ids=[Path(f).stem for f, _ in CODE_EDITS])
 def test_a_code_edit_reruns_exactly_the_stages_that_run_it(code_repo, path, rerun):
     """Measured as a user would: edit, `dvc repro -s code` (the digests), `dvc status`."""
-    f = code_repo / path
-    before = f.read_text()
+    f, lock, digests = code_repo / path, code_repo / "dvc.lock", code_repo / "codedeps"
+    before, lock_before = f.read_text(), lock.read_text()
+    shutil.copytree(digests, code_repo.parent / "codedeps", dirs_exist_ok=True)
     try:
         f.write_text(before + "\n# an edit\n")
         run_tool(["dvc", "repro", "-q", "-s", "code"], code_repo)
         assert stages_changed(code_repo) == rerun
-    finally:
+    finally:  # the repo as it was, for the next edit
         f.write_text(before)
-        run_tool(["dvc", "repro", "-q", "-s", "code"], code_repo)
-    assert stages_changed(code_repo) == set()
+        lock.write_text(lock_before)
+        shutil.rmtree(digests)
+        shutil.copytree(code_repo.parent / "codedeps", digests)
 
 
 def test_importing_the_library_with_bytecode_on_leaves_dvc_status_clean(repo):

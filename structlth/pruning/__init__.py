@@ -5,7 +5,7 @@ The public names below load their module on first use, so importing one method (
 registry) never imports the others: a stage's code closure holds only the methods it runs.
 """
 
-from importlib import import_module
+from structlth import lazy_names
 
 _FACE = {
     "magnitude_prune": "structlth.pruning.magnitude",
@@ -17,9 +17,4 @@ _FACE = {
     "parts_for": "structlth.pruning.kinds.regroup",
 }
 __all__ = sorted(_FACE)
-
-
-def __getattr__(name: str):
-    if name in _FACE:
-        return getattr(import_module(_FACE[name]), name)
-    raise AttributeError(f"module 'structlth.pruning' has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _FACE)
