@@ -76,7 +76,7 @@ BASE = {
             "rows_per_part": 16,
             "min_rows": 8,
             "column_rule": "budget",
-            "channel_align": 8,
+            "input_align": 8,
         },
     },
     "bench": {"batch_sizes": [64], "repeats": 9, "warmup": 2, "threads": 2},
@@ -91,12 +91,14 @@ CANDIDATES = {  # name -> (model section changes, train section changes)
 }
 
 
-def _params(model: dict, train: dict, data: dict | None = None, bench: dict | None = None):
+def _params(model: dict, train: dict, data: dict | None = None, bench: dict | None = None, tickets: tuple[str, ...] | None = None):
     raw = copy.deepcopy(BASE)
     raw["model"].update(model)
     raw["train"].update(train)
     raw["data"].update(data or {})
     raw["bench"].update(bench or {})
+    if tickets is not None:
+        raw["tickets"] = {t: raw["tickets"][t] for t in tickets}
     return parse_params(raw, "sweep")
 
 
@@ -131,16 +133,17 @@ def _candidate(name: str, params, data_dir: Path, work: Path) -> dict:
 
 
 SMOKE = {  # --smoke: one tiny candidate on a few hundred images
-    "candidates": {"resnet20_w0.25_e2": ({"arch": "resnet20", "width": 0.25}, {"epochs": 2, "rewind_epoch": 1})},
-    "data": {"val_size": 64, "train_subset": 256, "test_subset": 128, "eval_batch_size": 128},
-    "bench": {"batch_sizes": [4], "repeats": 2},
+    "candidates": {"resnet20_w0.25_e1": ({"arch": "resnet20", "width": 0.25}, {"epochs": 1, "rewind_epoch": 0})},
+    "data": {"val_size": 64, "train_subset": 128, "test_subset": 128, "eval_batch_size": 128},
+    "bench": {"batch_sizes": [4], "repeats": 2, "choice_repeats": 3},
+    "tickets": ("refill", "regroup"),
 }
 
 
 def run(smoke: bool = False) -> dict:
     rows = []
     candidates = SMOKE["candidates"] if smoke else CANDIDATES
-    edit = {"data": SMOKE["data"], "bench": SMOKE["bench"]} if smoke else {}
+    edit = {k: SMOKE[k] for k in ("data", "bench", "tickets")} if smoke else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         first = _params(*next(iter(candidates.values())), **edit)

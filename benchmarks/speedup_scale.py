@@ -30,7 +30,7 @@ SMOKE = {
     "cases": [("resnet20", 0.4)],
     "width": 0.5,
     "methods": ("refill", "regroup_disjoint"),
-    "batches": [1, 4],
+    "batches": [4],
     "repeats": 2,
     "blocks": 2,
 }
@@ -52,6 +52,7 @@ def run(smoke: bool = False) -> dict:
     cases, batches, repeats, blocks = (SMOKE[k] for k in ("cases", "batches", "repeats", "blocks")) if smoke else (CASES, BATCHES, 4, 3)
     width = SMOKE["width"] if smoke else 1.0
     bench = BenchParams(batch_sizes=batches, repeats=repeats, blocks=blocks, warmup=2, threads=2)  # 12 pairs a row
+    bench = bench.model_copy(update={"choice_repeats": 3}) if smoke else bench  # a smoke run's choices: a few pairs
     x = torch.randn(max(batches), 3, 32, 32, generator=torch.Generator().manual_seed(0))
     rows, layers = [], []
     for arch, density in cases:

@@ -334,6 +334,9 @@ class ReplicateParams(Strict):
     )
 
 
+CHOICE_REPEATS = 21  # pairs a choice times at most: at 7, ONNX Runtime builds of one ticket chose different engines more often
+
+
 class BenchParams(Strict):
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field([1, 64], min_length=1)
     repeats: int = Field(20, ge=1)
@@ -343,6 +346,11 @@ class BenchParams(Strict):
     warmup: int = Field(3, ge=0)
     threads: int = Field(2, ge=1)
     atol: float = Field(1e-3, gt=0, description="max |fast - masked| relative to output scale")
+    choice_repeats: int = Field(
+        CHOICE_REPEATS,
+        ge=1,
+        description="pairs each choice (alignment, engine, memory format) times at most; a settled choice stops sooner",
+    )
     onnxruntime: bool = Field(True, description="also time dense and tickets exported to ONNX, in ONNX Runtime (the onnx extra)")
     compile: bool = Field(
         False, description="also time the production engines and dense compiled by torch.compile (inductor; tens of seconds each)"
@@ -508,16 +516,22 @@ def _keys_at(parts: list[str]) -> list[str]:
     return [k for m in members if isinstance(m, type) and issubclass(m, BaseModel) for k in m.model_fields]
 
 
+RENAMED = {"regroup": {"channel_align": "input_align"}}  # a ticket kind's keys under their old names
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid parameters"]
     for e in err.errors():
         parts = [str(p) for p in e["loc"]]
+        kind = None
         if parts[:1] == ["tickets"] and len(parts) > 3 and parts[2] in ("refill", "regroup"):
-            del parts[2]  # the union's tag, which pydantic inserts into the location
+            kind = parts.pop(2)  # the union's tag, which pydantic inserts into the location
         loc = ".".join(parts)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(parts[-1], _keys_at(parts), n=1, cutoff=0.6) if parts else []
+            allowed = list({"refill": RefillParams, "regroup": RegroupParams}[kind].model_fields) if kind else _keys_at(parts)
+            close = [RENAMED[kind][parts[-1]]] if parts[-1] in RENAMED.get(kind, {}) else []
+            close = close or (difflib.get_close_matches(parts[-1], allowed, n=1, cutoff=0.6) if parts else [])
             msg = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
         elif e["type"] == "union_tag_invalid":
             msg = f"kind must be one of {e['ctx']['expected_tags']}"

@@ -45,6 +45,11 @@ def _bad(raw, edit):
         (lambda r: r["tickets"]["regroup"].update(column_rule="greedy"), "tickets.regroup.column_rule", "'density'"),
         (lambda r: r["tickets"]["regroup"].update(kind="reshuffle"), "tickets.regroup", "kind must be one of"),
         (
+            lambda r: r["tickets"]["regroup"].update(channel_align=8),
+            "tickets.regroup.channel_align",
+            "unknown key (did you mean 'input_align'?)",
+        ),
+        (
             lambda r: r["prune"].update(rounds={"round1": {"prev": "round0"}, "round3": {"prev": "round2"}}),
             "prune.rounds",
             "neither round0 nor another round",

@@ -241,7 +241,7 @@ def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
         masks,
         metrics,
         torch.randn(2, 3, 16, 16),
-        BenchParams(batch_sizes=[2], repeats=1, warmup=0, atol=1e-4, onnxruntime=False),
+        BenchParams(batch_sizes=[2], repeats=1, warmup=0, atol=1e-4, onnxruntime=False, choice_repeats=3),
         layers=False,
     )
     assert {r["engine"] for r in rows} == {"imp": {"masked_dense", "csr"}, "imp_channel": {"slim"}, "regroup": {"slim+blocks"}}[kind]
@@ -572,8 +572,13 @@ def test_choices_are_timed_on_choice_repeats_pairs_however_few_a_row_takes(monke
     m, masks, metrics = _bench_case("regroup")
     bench = BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False)
     bench_ticket("regroup", "group", m, masks, metrics, torch.randn(2, 1, 28, 28), bench, layers=False)
-    assert len(pairs) > 20 and set(pairs) == {CHOICE_REPEATS}
+    assert len(pairs) > 20 and set(pairs) == {CHOICE_REPEATS} == {bench.choice_repeats}
     assert ruled.count(False) == 1  # no engine beat dense, so no block order was measured (`absorb`)
+    pairs.clear()
+    bench_ticket(
+        "regroup", "group", m, masks, metrics, torch.randn(2, 1, 28, 28), bench.model_copy(update={"choice_repeats": 5}), layers=False
+    )
+    assert set(pairs) == {5}  # bench.choice_repeats sets it
 
 
 @pytest.mark.parametrize("dense_format", ["cl", "nchw"])

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import fx, nn
 
+from structlth.config import CHOICE_REPEATS
 from structlth.speedup.engines import (
     ALIGN,
     GroupedConv,
@@ -45,7 +46,6 @@ ALIGNS = (8, 16, 32)  # channel multiples tried per slim conv (oneDNN's fp32 blo
 ALIGN_MARGIN = 0.03  # a wider count (or net) is kept only this much faster: its zero channels cost its readers work
 ENGINE_MARGIN = 0.03  # an engine replaces the one chosen before it only this much faster: noise would decide its readers' gathers
 FORMATS = (torch.contiguous_format, torch.channels_last)  # the memory formats a ticket's fast model is built and raced in
-CHOICE_REPEATS = 21  # pairs per choice timing at most: at 7, ONNX Runtime builds of one ticket chose different engines more often
 CHOICE_LOOKS = 3  # a choice's pairs are looked at this many times, evenly spaced; it stops at the first that settles it
 CHOICE_ALPHA = 0.02  # ... by a sign test at this level (7 of 7 pairs on one side of the bar; 12 of 14)
 

@@ -214,7 +214,7 @@ def bench_ticket(
             run_fmt = runtime_format(runtime, fmt)
             x = test_x[:b].contiguous(memory_format=run_fmt)
             with _phase(phases, f"{runtime}: engine choice"):
-                probe = Probe(x, run_fmt, runtime=runtime, threads=bench.threads)
+                probe = Probe(x, run_fmt, bench.choice_repeats, runtime=runtime, threads=bench.threads)
                 candidates = fast_models_and_formats(structure, model, masks, in_ch, probe)
             for engine, (fast, fast_fmt) in candidates.items():
                 if runtime != "torch" and engine not in ORT_ENGINES:
