@@ -68,6 +68,24 @@ def test_synflow_scores_are_the_path_products_through_each_weight():
     assert net[0].weight.detach()[1, 0].item() == -2.0  # the model itself is left untouched
 
 
+def test_synflow_on_a_resnet50_ranks_finite_scores_not_layer_order():
+    """R on a ResNet-50 at init is about 1e63, past float32's range: scores cast to float32 tie at
+    inf, and the global top-k keeps the earliest layers whole and empties the last ones."""
+    from structlth.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet50", 10)
+    names = [n for n, p in net.named_parameters() if p.dim() > 1]
+    params = dict(net.named_parameters())
+    scores = synflow_scores(net, {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}, (1, 3, 8, 8))
+    assert all(torch.isfinite(s).all() for s in scores.values())
+    assert max(float(s.max()) for s in scores.values()) > torch.finfo(torch.float32).max  # float32 would have overflowed
+    kept = keep_top(scores, 0.5)
+    densities = [float(kept[n].float().mean()) for n in names]
+    assert sum(0 < d < 1 for d in densities) > len(names) // 2  # pruned across the net, not a prefix of whole layers
+    assert densities[-1] > 0.5  # the classifier, last in layer order, keeps most of its weights
+
+
 @pytest.mark.parametrize("source", ["omp", "random", "snip", "synflow"])
 def test_a_ticket_source_gives_a_mask_at_the_imp_rounds_density(tmp_path, params, source):
     from structlth.rounds import Context

@@ -18,7 +18,9 @@ from structlth.pruning.sources.topk import keep_top
 def synflow_scores(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """|w * dR/dw| for the masked weights of `model` (left unchanged), R the sum of the output of
     the net with every parameter replaced by its absolute value (masked weights zero), in eval
-    mode and float64, on an all-ones input of input_shape (1, C, H, W)."""
+    mode and float64, on an all-ones input of input_shape (1, C, H, W). The scores stay float64:
+    R grows with depth (about 1e72 on a ResNet-50), past float32's range, where every score of
+    the deeper layers would tie at inf and the mask would keep the earliest layers."""
     net = copy.deepcopy(model).double().eval()
     params = dict(net.named_parameters())
     with torch.no_grad():
@@ -27,8 +29,12 @@ def synflow_scores(model: nn.Module, masks: Mapping[str, torch.Tensor], input_sh
             if n in masks:
                 p.mul_(masks[n].to(p.dtype))
     net.zero_grad(set_to_none=True)
-    net(torch.ones(input_shape, dtype=torch.float64)).sum().backward()
-    return {n: (params[n] * params[n].grad).detach().abs().float() for n in masks}
+    r = net(torch.ones(input_shape, dtype=torch.float64)).sum()
+    r.backward()
+    scores = {n: (params[n] * params[n].grad).detach().abs() for n in masks}
+    if not all(torch.isfinite(s).all() for s in scores.values()):
+        raise ValueError(f"SynFlow scores overflow float64 on this net (R = {float(r):.3g}): too deep to score in one product")
+    return scores
 
 
 def synflow_masks(model: nn.Module, names: Iterable[str], density: float, input_shape: tuple[int, ...], iterations: int) -> Masks:
