@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from helpers import is_block_mask, synthetic_dataset
+from structlth.config import RefillParams
 from structlth.masks import ones_masks
 from structlth.pruning import channel_prune, magnitude_prune, parts_for, refill, refill_count, regroup
 from structlth.pruning.kinds.regroup import choose_columns, units
@@ -64,7 +67,7 @@ def test_refill_keeps_k_top_scored_rows(rate):
     mask = torch.rand(20, 4, 3, 3, generator=g) < 0.3
     scores = torch.rand(20, generator=g)
     nnz, n = int(mask.sum()), 4 * 9
-    k = max(1, int(nnz / n + (20 - nnz / n) * rate))
+    k = max(1, math.ceil(nnz / n + (20 - nnz / n) * rate))  # the default count: ceil, the paper's Table A3
     assert refill_count(mask, rate) == k
     out = refill(mask, scores, rate)
     assert out.shape == mask.shape
@@ -188,7 +191,8 @@ def test_refill_count_floor_and_ceil_at_the_rounding_edge():
     mask = torch.zeros(10, 4, dtype=torch.bool)
     mask.view(-1)[:33] = True
     assert refill_count(mask, 0.0, "floor") == 8
-    assert refill_count(mask, 0.0, "ceil") == 9
+    assert refill_count(mask, 0.0, "ceil") == 9 == refill_count(mask, 0.0)  # ceil is the library's default
+    assert RefillParams(kind="refill").count == "ceil"  # ... and the params'
     mask.view(-1)[32] = False
     assert refill_count(mask, 0.0, "floor") == refill_count(mask, 0.0, "ceil") == 8
     assert refill_count(torch.ones(3, 2, dtype=torch.bool), 0.5, "ceil") == 3  # never above C_out

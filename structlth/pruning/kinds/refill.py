@@ -1,10 +1,10 @@
 """Refill: turn an unstructured mask into whole channels (Chen et al. 2022, Alg. 2).
 
 Per layer, with the mask viewed as [C_out, n] (n = C_in * kh * kw) and nnz its surviving
-weights: K = floor (or ceil) of nnz / n + (C_out - nnz / n) * refill_rate, at least 1. The paper's
-Table A3 (80.29% remaining after refilling IMP's 80%) implies ceil; floor keeps at most the
-source's density. The K channels with
-the highest scores become all ones, every other channel all zeros (strict top-K, ties by
+weights: K = ceil (or floor) of nnz / n + (C_out - nnz / n) * refill_rate, at least 1. The paper's
+Table A3 (80.29% remaining after refilling IMP's 80%) implies ceil, and its reference code keeps
+int(x) + 1, which is ceil except where x is whole; floor keeps at most the source's density. The
+K channels with the highest scores become all ones, every other channel all zeros (strict top-K, ties by
 channel index).
 """
 
@@ -20,8 +20,8 @@ from torch.nn import functional as F
 from structlth.masks import Masks
 
 
-def refill_count(mask: torch.Tensor, refill_rate: float = 0.0, count: str = "floor", align: int = 1) -> int:
-    """K, the number of channels a refilled layer keeps (count: floor | ceil), rounded up to a
+def refill_count(mask: torch.Tensor, refill_rate: float = 0.0, count: str = "ceil", align: int = 1) -> int:
+    """K, the number of channels a refilled layer keeps (count: ceil | floor), rounded up to a
     multiple of `align` (never above C_out): rounding up only gives weights back."""
     c_out, n = mask.shape[0], mask[0].numel()
     full_rows = int(mask.count_nonzero()) / n
@@ -35,7 +35,7 @@ def refill_count(mask: torch.Tensor, refill_rate: float = 0.0, count: str = "flo
     return min(c_out, -(-max(1, k) // align) * align)
 
 
-def refill(mask: torch.Tensor, scores: torch.Tensor, refill_rate: float = 0.0, count: str = "floor", align: int = 1) -> torch.Tensor:
+def refill(mask: torch.Tensor, scores: torch.Tensor, refill_rate: float = 0.0, count: str = "ceil", align: int = 1) -> torch.Tensor:
     """Channel-wise mask of `mask`'s shape: the top-K rows by `scores` ([C_out]) all ones."""
     if scores.shape != (mask.shape[0],):
         raise ValueError(f"scores must have shape [{mask.shape[0]}], got {tuple(scores.shape)}")
@@ -103,7 +103,7 @@ def activation_scores(
 
 
 def refill_masks(
-    masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor], refill_rate: float, count: str = "floor", align: int = 1
+    masks: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor], refill_rate: float, count: str = "ceil", align: int = 1
 ) -> Masks:
     return {n: refill(m, scores[n], refill_rate, count, align) for n, m in masks.items()}
 
