@@ -420,6 +420,15 @@ def train_batches(
         yield augment_batch(x, aug, g), split.labels[idx]
 
 
+def scoring_batches(split: Split | StreamSplit, ds: Dataset, batch_size: int, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """n batches of a random sample of the split drawn by `seed`, at their evaluation view:
+    what a pruning criterion scores on. An image folder lists its images class by class, so its
+    first batches would hold one class. x [B, C, H, W] normalised, y [B]."""
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[: n * batch_size]
+    sample = _subset(split, idx) if isinstance(split, StreamSplit) else _take(split, idx.to(split.images.device))
+    return list(eval_batches(sample, ds, batch_size))
+
+
 def eval_batches(split: Split | StreamSplit, ds: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The split in order, normalised: float [B, C, H, W], labels [B]."""
     if isinstance(split, StreamSplit):

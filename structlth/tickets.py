@@ -6,12 +6,12 @@ module, and every stage that imports it, holds no method's code: a stage adds on
 
 from __future__ import annotations
 
-from itertools import islice
+from dataclasses import replace
 from pathlib import Path
 
 from structlth.artifacts import State
 from structlth.config import RefillParams, RegroupParams, TorchPruningParams, params_hash
-from structlth.data import eval_batches
+from structlth.data import scoring_batches
 from structlth.masks import Masks, density, drop_untrainable, effective_flops, ones_masks
 from structlth.pruning import registry
 from structlth.pruning.magnitude import magnitude_prune
@@ -25,7 +25,7 @@ def method_inputs(ctx: Context) -> registry.Inputs:
     p = ctx.params
     return registry.Inputs(
         model=ctx.model,
-        batches=lambda n: list(islice(eval_batches(ctx.data.train, ctx.data, p.data.batch_size), n)),  # not a streamed epoch
+        batches=lambda n: scoring_batches(ctx.data.train, ctx.data, p.data.batch_size, n, p.train.seed),
         device=ctx.device,
         input_shape=ctx.input_shape,
         in_channels=ctx.data.in_channels,
@@ -116,6 +116,8 @@ def make_ticket(
         new, extra = baseline_masks(ctx, spec, matched["flops"], matched["round_to"], pretrain_dir)
         start_from = "weights" if spec.start == "finetune" else "rewind"
         identity += f"{matched['flops']}/{matched['round_to']}"
+        if spec.start == "finetune" and spec.finetune_lr is not None:
+            ctx = replace(ctx, params=p.model_copy(update={"train": p.train.model_copy(update={"lr": spec.finetune_lr})}))
     else:
         new, extra = structured_masks(ctx, spec, state, masks, pretrain_dir)
     align = getattr(spec, "align_field", None)

@@ -14,7 +14,7 @@ import torch
 from helpers import tiny_raw
 from structlth.checks import check_runnable
 from structlth.config import Augment, parse_params
-from structlth.data import load_dataset, prepare_data, train_batches
+from structlth.data import eval_batches, load_dataset, prepare_data, scoring_batches, train_batches
 from structlth.errors import DataError, ParamsError
 from structlth.imagefolder import ImageFiles, sample_seed, scan, train_transform, write_tree
 
@@ -92,6 +92,27 @@ def test_ranks_read_disjoint_shares_of_the_single_process_epoch(tmp_path, tree):
     single = torch.cat([y for _, y in _epoch(ds)])
     ranks = [torch.cat([y for _, y in _epoch(ds, batch_size=2, rank=r, world=2)]) for r in (0, 1)]
     assert torch.equal(torch.stack(ranks, 1).flatten(), single)
+
+
+@pytest.mark.parametrize("loader", ["stream", "memory"])
+def test_pruning_criteria_score_batches_that_mix_classes(tmp_path, tree, loader):
+    """The tree lists its train images class by class: its first batch holds one class. The
+    batches a method scores on (SNIP, Taylor, refill's activation criteria) are a seeded sample."""
+    from structlth.rounds import Context
+    from structlth.tickets import method_inputs
+
+    raw = copy.deepcopy(tiny_raw())
+    raw["data"].update(_params(tree, loader=loader).model_dump(mode="json"))
+    params = parse_params(raw)
+    _, ds = _prepared(tmp_path, params.data)
+    first = next(iter(eval_batches(ds.train, ds, 4)))
+    assert first[1].unique().numel() == 1
+    batches = method_inputs(Context(params, ds, torch.device("cpu"))).batches(2)
+    assert [x.shape for x, _ in batches] == [(4, 3, 16, 16)] * 2 and torch.cat([y for _, y in batches]).unique().numel() > 1
+    again = scoring_batches(ds.train, ds, 4, 2, params.train.seed)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))  # the seed fixes them
+    other = scoring_batches(ds.train, ds, 4, 2, params.train.seed + 1)
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(batches, other))
 
 
 def test_random_resized_crop_trains_at_size_and_evaluates_at_the_centre(tmp_path, tree):

@@ -49,7 +49,8 @@ class Inputs:
     """What a method may read besides masks and weights, built on demand by its stage.
 
     model(): a fresh model of params.model, initialised by train.seed (CPU, train mode);
-    batches(n): the first n training batches (x [B, C, H, W] normalised, y [B]) on `device`;
+    batches(n): n batches of a seeded random sample of the training split (x [B, C, H, W]
+    normalised, y [B], unaugmented; structlth.data.scoring_batches);
     input_shape: (1, C, H, W) of one image; seed: train.seed."""
 
     model: Callable[[], nn.Module]
