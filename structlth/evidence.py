@@ -8,8 +8,8 @@ all on the same test images, and `dense[seed]` the dense net's of that seed.
 
 With one seed, an accuracy's interval is Wilson's and a difference is paired on the test images
 (Wald interval, exact McNemar p). With several, each seed gives its own paired difference (against
-the dense net of the same seed); the report gives their mean with a t interval over seeds and a
-t-test, which covers the test-set sampling and the seed-to-seed spread together.
+the dense net of the same seed); the report gives their mean with an interval and t-test that
+add the seeds' spread to the test-set sampling error the seeds share (structlth.stats.over_seeds).
 """
 
 from __future__ import annotations
@@ -18,33 +18,55 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+from statsmodels.stats.multitest import multipletests
 
-from structlth.stats import Paired, accuracy_interval, noninferior, over_seeds, paired, seed_ttest
+from structlth.stats import Paired, accuracy_interval, noninferior, over_seeds, paired
 
 Key = tuple[str, str]
 BySeed = Mapping[int, np.ndarray]
-EVIDENCE_COLS = ["acc_mean", "acc_sd", "acc_low", "acc_high", "diff_vs_dense", "diff_low", "diff_high", "p_vs_dense", "wins", "wins_paper"]
+EVIDENCE_COLS = [
+    "acc_mean",
+    "acc_sd",
+    "acc_low",
+    "acc_high",
+    "diff_vs_dense",
+    "diff_low",
+    "diff_high",
+    "p_vs_dense",
+    "p_holm",
+    "wins",
+    "wins_paper",
+]
+
+
+def holm(p: pd.Series) -> pd.Series:
+    """Holm's adjustment of a table's p-values (one family: the table), in the same order."""
+    return pd.Series(multipletests(p.to_numpy(dtype=float), method="holm")[1] if len(p) else [], index=p.index, dtype=float)
+
+
+def _as_int(correct: np.ndarray) -> np.ndarray:
+    return np.asarray(correct, dtype=bool).reshape(-1).astype(np.int8)
 
 
 def compare(first: BySeed, second: BySeed) -> Paired:
     """first - second over the seeds both have: one seed, the paired test on its images; more,
-    the mean of the per-seed paired differences with its t interval and t-test p (b, c: summed
-    discordant counts)."""
+    the mean of the per-seed paired differences with the interval and p of over_seeds (b, c:
+    summed discordant counts)."""
     seeds = [s for s in first if s in second]
     per = [paired(first[s], second[s]) for s in seeds]
     if len(per) == 1:
         return per[0]
-    agg = over_seeds([x.diff for x in per])
-    return Paired(agg.mean, agg.low, agg.high, seed_ttest([x.diff for x in per]), sum(x.b for x in per), sum(x.c for x in per), per[0].n)
+    agg = over_seeds(np.stack([_as_int(first[s]) - _as_int(second[s]) for s in seeds]))
+    return Paired(agg.mean, agg.low, agg.high, agg.p, sum(x.b for x in per), sum(x.c for x in per), per[0].n)
 
 
 def accuracy(correct: BySeed) -> tuple[float, float, float, float]:
-    """(mean, sd over seeds, 95% low, high): Wilson's interval with one seed, else the t interval
-    of the mean over seeds."""
+    """(mean, sd over seeds, 95% low, high): Wilson's interval with one seed, else over_seeds'
+    interval of the mean (the seeds' spread and the shared test-set sampling)."""
     accs = [float(np.mean(c)) for c in correct.values()]
     if len(accs) == 1:
         return (accs[0], 0.0, *accuracy_interval(next(iter(correct.values()))))
-    s = over_seeds(accs)
+    s = over_seeds(np.stack([_as_int(c) for c in correct.values()]))
     return s.mean, s.sd, s.low, s.high
 
 
@@ -53,7 +75,9 @@ def versus_dense(table: pd.DataFrame, correct: Mapping[int, Mapping[Key, np.ndar
     - acc_mean, acc_sd, acc_low, acc_high: accuracy over seeds and its 95% interval (see accuracy);
     - diff_vs_dense, diff_low, diff_high, p_vs_dense: difference from dense on the same images
       (per seed, against that seed's dense), its 95% interval and p (see compare);
-    - wins: non-inferior to dense at `margin` with 95% confidence (diff_low > -margin);
+    - p_holm: p_vs_dense adjusted by Holm across the whole table (every method's rounds);
+    - wins: non-inferior to dense at `margin` with 95% confidence (diff_low > -margin), decided
+      per round, without a correction across rounds;
     - wins_paper: the paper's rule, accuracy at least dense's (mean over seeds).
     """
     rows = []
@@ -71,11 +95,13 @@ def versus_dense(table: pd.DataFrame, correct: Mapping[int, Mapping[Key, np.ndar
                 "diff_low": d.low,
                 "diff_high": d.high,
                 "p_vs_dense": d.p,
+                "p_holm": float("nan"),
                 "wins": noninferior(d, margin),
                 "wins_paper": d.diff >= 0,
             }
         )
     out, ev = table.reset_index(drop=True).copy(), pd.DataFrame(rows, columns=EVIDENCE_COLS)
+    ev["p_holm"] = holm(ev["p_vs_dense"])
     for col in EVIDENCE_COLS:  # in place where the table has the column already (the summary's order)
         out[col] = ev[col]
     return out
@@ -102,8 +128,8 @@ def matched(
     """Paired comparisons of two methods' rounds whose `by` column (sparsity or flops_saving, of
     train.seed's run) differs by at most `within`: each round of method a against the nearest
     round of each later method b (in `methods` order, default the table's). Columns: a, round_a,
-    by_a, b, round_b, by_b, diff (a - b), low, high, p (see compare), both rounds' accuracies
-    (mean over seeds)."""
+    by_a, b, round_b, by_b, diff (a - b), low, high, p (see compare), p_holm (Holm across the
+    returned comparisons), both rounds' accuracies (mean over seeds)."""
     methods = methods or list(dict.fromkeys(table["method"]))
     rows = []
     for i, a in enumerate(methods):
@@ -136,4 +162,6 @@ def matched(
                     }
                 )
     cols = ["a", "round_a", "by_a", "acc_a", "b", "round_b", "by_b", "acc_b", "diff", "low", "high", "p"]
-    return pd.DataFrame(rows, columns=cols)
+    out = pd.DataFrame(rows, columns=cols)
+    out["p_holm"] = holm(out["p"])
+    return out

@@ -65,9 +65,13 @@ def paired(first, second, level: float = LEVEL) -> Paired:
     n = len(a)
     b, c = int((a & ~z).sum()), int((~a & z).sum())
     diff = (b - c) / n
-    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
-    half = float(stats.norm.ppf(0.5 + level / 2)) * se
+    half = float(stats.norm.ppf(0.5 + level / 2)) * paired_se(b, c, n)
     return Paired(diff, diff - half, diff + half, mcnemar_exact(b, c), b, c, n)
+
+
+def paired_se(b: int, c: int, n: int) -> float:
+    """Standard error of a paired difference (b - c) / n: sqrt(b + c - (b - c)^2 / n) / n."""
+    return math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
 
 
 def noninferior(p: Paired, margin: float) -> bool:
@@ -78,29 +82,38 @@ def noninferior(p: Paired, margin: float) -> bool:
 
 @dataclass(frozen=True)
 class SeedSummary:
-    """A quantity measured once per training seed: mean, sample sd, and the t interval of the
-    mean (with one seed: sd 0 and the interval is the single value's own, given by the caller)."""
+    """A quantity measured once per training seed on the same test images: mean, sample sd over
+    the seeds, the interval of the mean and the two-sided p that the mean is 0 (over_seeds)."""
 
     mean: float
     sd: float
     low: float
     high: float
+    p: float
     seeds: int
 
 
-def over_seeds(values, level: float = LEVEL) -> SeedSummary:
-    """Mean ± sd of per-seed values [K] and the t interval (K - 1 degrees of freedom) of their
-    mean. Each per-seed value already carries its own test-set sampling error, so the interval
-    covers that and the seed-to-seed spread together. K = 1 gives a zero-width interval."""
-    v = np.asarray(values, dtype=float).reshape(-1)
-    k = len(v)
-    if k == 0:
-        raise ValueError("no seeds")
-    mean = float(v.mean())
-    if k == 1:
-        return SeedSummary(mean, 0.0, mean, mean, 1)
-    half = t_half_width(v, level)
-    return SeedSummary(mean, float(v.std(ddof=1)), mean - half, mean + half, k)
+def over_seeds(per_image, level: float = LEVEL) -> SeedSummary:
+    """Mean over seeds and test images of per_image [K seeds, N images] (1/0 correct, or a paired
+    difference in -1/0/1), every seed scored on the same images, K >= 2. Its interval and t-test
+    against 0 carry both sources of error, each estimated from its own margin:
+    - the seeds' spread, var over seeds of the per-seed means / K;
+    - the test-set sampling, which every seed shares (the same images, so it does not shrink
+      with more seeds): var over images of the per-image means / N.
+    se^2 is their sum (the seed-by-image noise counted in both, so on the wide side), with
+    Welch-Satterthwaite degrees of freedom (K - 1 and N - 1)."""
+    x = np.asarray(per_image, dtype=float)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"over_seeds needs [seeds, images] with at least two seeds, got shape {x.shape}")
+    (k, n), seed_means, image_means = x.shape, x.mean(1), x.mean(0)
+    spread, shared = float(seed_means.var(ddof=1)) / k, float(image_means.var(ddof=1)) / n
+    mean, se = float(x.mean()), math.sqrt(spread + shared)
+    if se == 0:  # every seed right (or equal) on every image
+        return SeedSummary(mean, 0.0, mean, mean, 1.0 if mean == 0 else 0.0, k)
+    df = (spread + shared) ** 2 / (spread**2 / (k - 1) + shared**2 / (n - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(mean) / se, df))
+    return SeedSummary(mean, float(seed_means.std(ddof=1)), mean - half, mean + half, p, k)
 
 
 def t_half_width(values, level: float = LEVEL) -> float:
@@ -110,14 +123,3 @@ def t_half_width(values, level: float = LEVEL) -> float:
     if len(v) < 2:
         raise ValueError("an interval of a mean needs at least two values")
     return float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
-
-
-def seed_ttest(diffs) -> float:
-    """Two-sided one-sample t-test p-value that per-seed paired differences [K] average zero
-    (K >= 2; 1.0 where they are all equal)."""
-    d = np.asarray(diffs, dtype=float).reshape(-1)
-    if len(d) < 2:
-        raise ValueError("a t-test over seeds needs at least two seeds")
-    if np.all(d == d[0]):
-        return 1.0 if d[0] == 0 else 0.0
-    return float(stats.ttest_1samp(d, 0.0).pvalue)

@@ -122,13 +122,13 @@ def test_summary_headline_and_markdown():
     assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | PyTorch | 0.80 | ≥ 0.6 | yes |" in md
     # Wilson 850/1000 and the paired Wald interval, computed by hand; p = 2 * 0.5**55
     assert (
-        "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 [0.8265, 0.8708] | -5.50% [-6.91%, -4.09%] | 5.6e-17 | no | no"
+        "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 [0.8265, 0.8708] | -5.50% [-6.91%, -4.09%] | 5.6e-17 | 1.7e-16 | no | no"
         " | 60.0% |  | 60.0% | slim |" in md
     )
     assert "| refill | 20.00% | 40.00% | none |" in md  # its bracket: wins at 20%, loses at 40%
     assert "| imp | 20.00% | not reached within the rounds run | 20.00% |" in md
     noisy = markdown(Report(table, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU"))
-    assert "| 0.062 | yes | no | ~0 (30.0%) |" in noisy  # refill round1: p = 2 * 0.5**5 = 0.0625
+    assert "| 0.062 | 0.125 | yes | no | ~0 (30.0%) |" in noisy  # refill round1: p = 2 * 0.5**5 = 0.0625; Holm: 2 * p
     with_ci = _table(_bench(ci=(NAN, NAN, NAN, 0.021, 0.034, NAN, NAN, NAN, NAN, NAN)))
     assert with_ci.loc[with_ci["method"] == "refill", "time_ci95"].tolist() == [0.021, 0.034]
     md = markdown(Report(with_ci, DENSE_INFO, 0.01, heads, {**targets(_bench(), 64), "timing_noise": 0.4}, 64, "a test CPU"))
@@ -215,7 +215,7 @@ def test_gather_bench_concatenates_stage_tables_and_names_a_missing_one(tmp_path
         gather_bench(tmp_path, [("refill", "round2")])
 
 
-def test_matched_lines_bold_only_what_the_interval_and_the_test_both_support():
+def test_matched_lines_bold_only_what_holms_adjusted_p_supports():
     from structlth.report.markdown import matched_lines
 
     pairs = pd.DataFrame(
@@ -233,6 +233,7 @@ def test_matched_lines_bold_only_what_the_interval_and_the_test_both_support():
                 "low": 0.012,
                 "high": 0.021,
                 "p": 1e-12,
+                "p_holm": 3e-12,
             },
             {
                 "a": "regroup",
@@ -247,12 +248,29 @@ def test_matched_lines_bold_only_what_the_interval_and_the_test_both_support():
                 "low": 0.0001,
                 "high": 0.0085,
                 "p": 0.051,
+                "p_holm": 0.102,
+            },
+            {
+                "a": "refill",
+                "round_a": "round6",
+                "by_a": 0.86,
+                "acc_a": 0.885,
+                "b": "imp_channel",
+                "round_b": "round8",
+                "by_b": 0.86,
+                "acc_b": 0.878,
+                "diff": 0.007,
+                "low": 0.001,
+                "high": 0.013,
+                "p": 0.03,
+                "p_holm": 0.06,
             },
         ]
     )
     text = "\n".join(matched_lines(pairs, "sparsity", 0.03))
-    assert "## Methods at matched sparsity (within 3 points)" in text
-    assert "| **1e-12** |" in text and "| 0.051 |" in text  # the second's interval excludes 0, its p does not
+    assert "## Methods at matched sparsity (within 3 points)" in text and "Holm across this table's 3 comparisons" in text
+    assert "| 1e-12 | **3e-12** |" in text and "| 0.051 | 0.102 |" in text  # the second's interval excludes 0, its p does not
+    assert "| 0.030 | 0.060 |" in text  # p < 0.05 alone, but not once the table's three tests are accounted for
 
 
 def test_a_method_that_wins_again_above_a_loss_is_flagged():

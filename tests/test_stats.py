@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from structlth.evidence import bracket, matched, versus_dense
-from structlth.stats import accuracy_interval, mcnemar_exact, noninferior, over_seeds, paired, seed_ttest, t_half_width
+from structlth.evidence import bracket, holm, matched, versus_dense
+from structlth.stats import accuracy_interval, mcnemar_exact, noninferior, over_seeds, paired, t_half_width
 
 Z = 1.959963984540054  # the normal 97.5% quantile
 
@@ -71,28 +72,61 @@ def test_noninferiority_reads_the_lower_end_against_the_margin():
     assert noninferior(r, 0.01) and not noninferior(r, 0.005)
 
 
-def test_over_seeds_t_interval_by_hand():
-    s = over_seeds([0.88, 0.90, 0.86])
-    sd = math.sqrt(((0.0) ** 2 + 0.02**2 + 0.02**2) / 2)
-    t2 = 4.302652729911275  # t quantile, 2 degrees of freedom, 97.5%
-    assert (s.mean, s.sd, s.seeds) == pytest.approx((0.88, sd, 3))
-    assert (s.low, s.high) == pytest.approx((0.88 - t2 * sd / math.sqrt(3), 0.88 + t2 * sd / math.sqrt(3)))
-    one = over_seeds([0.9])
-    assert (one.low, one.high, one.sd) == (0.9, 0.9, 0.0)
-    with pytest.raises(ValueError):
-        over_seeds([])
-    assert t_half_width([0.88, 0.90, 0.86]) == pytest.approx(t2 * sd / math.sqrt(3))
+def test_over_seeds_adds_the_seeds_spread_to_the_shared_test_set_error_by_hand():
+    """Two seeds on four images: per seed means 0.75 and 0.25 (var 0.125), per image means 1, 0.5,
+    0.5, 0 (var 1/6): se^2 = 0.125 / 2 + (1/6) / 4, Welch-Satterthwaite df from 1 and 3."""
+    s = over_seeds([[1, 1, 1, 0], [1, 0, 0, 0]])
+    spread, shared = 0.125 / 2, (1 / 6) / 4
+    se, df = math.sqrt(spread + shared), (spread + shared) ** 2 / (spread**2 / 1 + shared**2 / 3)
+    half = stats.t.ppf(0.975, df) * se
+    assert (s.mean, s.sd, s.seeds) == pytest.approx((0.5, math.sqrt(0.125), 2))
+    assert (s.low, s.high, s.p) == pytest.approx((0.5 - half, 0.5 + half, 2 * stats.t.sf(0.5 / se, df)))
+    with pytest.raises(ValueError, match="at least two seeds"):
+        over_seeds([[1, 0, 1]])
+    assert t_half_width([0.88, 0.90, 0.86]) == pytest.approx(4.302652729911275 * 0.02 / math.sqrt(3))
     with pytest.raises(ValueError, match="at least two"):
         t_half_width([0.9])
 
 
-def test_seed_ttest_by_hand():
-    d = [0.01, 0.02, 0.03]  # mean 0.02, sd 0.01: t = 0.02 / (0.01 / sqrt 3) = sqrt 12, 2 df
-    # with 2 degrees of freedom the two-sided p is 1 - t / sqrt(t^2 + 2) = 1 - sqrt(12 / 14)
-    assert seed_ttest(d) == pytest.approx(1 - math.sqrt(12 / 14), rel=1e-9)
-    assert seed_ttest([0.0, 0.0]) == 1.0
-    with pytest.raises(ValueError):
-        seed_ttest([0.1])
+def test_identical_nonzero_seed_differences_still_carry_the_test_sets_error():
+    """Three seeds each ahead on the same 10 of 1000 images: no seed spread, yet the images are
+    a sample, so p is that of the test set, neither 0 nor 1."""
+    d = np.zeros((3, 1000))
+    d[:, :10] = 1
+    s = over_seeds(d)
+    assert s.mean == pytest.approx(0.01) and 0.001 < s.p < 0.05 and s.low > 0
+    assert over_seeds(np.zeros((2, 5))).p == 1.0
+
+
+def test_over_seeds_covers_the_truth_when_the_test_set_is_redrawn():
+    """Simulated: a population of images, most of which a net of any seed gets right or wrong
+    alike, and some the ticket gets differently from dense. Every seed is scored on the same drawn
+    test set. over_seeds' interval covers the population's difference at least at its level; the
+    seeds' t interval alone, which leaves out the shared test set, does not."""
+    rng = np.random.default_rng(0)
+    reps, n, k, flip = 400, 1000, 3, 0.01
+
+    def images(m):  # per image: chance dense is right, chance the ticket is right
+        dense = np.where(rng.random(m) < 0.1, flip, 1 - flip)
+        u = rng.random(m)
+        return dense, np.where(u < 0.035, flip, np.where(u < 0.06, 1 - flip, dense))
+
+    dense, ticket = images(2_000_000)
+    truth, ours, seeds_only = float(np.mean(ticket - dense)), 0, 0
+    for _ in range(reps):
+        dense, ticket = images(n)
+        d = np.stack([(rng.random(n) < ticket).astype(int) - (rng.random(n) < dense) for _ in range(k)])
+        s, per_seed = over_seeds(d), d.mean(1)
+        ours += s.low <= truth <= s.high
+        seeds_only += abs(per_seed.mean() - truth) <= t_half_width(per_seed)
+    assert ours / reps >= 0.95 and seeds_only / reps < 0.9
+
+
+def test_holm_adjusts_a_tables_p_values_in_place():
+    """Sorted 0.01, 0.03, 0.04 of three tests: 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 0.04)."""
+    out = holm(pd.Series([0.04, 0.01, 0.03], index=[5, 6, 7]))
+    assert out.index.tolist() == [5, 6, 7] and out.tolist() == pytest.approx([0.06, 0.03, 0.06])
+    assert holm(pd.Series([], dtype=float)).empty
 
 
 def _rows() -> tuple[pd.DataFrame, dict, np.ndarray]:
@@ -134,6 +168,7 @@ def test_matched_pairs_the_nearest_round_within_the_window():
     ]  # 0.40 vs 0.45: too far
     r = by_sparsity.iloc[1]
     assert r["diff"] == pytest.approx(-0.052) and r["p"] == pytest.approx(mcnemar_exact(0, 52))
+    assert by_sparsity["p_holm"].tolist() == holm(by_sparsity["p"]).tolist()  # one family: the table
     by_flops = matched(table, correct, "flops_saving", 0.03)
     assert by_flops["round_b"].tolist() == ["round1", "round2", "round3"]
     assert matched(table, correct, "sparsity", 0.03, methods=["b", "a"])["a"].unique().tolist() == ["b"]
@@ -148,9 +183,8 @@ def test_several_seeds_pair_each_round_with_its_own_seeds_dense_and_use_the_spre
     correct = {0: {("a", "round1"): np.arange(n) < 890}, 1: {("a", "round1"): np.arange(n) < 858}}
     t = versus_dense(table, correct, dense, margin=0.02).iloc[0]
     assert t["diff_vs_dense"] == pytest.approx(-0.011)  # mean of -0.010 and -0.012
-    sd = math.sqrt(2 * 0.001**2)  # per-seed differences -0.010, -0.012
-    half = 12.706204736174698 * sd / math.sqrt(2)  # t quantile with 1 degree of freedom
-    assert (t["diff_low"], t["diff_high"]) == pytest.approx((-0.011 - half, -0.011 + half))
+    diffs = np.stack([correct[s][("a", "round1")].astype(int) - dense[s] for s in (0, 1)])
+    s = over_seeds(diffs)  # the seeds' spread and the images' together
+    assert (t["diff_low"], t["diff_high"], t["p_vs_dense"]) == pytest.approx((s.low, s.high, s.p))
     assert t["acc_mean"] == pytest.approx(0.874) and t["acc_sd"] == pytest.approx(math.sqrt(2 * 0.016**2))
-    assert t["p_vs_dense"] == pytest.approx(seed_ttest([-0.010, -0.012]))
     assert bool(t["wins"]) == (t["diff_low"] > -0.02)

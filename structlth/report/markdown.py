@@ -109,14 +109,18 @@ def evidence_lines(table: pd.DataFrame, dense: dict, margin: float) -> list[str]
         how = (
             "Every round below is compared with dense on the same images: the paired difference, its 95%"
             " interval (Wald, paired proportions), and an exact McNemar test. Accuracies carry Wilson intervals."
+            " These cover the sampling of the test images for these trained nets; they do not cover training"
+            " again with another seed, which one run cannot measure."
         )
     else:
         per = ", ".join(f"seed {s}: {a:.4f}" for s, a in dense["per_seed"].items())
         how = (
             f"Training seeds {', '.join(map(str, seeds))} ({per}). Accuracies are means ± sd over the seeds. Each"
             " round is paired with the dense net of its own seed on the same images; the table gives the mean of"
-            " those differences with a t interval over seeds and a one-sample t-test, which cover the test-set"
-            " sampling and the seed-to-seed spread together."
+            " those differences. Its interval and t-test add two errors: the seeds' spread (variance of the"
+            " per-seed means over the number of seeds) and the sampling of the test images, which every seed"
+            " shares and which more seeds do not shrink (variance of the per-image means over the number of"
+            " images), with Welch–Satterthwaite degrees of freedom."
         )
     lines = [
         "## Accuracy evidence",
@@ -127,6 +131,11 @@ def evidence_lines(table: pd.DataFrame, dense: dict, margin: float) -> list[str]
         f"A round **wins** when it is non-inferior to dense at margin {margin:g} with 95% confidence: the lower end"
         f" of its paired difference lies above −{margin:g}. The paper's own rule (accuracy at least dense's) is"
         " the second column; on one run it mostly measures luck, and is given for comparison with the paper.",
+        "",
+        f"Multiplicity: each round's win is decided on its own at 95%, with no correction across the {len(table)}"
+        " rounds of the table, so a bracket (a maximum over a method's rounds) leans optimistic. Beside each p,"
+        " p (Holm) is adjusted by Holm's method across the whole table; the matched tables below bold only"
+        " Holm-adjusted p < 0.05 within each table.",
         "",
         "Each method's bracket: its sparsest winning round (the paper's extreme sparsity) and its least sparse losing round.",
         "",
@@ -152,18 +161,19 @@ def matched_lines(pairs: pd.DataFrame, by: str, within: float) -> list[str]:
     if pairs.empty:
         return lines + [f"No two methods have rounds within {points} of {what}.", ""]
     lines += [
-        "Paired on the same test images; Δ = first − second, with its 95% interval and p. An ordering is a result"
-        " only where the interval excludes 0 and p < 0.05 (p in bold).",
+        "Paired on the same test images; Δ = first − second, with its 95% interval, p, and p adjusted by Holm"
+        f" across this table's {len(pairs)} comparisons. An ordering is a result only where the Holm-adjusted p"
+        " < 0.05 (in bold).",
         "",
-        f"| first | {what} | acc | second | {what} | acc | Δ | 95% interval | p |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| first | {what} | acc | second | {what} | acc | Δ | 95% interval | p | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in pairs.iterrows():
-        sig = (r["low"] > 0 or r["high"] < 0) and r["p"] < 0.05
+        holm = f"**{_p(r['p_holm'])}**" if r["p_holm"] < 0.05 else _p(r["p_holm"])
         lines.append(
             f"| {r['a']} {r['round_a']} | {r['by_a']:.1%} | {r['acc_a']:.4f}"
             f" | {r['b']} {r['round_b']} | {r['by_b']:.1%} | {r['acc_b']:.4f} |"
-            f" {r['diff']:+.2%} | [{r['low']:+.2%}, {r['high']:+.2%}] | {'**' + _p(r['p']) + '**' if sig else _p(r['p'])} |"
+            f" {r['diff']:+.2%} | [{r['low']:+.2%}, {r['high']:+.2%}] | {_p(r['p'])} | {holm} |"
         )
     return lines + [""]
 
@@ -276,9 +286,10 @@ def markdown(r: Report) -> str:
             f"## {method}" + (f" (mask source: {SOURCE_LABELS[source]} at each IMP round's density)" if source else ""),
             "",
             f"| round | sparsity | source IMP sparsity | channel sparsity"
-            f" | {'test acc' if len(dense.get('seeds', [0])) == 1 else 'test acc, mean ± sd'} [95%] | Δ vs dense [95%] | p | wins | ≥ dense"
+            f" | {'test acc' if len(dense.get('seeds', [0])) == 1 else 'test acc, mean ± sd'} [95%] | Δ vs dense [95%] | p | p (Holm)"
+            " | wins | ≥ dense"
             " | time saving | ONNX Runtime saving | FLOP saving | engine |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for _, r in rows.iterrows():
             src = "" if pd.isna(r["source_sparsity"]) else f"{r['source_sparsity']:.2%}"
@@ -288,7 +299,7 @@ def markdown(r: Report) -> str:
             acc = f"{r['acc_mean']:.4f}" if len(dense.get("seeds", [0])) == 1 else f"{r['acc_mean']:.4f} ± {r['acc_sd']:.4f}"
             lines.append(
                 f"| {r['round']} | {sp} | {src} | {r['channel_sparsity']:.2%} | {acc} [{r['acc_low']:.4f}, {r['acc_high']:.4f}] |"
-                f" {r['diff_vs_dense']:+.2%} [{r['diff_low']:+.2%}, {r['diff_high']:+.2%}] | {_p(r['p_vs_dense'])} |"
+                f" {r['diff_vs_dense']:+.2%} [{r['diff_low']:+.2%}, {r['diff_high']:+.2%}] | {_p(r['p_vs_dense'])} | {_p(r['p_holm'])} |"
                 f" {'yes' if r['wins'] else 'no'} | {'yes' if r['wins_paper'] else 'no'} | {ts} | {ots} | {fs}"
                 f" | {r['engine'] if isinstance(r['engine'], str) else ''} |"
             )
