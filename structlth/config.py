@@ -246,7 +246,7 @@ class RefillParams(TicketOrigin):
     criterion: Literal[REFILL_CRITERIA] = "magnitude"  # type: ignore[valid-type]
     refill_rate: float = Field(0.0, ge=0, lt=1)
     count: Literal["floor", "ceil"] = Field(
-        "floor", description="K = floor or ceil of nnz/n + (C_out - nnz/n) * refill_rate (paper Table A3: ceil)"
+        "ceil", description="K = ceil or floor of nnz/n + (C_out - nnz/n) * refill_rate (paper Table A3: ceil)"
     )
     score_batches: int = Field(1, ge=1, description="batches for activation criteria")
     channel_align: int = Field(1, ge=1, le=64, description="kept channels rounded up to a multiple (CPU kernels work in blocks of 8/16)")
@@ -297,10 +297,19 @@ class TorchPruningParams(Strict):
     kind: Literal["torch_pruning"]
     match: str = Field(description="a refill or regroup ticket of the tickets section: its FLOPs at each round are the target")
     importance: Literal["l1", "bn_scale", "taylor"] = Field(
-        "l1", description="l1: filter L1 magnitude; bn_scale: |BN weight| (network slimming); taylor: |weight x gradient|"
+        "l1",
+        description=(
+            "l1: each filter's L1 norm, one ratio per layer (Li et al. 2017); bn_scale: |BN weight| ranked net-wide"
+            " (network slimming's criterion); taylor: |weight x gradient|"
+        ),
     )
     start: Literal["finetune", "rewind"] = Field(
         "finetune", description="finetune: the trained dense weights; rewind: the rewind point (as every ticket)"
+    )
+    finetune_lr: float | None = Field(
+        0.01,
+        gt=0,
+        description="start: finetune: fine-tuning's learning rate, on train's schedule (Torch-Pruning's recipe: 0.01); null: train.lr",
     )
     round_to: int | None = Field(
         None,
@@ -358,7 +367,11 @@ class BenchParams(Strict):
 
 
 class ReportParams(Strict):
-    tolerance: float = Field(0.01, ge=0, description="winning: test_acc >= dense - tolerance")
+    tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="winning: non-inferior to dense at this margin (the 95% interval of the paired difference above -tolerance)",
+    )
     mask_layer: str | None = Field(None, description="layer drawn in the mask pictures")
     smoke: bool = Field(False, description="a smoke run (configs/quick.yaml): the report says no claim in it is evidence")
 

@@ -18,10 +18,12 @@ from torch import nn
 
 Masks = dict[str, torch.Tensor]
 
-IMPORTANCE: dict[str, Callable[[], object]] = {
-    "l1": lambda: tp.importance.MagnitudeImportance(p=1),  # filter L1 norm (Li et al. 2017)
-    "bn_scale": tp.importance.BNScaleImportance,  # |gamma| of the following BN (network slimming)
-    "taylor": tp.importance.TaylorImportance,  # |weight x gradient| (Molchanov et al. 2019)
+IMPORTANCE: dict[str, tuple[Callable[[], object], bool]] = {  # name -> (Torch-Pruning importance, ranked across layers)
+    # Li et al. 2017: each filter's own L1 norm (the group's first layer, not normalised), the same
+    # ratio in every layer (unnormalised norms differ by layer, so a global ranking empties some)
+    "l1": (lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"), False),
+    "bn_scale": (tp.importance.BNScaleImportance, True),  # |gamma| of the following BN, ranked net-wide (network slimming)
+    "taylor": (tp.importance.TaylorImportance, True),  # |weight x gradient| (Molchanov et al. 2019)
 }
 OUT_CHANNEL_HANDLERS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
 
@@ -36,8 +38,8 @@ def channel_masks(
     gradients: Callable[[nn.Module], None] | None = None,
 ) -> Masks:
     """Masks of `prunable`'s keys (conv weight names; shapes of the model's weights): all ones
-    except the output-channel rows Torch-Pruning removes at global `ratio` (its pruning_ratio)
-    with `importance` (a key of IMPORTANCE). Convs outside `prunable` (the stem) and the
+    except the output-channel rows Torch-Pruning removes at `ratio` (its pruning_ratio: of the
+    whole net, or of each layer where IMPORTANCE ranks per layer) with `importance`. Convs outside `prunable` (the stem) and the
     classifier keep their output channels. gradients(net): runs a backward pass on the copy
     Torch-Pruning scores (the taylor importance needs one). `model` is left unchanged."""
     net = copy.deepcopy(model)
@@ -46,11 +48,12 @@ def channel_masks(
     keep_whole += [m for m in net.modules() if isinstance(m, nn.Linear)][-1:]
     if gradients is not None:
         gradients(net)
+    make, ranked_globally = IMPORTANCE[importance]
     pruner = tp.pruner.MetaPruner(
         net,
         example,
-        importance=IMPORTANCE[importance](),
-        global_pruning=True,
+        importance=make(),
+        global_pruning=ranked_globally,
         pruning_ratio=ratio,
         ignored_layers=keep_whole,
         round_to=round_to,
@@ -75,7 +78,7 @@ def match_flops(
     gradients: Callable[[nn.Module], None] | None = None,
     steps: int = 16,
 ) -> tuple[Masks, float]:
-    """The masks of the smallest global ratio (bisection over [0, 0.95], `steps` halvings)
+    """The masks of the smallest ratio (bisection over [0, 0.95], `steps` halvings)
     whose FLOPs (flops_of(masks)) do not exceed `target`, and that ratio. FLOPs fall as the
     ratio grows; where even 0.95 stays above the target, 0.95's masks are returned."""
     lo, hi = 0.0, 0.95
