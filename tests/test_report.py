@@ -169,6 +169,13 @@ def test_paper_vs_run_on_a_tiny_fake_preset_run():
     assert "Not like for like:** Table A5 is the paper's (+) setting (240 epochs" in plus and "trains 160 epochs" in plus
     assert "no table" in "\n".join(paper_vs_run(table, 0.905, paper_table("fashion_mnist", "resnet20")))
     assert paper_table("tiny_imagenet", "resnet50", small_input_stem=False) is None
+    # a (+) table's extremes are its own schedule's; on 160 epochs they are Fig. 4/5's
+    assert paper_table("cifar100", "wrn32_2", epochs=240).extreme == {"refill": 20.0, "regroup": 75.0}
+    standard = paper_table("cifar100", "wrn32_2", epochs=160)
+    assert standard.extreme == {"refill": 28.0, "regroup": 36.0} and standard.rounds == paper_table("cifar100", "wrn32_2").rounds
+    assert paper_table("cifar100", "vgg16", epochs=240).extreme == {} and "(Fig. 4/5)" in "\n".join(
+        paper_vs_run(table, 0.7, paper_table("cifar100", "vgg16", epochs=160), [], 160)
+    )
 
 
 def test_block_order_makes_blocks_contiguous():

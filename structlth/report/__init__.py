@@ -51,7 +51,9 @@ def write_reports(p, artifacts: Path, bench_dir: Path, out: Path) -> str:
     noise = goals["timing_noise"] or 0.0
     heads = headline(table, noise)
     refills = [m for m, spec in p.tickets.items() if spec.kind == "refill"]
-    paper = paper_vs_run(table, dense["acc"], paper_table(p.data.dataset, p.model.arch, p.model.small_input_stem), refills, p.train.epochs)
+    paper = paper_vs_run(
+        table, dense["acc"], paper_table(p.data.dataset, p.model.arch, p.model.small_input_stem, p.train.epochs), refills, p.train.epochs
+    )
     suspects = suspect_rows(bench[bench["engine"] != "masked_dense"], noise)
     machine = (
         f"{bench['machine'].iloc[0]}, {p.bench.threads} threads" if "machine" in bench and len(bench) else f"{p.bench.threads} CPU threads"
