@@ -457,6 +457,11 @@ class Params(Strict):
                     f"group_chains.{name}.ticket: {g.ticket!r} is not a ticket of the tickets section made from IMP masks"
                     f" ({', '.join(t for t, s in self.tickets.items() if s.source == 'imp') or 'none'})"
                 )
+            if spec.init != "rewind":
+                raise ValueError(
+                    f"group_chains.{name}.ticket: {g.ticket!r} retrains from init: {spec.init}, but a group-aware chain"
+                    " rewinds every round (Alg. 4); name a ticket with init: rewind"
+                )
         return self
 
     @model_validator(mode="after")

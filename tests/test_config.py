@@ -104,6 +104,11 @@ def _bad(raw, edit):
         (lambda r: r["baselines"]["tp_l1"].update(importance="hessian"), "baselines.tp_l1.importance", "'taylor'"),
         (lambda r: r["baselines"]["tp_l1"].update(start="scratch"), "baselines.tp_l1.start", "'finetune'"),
         (lambda r: r["baselines"].update(refill=r["baselines"]["tp_l1"]), "baselines", "no ticket's name"),
+        (
+            lambda r: (r["tickets"]["refill"].update(init="random"), r.update(group_chains={"imp_refill": {"ticket": "refill"}})),
+            "group_chains.imp_refill.ticket",
+            "retrains from init: random, but a group-aware chain rewinds every round",
+        ),
     ],
 )
 def test_bad_params_name_key_and_allowed_values(raw_params, edit, key, hint):
