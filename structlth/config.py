@@ -306,6 +306,14 @@ class TorchPruningParams(Strict):
     start: Literal["finetune", "rewind"] = Field(
         "finetune", description="finetune: the trained dense weights; rewind: the rewind point (as every ticket)"
     )
+    sparsity_reg: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "network slimming's lambda: the baseline prunes its own dense net, trained from the same initialisation with an L1"
+            " penalty lambda * sum |BN weight| (Liu et al. 2017); 0: the shared dense net"
+        ),
+    )
     finetune_lr: float | None = Field(
         0.01,
         gt=0,

@@ -29,7 +29,7 @@ from structlth.config import Params, params_hash
 from structlth.pruning import registry
 from structlth.rounds import file_digest, matched, seed_chain, setup
 from structlth.tickets import group_round, make_ticket
-from structlth.training import imp_round, pretrain
+from structlth.training import baseline_dense, imp_round, pretrain
 
 STAMP = "identity.txt"
 
@@ -75,8 +75,9 @@ def units(p: Params) -> list[tuple[str, str, str, tuple[str, ...]]]:
         for rnd in p.prune.ticket_rounds:
             add(name, rnd, (f"imp/{rnd}", "pretrain"), code(spec), spec)
     for name, spec in p.baselines.items():
+        add(name, "dense", ("pretrain",), training_code_digest(), spec)  # the dense net it prunes (training.baseline_dense)
         for rnd in p.prune.ticket_rounds:
-            add(name, rnd, (f"imp/{rnd}", "pretrain", f"{spec.match}/{rnd}"), code(spec), spec)
+            add(name, rnd, (f"imp/{rnd}", f"{name}/dense", f"{spec.match}/{rnd}"), code(spec), spec)
     return [("pretrain", "", ident["pretrain"], ())] + out
 
 
@@ -146,8 +147,10 @@ def run_replicate(params: Params, seed: int, data_dir: Path, out_dir: Path, cach
         elif method in p.chains:
             chain_round = group_round if method in p.group_chains else imp_round
             chain_round(ctx, method, cache / method / p.prune.rounds[rnd].prev, cache / "pretrain", d, ckpt)
+        elif method in p.baselines and rnd == "dense":
+            baseline_dense(ctx, method, cache / "pretrain", d, ckpt)
         elif method in p.baselines:
-            make_ticket(ctx, method, cache / "imp" / rnd, cache / "pretrain", d, ckpt, matched(p, method, cache)[rnd])
+            make_ticket(ctx, method, cache / "imp" / rnd, cache / method / "dense", d, ckpt, matched(p, method, cache)[rnd])
         else:
             make_ticket(ctx, method, cache / "imp" / rnd, cache / "pretrain", d, ckpt)
         (d / STAMP).write_text(identity)

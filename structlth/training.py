@@ -8,7 +8,10 @@ post-processing lives in structlth.tickets, which loads its method by name.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -98,14 +101,29 @@ def round_metrics(ctx: Context, model: nn.Module, masks: Masks, result: TrainRes
     }
 
 
-def pretrain(ctx: Context, out_dir: Path, checkpoint: Path | None = None) -> dict:
-    """Dense training; writes rewind.safetensors, weights.safetensors, metrics.json, curve.json."""
+@contextmanager
+def bn_l1_penalty(model: nn.Module, lam: float) -> Iterator[None]:
+    """While open, every BN weight's gradient gains lam * sign(weight): the subgradient of
+    lam * sum |gamma|, network slimming's sparsity regularisation (lam 0: nothing changes)."""
+    bns = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    hooks = [w.register_hook(lambda g, w=w: g + lam * torch.sign(w.detach())) for w in bns] if lam else []
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def pretrain(ctx: Context, out_dir: Path, checkpoint: Path | None = None, bn_l1: float = 0.0) -> dict:
+    """Dense training, with bn_l1_penalty(bn_l1); writes rewind.safetensors,
+    weights.safetensors, metrics.json, curve.json."""
     p = ctx.params
     model = ctx.model()
     masks = ones_masks(model, p.prune.prunable)
-    identity = params_hash(p.data, p.model, p.train)
-    result = train_masked(ctx, model, masks, start_epoch=0, rewind_epoch=p.train.rewind_epoch, checkpoint=checkpoint, identity=identity)
-    metrics = round_metrics(ctx, model, masks, result, rewind_epoch=p.train.rewind_epoch)
+    identity = params_hash(p.data, p.model, p.train) + (f"/bn_l1={bn_l1!r}" if bn_l1 else "")
+    with bn_l1_penalty(model, bn_l1):
+        result = train_masked(ctx, model, masks, start_epoch=0, rewind_epoch=p.train.rewind_epoch, checkpoint=checkpoint, identity=identity)
+    metrics = round_metrics(ctx, model, masks, result, rewind_epoch=p.train.rewind_epoch, **({"bn_l1": bn_l1} if bn_l1 else {}))
     if dist.is_main():
         meta = {**ctx.model_meta(), "params_hash": identity}
         with staged_dir(out_dir) as d:
@@ -185,3 +203,20 @@ def imp_round(ctx: Context, chain: str, prev_dir: Path, pretrain_dir: Path, out_
     else:
         raise ValueError(f"unknown chain {chain!r}: imp or imp_channel (a group-aware chain is structlth.tickets.group_round)")
     return chain_round(ctx, chain, prune, section, prev_dir, pretrain_dir, out_dir, checkpoint)
+
+
+DENSE_FILES = ("rewind.safetensors", "weights.safetensors", "metrics.json")  # what a baseline reads of its dense net
+
+
+def baseline_dense(ctx: Context, name: str, pretrain_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> dict:
+    """The dense net Torch-Pruning baseline `name` prunes and fine-tunes (or rewinds): with
+    sparsity_reg > 0 (network slimming) its own, trained from the same initialisation under
+    bn_l1_penalty; else the shared one, whose DENSE_FILES it copies (the same bytes, stored once)."""
+    spec = ctx.params.baselines[name]
+    if spec.sparsity_reg:
+        return pretrain(ctx, out_dir, checkpoint, bn_l1=spec.sparsity_reg)
+    if dist.is_main():
+        with staged_dir(out_dir) as d:
+            for f in DENSE_FILES:
+                shutil.copyfile(pretrain_dir / f, d / f)
+    return json.loads((pretrain_dir / "metrics.json").read_text())

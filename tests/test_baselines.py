@@ -69,3 +69,46 @@ def test_a_finetuned_baseline_trains_at_its_own_learning_rate(monkeypatch, raw_p
     with pytest.raises(Trained) as trained:
         tickets.make_ticket(ctx, "tp_l1", tmp_path, tmp_path, tmp_path, matched={"flops": 1, "round_to": 1})
     assert trained.value.args == (lr, "weights" if edit.get("start", "finetune") == "finetune" else "rewind")
+
+
+def test_the_slimming_penalty_adds_lambda_times_the_sign_of_each_bn_scale_to_its_gradient():
+    from structlth.training import bn_l1_penalty
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 1), torch.nn.BatchNorm2d(4))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([0.5, -0.2, 1.0, -3.0]))
+    x = torch.randn(3, 2, 5, 5)
+
+    def grads(lam):
+        net.zero_grad()
+        with bn_l1_penalty(net, lam):
+            net(x).square().mean().backward()
+        return net[1].weight.grad.clone(), net[0].weight.grad.clone()
+
+    (plain, conv), (penalised, conv_penalised) = grads(0.0), grads(0.1)
+    assert torch.allclose(penalised - plain, 0.1 * torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    assert torch.equal(conv, conv_penalised)  # only BN scales
+    assert torch.equal(grads(0.0)[0], plain)  # the hooks are gone once the block closes
+
+
+def test_a_baseline_prunes_its_own_regularised_dense_or_a_copy_of_the_shared_one(tmp_path, raw_params, data_dir):
+    from structlth.artifacts import load_tensors
+    from structlth.rounds import setup
+    from structlth.training import baseline_dense, pretrain
+
+    raw_params["baselines"]["tp_l1"].update(importance="bn_scale", sparsity_reg=0.5)
+    raw_params["baselines"]["tp_copy"] = {**raw_params["baselines"]["tp_l1"], "sparsity_reg": 0.0}
+    ctx = setup(parse_params(raw_params), data_dir)
+    pretrain(ctx, tmp_path / "pretrain")
+    baseline_dense(ctx, "tp_copy", tmp_path / "pretrain", tmp_path / "copy")
+    for f in ("rewind.safetensors", "weights.safetensors", "metrics.json"):
+        assert (tmp_path / "copy" / f).read_bytes() == (tmp_path / "pretrain" / f).read_bytes()
+    metrics = baseline_dense(ctx, "tp_l1", tmp_path / "pretrain", tmp_path / "own")
+    assert metrics["bn_l1"] == 0.5
+
+    def bn_l1(d):
+        weights = load_tensors(d / "weights.safetensors")[0]
+        return sum(float(weights[k].abs().sum()) for k in weights if k.endswith("bn1.weight") or k.endswith("bn2.weight"))
+
+    assert bn_l1(tmp_path / "own") < 0.9 * bn_l1(tmp_path / "pretrain")  # the same initialisation, smaller BN scales

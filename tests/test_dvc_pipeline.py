@@ -117,6 +117,7 @@ TRAINING = {
     *(f"{chain}@round{r}" for chain in ("imp", "imp_channel") for r in (1, 2)),
     "ticket@refill-round2",
     "ticket@regroup-round2",
+    "baseline_dense@tp_l1",  # a copy of the shared dense net, by training's code
     "baseline@tp_l1-round2",
 }
 BENCH = {"bench_chain@imp-round2", "bench_chain@imp_channel-round2", "bench_ticket@refill-round2", "bench_ticket@regroup-round2"}

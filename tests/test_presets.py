@@ -48,7 +48,9 @@ def test_configs_folder_holds_exactly_the_presets_and_the_default_variants():
     assert set(PAPER) <= set(PRESETS)
     extra = _variant("default_all_tickets")
     assert {"refill", "refill_plus", "regroup", "regroup_paper"} <= set(extra.tickets)
-    assert set(extra.baselines) >= {"tp_l1", "tp_l1_rewind", "tp_bn_scale", "tp_taylor"}
+    assert set(extra.baselines) >= {"tp_l1", "tp_l1_rewind", "tp_slimming", "tp_taylor"}
+    slimming = extra.baselines["tp_slimming"]
+    assert slimming.importance == "bn_scale" and slimming.sparsity_reg > 0  # network slimming trains its own sparse BN
     reinit = _variant("default_reinit")
     assert {t.init for t in reinit.tickets.values()} == {"rewind", "original", "random"}
     assert (reinit.data, reinit.model, reinit.train, reinit.prune) == (extra.data, extra.model, extra.train, extra.prune)

@@ -25,7 +25,7 @@ def test_a_replicate_trains_every_unit_once_and_retrains_only_what_an_edit_touch
     out, cache, logs = tmp_path / "seed1", tmp_path / "cache", []
     first = run_replicate(params, 1, data_dir, out, cache, log=logs.append)
     methods = ["imp", "imp_channel", *params.tickets, *params.baselines]
-    assert first["trained"] == first["units"] == len(units(params)) == 1 + 2 * 2 + len(params.tickets) + len(params.baselines)
+    assert first["trained"] == first["units"] == len(units(params)) == 1 + 2 * 2 + len(params.tickets) + 2 * len(params.baselines)
     for m in methods:
         for r in params.rounds_of(m):
             assert (out / m / r / "predictions.safetensors").is_file() and not (out / m / r / "identity.txt").exists()
