@@ -296,11 +296,12 @@ class TorchPruningParams(Strict):
     structure: ClassVar[str] = "channel"
     kind: Literal["torch_pruning"]
     match: str = Field(description="a refill or regroup ticket of the tickets section: its FLOPs at each round are the target")
-    importance: Literal["l1", "bn_scale", "taylor"] = Field(
+    importance: Literal["l1", "filter_l1", "bn_scale", "taylor"] = Field(
         "l1",
         description=(
-            "l1: each filter's L1 norm, one ratio per layer (Li et al. 2017); bn_scale: |BN weight| ranked net-wide"
-            " (network slimming's criterion); taylor: |weight x gradient|"
+            "l1: Torch-Pruning's group L1 (mean-normalised, ranked net-wide); filter_l1: each filter's own L1 norm, one ratio"
+            " per layer (Li et al. 2017); bn_scale: |BN weight| ranked net-wide (network slimming's criterion); taylor:"
+            " |weight x gradient|"
         ),
     )
     start: Literal["finetune", "rewind"] = Field(

@@ -1,5 +1,7 @@
-"""The Torch-Pruning baseline as its papers define it: filter L1 (Li et al. 2017) keeps each
-layer's largest-norm filters at one ratio per layer; network slimming ranks BN scales net-wide."""
+"""The Torch-Pruning baselines as their papers define them: filter L1 (Li et al. 2017) keeps each
+layer's largest-norm filters at one ratio per layer; Torch-Pruning's group L1 and network slimming
+rank net-wide, slimming on a dense net trained with an L1 penalty on BN scales; fine-tuning runs at
+its own learning rate."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def _kept(masks, name):
 
 def test_filter_l1_keeps_each_layers_largest_filters_at_one_ratio():
     net, prunable = _net()
-    masks = channel_masks(net, prunable, torch.zeros(1, 3, 32, 32), "l1", 0.5, 1)
+    masks = channel_masks(net, prunable, torch.zeros(1, 3, 32, 32), "filter_l1", 0.5, 1)
     inner = [n for n in masks if n.endswith("conv1.weight")]  # a block's first conv: its outputs feed nothing else
     assert all(int(_kept(masks, n).sum()) == prunable[n].shape[0] // 2 for n in inner)
     for n in inner:
@@ -36,9 +38,10 @@ def test_filter_l1_keeps_each_layers_largest_filters_at_one_ratio():
         assert set(_kept(masks, n).nonzero().flatten().tolist()) == set(norms.topk(len(norms) // 2).indices.tolist())
 
 
-def test_slimming_ranks_bn_scales_across_the_net():
+@pytest.mark.parametrize("importance", ["l1", "bn_scale"])
+def test_group_l1_and_slimming_rank_across_the_net(importance):
     net, prunable = _net()
-    masks = channel_masks(net, prunable, torch.zeros(1, 3, 32, 32), "bn_scale", 0.5, 1)
+    masks = channel_masks(net, prunable, torch.zeros(1, 3, 32, 32), importance, 0.5, 1)
     shares = {n: float(_kept(masks, n).float().mean()) for n in masks if n.endswith("conv1.weight")}
     assert len(set(shares.values())) > 1  # one global ranking: layers keep different shares
 

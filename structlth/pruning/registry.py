@@ -39,6 +39,7 @@ SOURCES = {  # "imp": the IMP round's own mask, no module
 }
 IMPORTANCES = {  # a torch_pruning baseline's channel ranking: Torch-Pruning's importances
     "l1": "structlth.pruning.kinds.torch_pruning",
+    "filter_l1": "structlth.pruning.kinds.torch_pruning",
     "bn_scale": "structlth.pruning.kinds.torch_pruning",
     "taylor": "structlth.pruning.kinds.torch_pruning",
 }

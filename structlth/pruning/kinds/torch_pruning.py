@@ -19,9 +19,13 @@ from torch import nn
 Masks = dict[str, torch.Tensor]
 
 IMPORTANCE: dict[str, tuple[Callable[[], object], bool]] = {  # name -> (Torch-Pruning importance, ranked across layers)
+    # Torch-Pruning's group L1: the L1 norms of a channel in every coupled layer, averaged and
+    # divided by the group's mean, ranked net-wide (FLOPs follow the ratio in fine steps)
+    "l1": (lambda: tp.importance.MagnitudeImportance(p=1), True),
     # Li et al. 2017: each filter's own L1 norm (the group's first layer, not normalised), the same
-    # ratio in every layer (unnormalised norms differ by layer, so a global ranking empties some)
-    "l1": (lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"), False),
+    # ratio in every layer (unnormalised norms differ by layer, so a global ranking empties some);
+    # FLOPs follow the ratio in steps of round_to channels per layer
+    "filter_l1": (lambda: tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"), False),
     "bn_scale": (tp.importance.BNScaleImportance, True),  # |gamma| of the following BN, ranked net-wide (network slimming)
     "taylor": (tp.importance.TaylorImportance, True),  # |weight x gradient| (Molchanov et al. 2019)
 }
