@@ -50,6 +50,42 @@ def test_targets_follow_their_definitions():
     assert t["group_time_per_flop_saving"] == pytest.approx((0.25 + 0.625) / 2)
     assert t["timing_noise"] == pytest.approx(0.0)
     assert targets(_bench()[lambda d: d["engine"] == "csr"], 64)["best_group_time_saving"] is None
+    won = targets(_bench(), 64, winning={("refill", "round1"), ("regroup", "round1")})  # a ticket that loses accuracy does not count
+    assert won["channel_time_per_flop_saving"] == pytest.approx(0.6) and won["best_group_time_saving"] == pytest.approx(0.05)
+    assert won["timing_noise"] == t["timing_noise"]  # the noise reads every stage
+
+
+def test_the_verdict_opens_the_report_from_its_own_tests(raw_params):
+    from structlth.config import parse_params
+    from structlth.evidence import matched
+    from structlth.report.claims import verdict
+    from structlth.report.names import method_names
+
+    table = _table()
+    correct = {0: CORRECT}
+    pairs = dict.fromkeys(
+        ("sparsity", "flops_saving"), matched(table, correct, "sparsity", 0.3, ["refill", "imp"])
+    )  # no baseline reads flops
+    lines = verdict(table, pairs, ["refill"], [], 0.01, 0.0, "a test CPU")
+    assert lines[0] == "- Kept dense accuracy (non-inferior within 1 point): refill to 20.0% sparsity, imp to 20.0% sparsity."
+    assert lines[1] == "- Lost it: refill from 40.0%."
+    assert lines[-1].startswith("- Speed (a test CPU; timing noise 0.0%), the sparsest winning ticket of each method: refill saves 30.0%")
+    imp_channel = table.assign(method=table["method"].replace({"imp": "imp_channel"}))
+    correct = {0: {(m.replace("imp", "imp_channel") if m == "imp" else m, r): v for (m, r), v in CORRECT.items()}}
+    pairs = dict.fromkeys(("sparsity", "flops_saving"), matched(imp_channel, correct, "sparsity", 0.3, ["refill", "imp_channel"]))
+    naive = verdict(imp_channel, pairs, ["refill"], [], 0.01, 0.0, "a test CPU")[2]
+    # refill round1 is 10 images behind imp_channel round1 (exact McNemar p = 2 / 2**10), round2 60: Holm keeps both
+    assert naive == "- Against naive channel pruning (imp_channel) at matched sparsity, Holm p < 0.05: refill behind in 2 of 2 pairs."
+    tied = verdict(imp_channel, {k: v.assign(p_holm=0.2) for k, v in pairs.items()}, ["refill"], [], 0.01, 0.0, "a test CPU")[2]
+    assert tied.endswith("refill tied in 2 of 2 pairs.")
+    md = markdown(Report(table, DENSE_INFO, 0.01, {}, targets(_bench(), 64), 64, "a test CPU", verdict=lines, names={"refill": "x"}))
+    assert lines[0] in md.splitlines()[:15]
+    raw_params["baselines"]["tp_l1"].update(sparsity_reg=1e-4)
+    names = method_names(parse_params(raw_params))
+    assert names["tp_l1"] == (
+        "Torch-Pruning, group L1, at refill's FLOPs, fine-tuned, its dense net trained with network slimming's L1 penalty on BN scales"
+    )
+    assert names["refill_plus"].startswith("whole channels refilled from the mask, plus")
 
 
 def test_timing_noise_is_the_larger_of_aa_and_the_typical_rows_interval():
@@ -119,7 +155,7 @@ def test_summary_headline_and_markdown():
     )
     assert headline(table, noise=0.35)["refill"].startswith("~0 (30.00%, inside the noise)")
     md = markdown(Report(table, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU, 2 threads"))
-    assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | PyTorch | 0.80 | ≥ 0.6 | yes |" in md
+    assert "| channel-wise: time saving / FLOP saving (median, winning tickets with ≥ 40% FLOP saving) | PyTorch | 0.80 | ≥ 0.6 | yes |" in md
     # Wilson 850/1000 and the paired Wald interval, computed by hand; p = 2 * 0.5**55
     assert (
         "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 [0.8265, 0.8708] | -5.50% [-6.91%, -4.09%] | 5.6e-17 | 1.7e-16 | no | no"
@@ -205,7 +241,7 @@ def test_onnxruntime_savings_sit_beside_pytorch_and_have_their_own_noise():
     assert refill["time_saving"].tolist() == [0.30, 0.60] and refill["ort_time_saving"].tolist() == [0.40, 0.05]
     md = markdown(Report(table, DENSE_INFO, 0.01, {}, t, 64, "a test CPU"))
     assert "| yes | no | 30.0% | 40.0% | 50.0% | slim |" in md
-    assert "| channel-wise: time saving / FLOP saving (median, tickets with ≥ 40% FLOP saving) | ONNX Runtime | 0.44 | ≥ 0.6 | no |" in md
+    assert "| channel-wise: time saving / FLOP saving (median, winning tickets with ≥ 40% FLOP saving) | ONNX Runtime | 0.44 | ≥ 0.6 | no |" in md
     assert "| group-wise: best regroup time saving | ONNX Runtime |" not in md  # nothing measured, no row
     assert "| no | no | 60.0% | ~0 (5.0%) | 60.0% | slim |" in md  # inside ORT's 12%
     assert "timing noise 12.0%" in md

@@ -10,9 +10,10 @@ import pandas as pd
 from structlth.artifacts import load_tensors, read_json, write_json
 from structlth.evidence import accuracy, bracket, matched, versus_dense
 from structlth.paper import paper_table
-from structlth.report.claims import MATCH_WITHIN, headline, kernel_channels_per_channel, suspect_rows, targets
+from structlth.report.claims import MATCH_WITHIN, headline, kernel_channels_per_channel, suspect_rows, targets, verdict, winners
 from structlth.report.gather import gather_bench, read_predictions, rows_remaining, summary
 from structlth.report.markdown import Report, markdown, matched_lines, paper_vs_run
+from structlth.report.names import method_names
 from structlth.report.plots import method_colors, plot_accuracy, plot_masks, plot_savings, plot_tradeoff
 
 
@@ -47,7 +48,9 @@ def write_reports(p, artifacts: Path, bench_dir: Path, out: Path) -> str:
     table.to_csv(out / "summary.csv", index=False, float_format="%.6g")
     pairs = {by: matched(table, correct, by, MATCH_WITHIN, p.methods) for by in ("sparsity", "flops_saving")}
     pd.concat([v.assign(by=k) for k, v in pairs.items()], ignore_index=True).to_csv(out / "matched.csv", index=False, float_format="%.6g")
-    goals = targets(bench, batch) | {"kernel_channels_per_channel": kernel_channels_per_channel(bench, bench_layers, batch)}
+    won = winners(table)
+    winning = set(zip(won["method"], won["round"]))
+    goals = targets(bench, batch, winning) | {"kernel_channels_per_channel": kernel_channels_per_channel(bench, bench_layers, batch)}
     noise = goals["timing_noise"] or 0.0
     heads = headline(table, noise)
     refills = [m for m, spec in p.tickets.items() if spec.kind == "refill"]
@@ -71,6 +74,8 @@ def write_reports(p, artifacts: Path, bench_dir: Path, out: Path) -> str:
             suspects,
             [matched_lines(v, k, MATCH_WITHIN) for k, v in pairs.items()],
             p.report.smoke,
+            verdict(table, pairs, list(p.tickets), list(p.baselines), p.report.tolerance, noise, f"PyTorch, batch {batch}, {machine}"),
+            method_names(p),
         )
     )
     (out / "report.md").write_text(text)
@@ -91,8 +96,8 @@ def write_reports(p, artifacts: Path, bench_dir: Path, out: Path) -> str:
             "test_images": dense["n"],
             "extreme_sparsity": {m: w for m, (w, _) in brackets.items()},
             "first_loss_sparsity": {m: f for m, (_, f) in brackets.items()},
-            "best_time_saving": {
-                m: float(g["time_saving"].max()) for m, g in table.dropna(subset=["time_saving"]).groupby("method", sort=False)
+            "best_winning_time_saving": {  # tickets that keep accuracy only
+                m: float(g["time_saving"].max()) for m, g in winners(table).dropna(subset=["time_saving"]).groupby("method", sort=False)
             },
             "targets": goals,
         },

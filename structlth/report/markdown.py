@@ -215,7 +215,8 @@ class Report:
     n (and seeds, per_seed); margin: report.tolerance; heads: `claims.headline`; goals:
     `claims.targets` (and kernel_channels_per_channel); batch: the bench batch the tables read;
     machine: where it was timed; paper_lines: `paper_vs_run`; suspects: `claims.suspect_rows`;
-    matched_tables: `matched_lines` blocks; smoke: a smoke run (report.smoke), announced first."""
+    matched_tables: `matched_lines` blocks; smoke: a smoke run (report.smoke), announced first;
+    verdict: `claims.verdict`, the report's opening; names: `names.method_names`."""
 
     table: pd.DataFrame
     dense: dict
@@ -228,6 +229,8 @@ class Report:
     suspects: pd.DataFrame | None = None
     matched_tables: list[list[str]] = field(default_factory=list)
     smoke: bool = False
+    verdict: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
 
 
 def markdown(r: Report) -> str:
@@ -238,8 +241,10 @@ def markdown(r: Report) -> str:
         "# structlth report" + (" (smoke run)" if smoke else ""),
         "",
         *([SMOKE, ""] if smoke else []),
+        *(["**Verdict**, from this run's own tests (the sections below give each one):", "", *r.verdict, ""] if r.verdict else []),
         CLAIMS,
         "",
+        *(["Methods:", "", *(f"- `{m}`: {words}" for m, words in r.names.items()), ""] if r.names else []),
         f"Time savings are verified against the masked model and measured at batch {batch} on {machine} (see bench.csv for every engine).",
         "",
         *evidence_lines(table, dense, margin),
