@@ -99,12 +99,9 @@ class Dataset:
 
 
 def _fashion_mnist_gz(root: Path) -> Path | None:
-    """The folder holding the four idx .gz files: data.root itself (Debian's folder is the
-    default), else Debian's package; None when neither has them."""
-    for folder in (root, DEBIAN_FASHION_MNIST):
-        if all((folder / f"{f}.gz").is_file() for f in FASHION_MNIST_FILES):
-            return folder
-    return None
+    """data.root when it holds the four idx .gz files (Debian's folder is the default), else
+    None: another folder is never read in its place, so a mistyped data.root is an error."""
+    return root if all((root / f"{f}.gz").is_file() for f in FASHION_MNIST_FILES) else None
 
 
 def _fashion_mnist(p: DataParams) -> tuple[Split, Split, list[str]]:

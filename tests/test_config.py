@@ -188,6 +188,17 @@ def test_fashion_mnist_without_a_local_copy_does_not_download_when_download_is_f
     assert calls == []
 
 
+def test_a_mistyped_fashion_mnist_root_is_an_error_naming_it_not_debians_folder(tmp_path, raw_params):
+    from structlth.checks import check_runnable
+    from structlth.data import DEBIAN_FASHION_MNIST
+
+    assert (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file()  # the set-up installs it: what a typo used to fall back on
+    typo = str(DEBIAN_FASHION_MNIST).replace("fashion-mnist", "fashion-mnst")
+    raw_params["data"].update(root=typo, download=False)
+    with pytest.raises(ParamsError, match=re.escape(f"data.root: no fashion_mnist under {typo!r}")):
+        check_runnable(parse_params(raw_params))
+
+
 @pytest.mark.parametrize(
     "dataset, expected",
     [
