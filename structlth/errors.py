@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class StructlthError(Exception):
@@ -44,8 +46,20 @@ def _what() -> str:
     """This process as a user knows it: the stage script and its output, e.g.
     'stages/imp_round.py (artifacts/imp/round3)'."""
     argv = sys.argv
+    script = Path(argv[0])
+    if script.is_absolute() and script.is_relative_to(Path.cwd()):
+        script = script.relative_to(Path.cwd())
     out = argv[argv.index("--out") + 1] if "--out" in argv[:-1] else None
-    return f"{argv[0]}" + (f" ({out})" if out else "")
+    return f"{script}" + (f" ({out})" if out else "")
+
+
+def resume_advice() -> str:
+    """How to go on after an interrupt: inside a DVC experiment (`dvc exp run`, queued or --temp;
+    DVC sets DVC_EXP_BASELINE_REV there) run it again, whose finished stages the run cache
+    restores; in the workspace `dvc repro`, which also resumes the stage from its checkpoint."""
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        return "run the same `dvc exp run` again: finished stages come back from the run cache"
+    return "finished epochs are checkpointed: rerun `dvc repro` to resume"
 
 
 def _die_with_parent() -> None:
@@ -79,5 +93,5 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(2) from None
     except (KeyboardInterrupt, Interrupted) as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
-        print(f"interrupted: {_what()} stopped; finished epochs are checkpointed: rerun `dvc repro` to resume", file=sys.stderr)
+        print(f"interrupted: {_what()} stopped; {resume_advice()}", file=sys.stderr)
         raise SystemExit(128 + signum) from None

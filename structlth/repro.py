@@ -139,8 +139,9 @@ def run(targets: list[str], root: Path = Path("."), say: Callable[[str], None] =
         rc = proc.wait()
     except KeyboardInterrupt:
         rc = proc.wait()
+        stage = progress.current[0] if progress.current else "dvc repro"
         progress.current = None  # an interrupted stage's time is not its duration
-        say("interrupted: rerun `make repro` (or `dvc repro`) to resume; finished stages are kept")
+        say(f"interrupted: {stage} stopped; rerun `make repro` (or `dvc repro`) to resume; finished stages are kept")
         rc = rc or 130
     if rc == 0:
         progress.finish(time.monotonic())

@@ -155,7 +155,9 @@ def test_summary_headline_and_markdown():
     )
     assert headline(table, noise=0.35)["refill"].startswith("~0 (30.00%, inside the noise)")
     md = markdown(Report(table, DENSE_INFO, 0.01, heads, targets(_bench(), 64), 64, "a test CPU, 2 threads"))
-    assert "| channel-wise: time saving / FLOP saving (median, winning tickets with ≥ 40% FLOP saving) | PyTorch | 0.80 | ≥ 0.6 | yes |" in md
+    assert (
+        "| channel-wise: time saving / FLOP saving (median, winning tickets with ≥ 40% FLOP saving) | PyTorch | 0.80 | ≥ 0.6 | yes |" in md
+    )
     # Wilson 850/1000 and the paired Wald interval, computed by hand; p = 2 * 0.5**55
     assert (
         "| round2 | 40.00% | 36.00% | 40.00% | 0.8500 [0.8265, 0.8708] | -5.50% [-6.91%, -4.09%] | 5.6e-17 | 1.7e-16 | no | no"
@@ -241,7 +243,10 @@ def test_onnxruntime_savings_sit_beside_pytorch_and_have_their_own_noise():
     assert refill["time_saving"].tolist() == [0.30, 0.60] and refill["ort_time_saving"].tolist() == [0.40, 0.05]
     md = markdown(Report(table, DENSE_INFO, 0.01, {}, t, 64, "a test CPU"))
     assert "| yes | no | 30.0% | 40.0% | 50.0% | slim |" in md
-    assert "| channel-wise: time saving / FLOP saving (median, winning tickets with ≥ 40% FLOP saving) | ONNX Runtime | 0.44 | ≥ 0.6 | no |" in md
+    assert (
+        "| channel-wise: time saving / FLOP saving (median, winning tickets with ≥ 40% FLOP saving) | ONNX Runtime | 0.44 | ≥ 0.6 | no |"
+        in md
+    )
     assert "| group-wise: best regroup time saving | ONNX Runtime |" not in md  # nothing measured, no row
     assert "| no | no | 60.0% | ~0 (5.0%) | 60.0% | slim |" in md  # inside ORT's 12%
     assert "timing noise 12.0%" in md

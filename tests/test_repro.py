@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from structlth.repro import SKIPPED, STARTED, Progress, clock, estimates
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_estimates_come_from_the_stage_then_its_group_then_every_stage():
@@ -41,3 +45,15 @@ def test_dvc_output_lines_are_recognised():
 @pytest.mark.parametrize("seconds, text", [(45, "45 s"), (89.4, "89 s"), (90, "2 min"), (2100, "35 min")])
 def test_clock(seconds, text):
     assert clock(seconds) == text
+
+
+def test_an_interrupt_names_the_stage_and_how_to_resume_where_it_ran(monkeypatch):
+    from structlth.errors import _what, resume_advice
+
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    assert "rerun `dvc repro`" in resume_advice()
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")  # what DVC sets for a stage of an experiment
+    assert "run the same `dvc exp run` again" in resume_advice() and "dvc repro" not in resume_advice()
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", [str(ROOT / "stages" / "pretrain.py"), "--out", "artifacts/pretrain"])
+    assert _what() == "stages/pretrain.py (artifacts/pretrain)"  # relative to the repo, however it was started
