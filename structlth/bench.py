@@ -4,9 +4,9 @@ Writes to its out folder:
 - timing.csv: every runtime x engine x batch size (the report gathers them into bench.csv);
 - layers.csv: per-layer times at the largest batch;
 - speed.json: the headline a DVC metric carries, so `dvc metrics diff` / `dvc exp diff` show
-  speed beside accuracy: test_acc, sparsity, flops_saving, the stage's own timing noise, and
-  per runtime x batch size the time saving of the ticket's production engine (the fastest
-  engine timed where the structure has none: imp).
+  speed beside accuracy: test_acc, sparsity, flops_saving, and per runtime x batch size the
+  time saving of the ticket's production engine (the fastest engine timed where the structure
+  has none: imp) with that row's own 95% half-width.
 """
 
 from __future__ import annotations
@@ -21,26 +21,31 @@ from structlth.artifacts import read_json, write_json
 from structlth.config import Params
 from structlth.data import load_dataset, normalize
 from structlth.rounds import Context, load_ticket
-from structlth.speedup.measure import BENCH_COLUMNS, PRODUCTION_ENGINES, bench_ticket, dense_baseline, timing_noise
+from structlth.speedup.measure import BENCH_COLUMNS, PRODUCTION_ENGINES, bench_ticket, dense_baseline
 from structlth.speedup.timing import machine_lock
 
 RUNTIME_KEYS = {"torch": "torch", "onnxruntime": "ort"}  # short, so `dvc metrics show` fits a terminal
 
 
 def speed_metrics(rows: pd.DataFrame) -> dict:
-    """speed.json of one bench stage from its timing rows (BENCH_COLUMNS)."""
-    largest = int(rows["batch"].max())
-    saving = {}
+    """speed.json of one bench stage from its timing rows (BENCH_COLUMNS): per runtime x batch
+    size, `saving` (the production engine's time saving, or the fastest engine's where the
+    structure has none) and `saving_ci95`, that same row's own 95% half-width: the noise that
+    applies to that saving. The run's noise, over every stage, is the report's."""
+    saving, ci95 = {}, {}
     for (runtime, batch), g in rows.groupby(["runtime", "batch"], sort=False):
         prod = g[g["engine"].isin(PRODUCTION_ENGINES)]
-        saving[f"{RUNTIME_KEYS[runtime]}_b{batch}"] = round(float((prod if len(prod) else g)["time_saving"].max()), 4)
+        row = (prod if len(prod) else g).sort_values("time_saving", ascending=False).iloc[0]
+        key = f"{RUNTIME_KEYS[runtime]}_b{batch}"
+        saving[key] = round(float(row["time_saving"]), 4)
+        ci95[key] = None if pd.isna(row["ci95"]) else round(float(row["ci95"]), 4)
     first = rows.iloc[0]
     return {
         "test_acc": float(first["test_acc"]),
         "sparsity": round(float(first["sparsity"]), 4),
         "flops_saving": round(float(first["flops_saving"]), 4),
-        "noise": round(timing_noise(rows, largest) or 0.0, 4),
         "saving": saving,
+        "saving_ci95": ci95,
     }
 
 

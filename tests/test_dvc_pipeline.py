@@ -88,7 +88,8 @@ def test_repro_writes_every_round_and_ticket_with_its_structure(repo):
 
 def test_speed_is_a_dvc_metric_and_runs_compare_as_dvc_plots(repo):
     speed = json.loads((repo / "reports/bench/refill/round2/speed.json").read_text())
-    assert set(speed) == {"test_acc", "sparsity", "flops_saving", "noise", "saving"}
+    assert set(speed) == {"test_acc", "sparsity", "flops_saving", "saving", "saving_ci95"}
+    assert set(speed["saving_ci95"]) == set(speed["saving"])  # each saving with its own noise
     assert set(speed["saving"]) == {"torch_b2", "ort_b2"}  # per runtime x batch size
     shown = run_tool(["dvc", "metrics", "show"], repo)
     assert "reports/bench/refill/round2/speed.json" in shown and "metrics.json" not in shown

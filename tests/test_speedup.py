@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -770,3 +771,22 @@ def test_the_speed_library_knows_structures_not_method_names():
         if isinstance(node, ast.Constant) and node.value in names
     ]
     assert not found, found
+
+
+def test_speed_json_gives_each_saving_the_noise_of_its_own_row():
+    """imp has no production engine: its saving is the fastest engine's (masked dense, the A/A,
+    ±1%), and so is its noise, not the CSR row's ±52%."""
+    from structlth.bench import speed_metrics
+
+    rows = pd.DataFrame(
+        [
+            {"runtime": "torch", "batch": 64, "engine": "masked_dense", "time_saving": 0.002, "ci95": 0.01},
+            {"runtime": "torch", "batch": 64, "engine": "csr", "time_saving": -3.0, "ci95": 0.52},
+            {"runtime": "onnxruntime", "batch": 64, "engine": "masked_dense", "time_saving": -0.01, "ci95": float("nan")},
+        ]
+    ).assign(test_acc=0.9, sparsity=0.5, flops_saving=0.4)
+    speed = speed_metrics(rows)
+    assert speed["saving"] == {"torch_b64": 0.002, "ort_b64": -0.01}
+    assert speed["saving_ci95"] == {"torch_b64": 0.01, "ort_b64": None}
+    slim = rows.assign(engine=["slim", "slim+compile", "slim"], time_saving=[0.3, 0.5, 0.2])  # the production engine's row, not the best
+    assert speed_metrics(slim)["saving_ci95"]["torch_b64"] == 0.01
