@@ -10,6 +10,7 @@ from structlth.evidence import bracket
 from structlth.paper import PLUS_EPOCHS
 from structlth.report.claims import CHANNEL_FLOOR, GROUP_FLOOR, TARGET_ROWS, extreme_sparsity, inside_noise
 from structlth.report.gather import round_key
+from structlth.report.names import SOURCE_LABELS
 
 
 def paper_sparsity(table: pd.DataFrame, refills: list[str]) -> pd.Series:
@@ -190,8 +191,6 @@ def matched_lines(pairs: pd.DataFrame, by: str, within: float) -> list[str]:
         )
     return lines + [""]
 
-
-SOURCE_LABELS = {"omp": "one-shot magnitude (OMP)", "random": "random (RP)", "snip": "SNIP", "synflow": "SynFlow"}
 
 SMOKE = (
     "**This is a smoke run** (`report.smoke: true`, configs/quick.yaml): a few thousand images and epochs, to check"

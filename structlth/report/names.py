@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from structlth.config import Params, RefillParams, RegroupParams, TorchPruningParams
 
-SOURCE_WORDS = {"omp": "one-shot magnitude", "random": "random", "snip": "SNIP", "synflow": "SynFlow"}
+SOURCE_LABELS = {"omp": "one-shot magnitude (OMP)", "random": "random (RP)", "snip": "SNIP", "synflow": "SynFlow"}
 IMPORTANCE_WORDS = {
     "l1": "group L1",
     "filter_l1": "filter L1 (Li et al.)",
@@ -29,7 +29,7 @@ def ticket_words(spec: RefillParams | RegroupParams | TorchPruningParams) -> str
     else:
         words = "dense blocks regrouped from the mask (the paper's regroup)"
     if spec.source != "imp":
-        words += f", from a {SOURCE_WORDS[spec.source]} mask at the IMP round's density"
+        words += f", from a {SOURCE_LABELS[spec.source]} mask at the IMP round's density"
     return words + (f", {INIT_WORDS[spec.init]}" if spec.init != "rewind" else "")
 
 
