@@ -68,7 +68,17 @@ def bench_round(p: Params, data_dir: Path, artifacts: Path, method: str, rnd: st
         baseline = dense_baseline(dense, x, p.bench)
         phases = {"dense baseline": time.perf_counter() - began}
         rows, layers = bench_ticket(
-            method, p.structure_of(method), model, masks, metrics, x, p.bench, layers=True, baseline=baseline, phases=phases
+            method,
+            p.structure_of(method),
+            model,
+            masks,
+            metrics,
+            x,
+            p.bench,
+            layers=True,
+            baseline=baseline,
+            phases=phases,
+            dead_bn=p.dead_bn(method),
         )
     print("bench phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()), flush=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -240,7 +240,6 @@ STRUCTURES = ("unstructured", "channel", "group")  # what a ticket's masks are, 
 
 
 class RefillParams(TicketOrigin):
-    structure: ClassVar[str] = "channel"  # whole output channels: a smaller dense net
     align_field: ClassVar[str] = "channel_align"  # the key that rounds what the ticket keeps up
     kind: Literal["refill"]
     criterion: Literal[REFILL_CRITERIA] = "magnitude"  # type: ignore[valid-type]
@@ -250,6 +249,24 @@ class RefillParams(TicketOrigin):
     )
     score_batches: int = Field(1, ge=1, description="batches for activation criteria")
     channel_align: int = Field(1, ge=1, le=64, description="kept channels rounded up to a multiple (CPU kernels work in blocks of 8/16)")
+    readers: Literal["drop", "keep"] = Field(
+        "drop",
+        description=(
+            "drop: a dropped channel's BN and the next layers' weights that read it go (a smaller dense net);"
+            " keep: they stay and train, so the channel emits relu(BN bias), as in the paper's code (not slimmable:"
+            " the ticket runs as an unstructured one)"
+        ),
+    )
+
+    @property
+    def structure(self) -> str:
+        """channel: whole output channels, a smaller dense net; with readers: keep, unstructured."""
+        return "unstructured" if self.readers == "keep" else "channel"
+
+    @property
+    def dead_bn(self) -> bool:
+        """Whether the BN of a channel with no weight is masked (its output is then exactly zero)."""
+        return self.readers == "drop"
 
 
 class RegroupParams(TicketOrigin):
@@ -471,6 +488,11 @@ class Params(Strict):
                     f"group_chains.{name}.ticket: {g.ticket!r} retrains from init: {spec.init}, but a group-aware chain"
                     " rewinds every round (Alg. 4); name a ticket with init: rewind"
                 )
+            if not getattr(spec, "dead_bn", True):
+                raise ValueError(
+                    f"group_chains.{name}.ticket: {g.ticket!r} keeps the readers of dropped channels (readers: keep), but a"
+                    " group-aware chain prunes the weights that can no longer train every round; name a ticket with readers: drop"
+                )
         return self
 
     @model_validator(mode="after")
@@ -513,6 +535,11 @@ class Params(Strict):
         if method in ("imp", "imp_channel"):
             return "unstructured" if method == "imp" else "channel"
         return self.ticket_spec(method).structure
+
+    def dead_bn(self, method: str) -> bool:
+        """Whether a method's tickets mask the BN of channels with no weight (every one's but a
+        refill ticket's with readers: keep): how it was trained, and so how it must run."""
+        return method in ("imp", "imp_channel") or getattr(self.ticket_spec(method), "dead_bn", True)
 
     def round_ids(self) -> list[str]:
         return chain_order(self.prune.rounds)

@@ -62,9 +62,10 @@ def drop_untrainable(model: nn.Module, masks: Mapping[str, torch.Tensor], in_cha
     return out
 
 
-def training_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int) -> Masks:
-    """Weight masks plus the BN masks of dead channels (see structlth.liveness)."""
-    return {**masks, **bn_masks(model, masks, in_channels)}
+def training_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, dead_bn: bool = True) -> Masks:
+    """Weight masks plus, with dead_bn, the BN masks of dead channels (see structlth.liveness);
+    without, a channel with no weight still emits its BN bias (structlth.config.RefillParams.readers)."""
+    return {**masks, **(bn_masks(model, masks, in_channels) if dead_bn else {})}
 
 
 @torch.no_grad()

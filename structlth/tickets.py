@@ -58,12 +58,14 @@ def structured_masks(
 ) -> tuple[Masks, dict]:
     """A refill or regroup ticket's masks from one IMP round (state, masks): its source's mask
     at the round's density (spec.source; the round's own for imp), post-processed, untrainable
-    weights dropped; and what the metrics record of the source."""
+    weights dropped (unless the ticket keeps the readers of dropped channels: RefillParams.readers);
+    and what the metrics record of the source."""
     extra = {}
     if spec.source != "imp":
         state, masks = source_masks(ctx, spec, density(masks), pretrain_dir)
         extra = {"source": spec.source, "source_density": density(masks)}
-    return drop_untrainable(ctx.model(), ticket_masks(ctx, spec, state, masks), ctx.data.in_channels), extra
+    new = ticket_masks(ctx, spec, state, masks)
+    return (drop_untrainable(ctx.model(), new, ctx.data.in_channels) if getattr(spec, "dead_bn", True) else new), extra
 
 
 def baseline_masks(ctx: Context, spec: TorchPruningParams, target: int, round_to: int, pretrain_dir: Path) -> tuple[Masks, dict]:
@@ -124,7 +126,7 @@ def make_ticket(
     if align and getattr(spec, align) > 1:  # what alignment gave back: the sparsity the ticket had before it
         unaligned = structured_masks(ctx, spec.model_copy(update={align: 1}), state, masks, pretrain_dir)[0]
         extra["unaligned_sparsity"] = 1 - density(unaligned)
-    model, result = retrain(ctx, new, pretrain_dir, checkpoint, identity, start_from, methods(spec))
+    model, result = retrain(ctx, new, pretrain_dir, checkpoint, identity, start_from, methods(spec), p.dead_bn(name))
     metrics = round_metrics(
         ctx,
         model,

@@ -57,14 +57,16 @@ def train_masked(
     checkpoint: Path | None,
     identity: str,
     methods: tuple[str, ...] = (),
+    dead_bn: bool = True,
 ) -> TrainResult:
-    """Train `model` under `masks` for params.train's schedule from start_epoch, resumable from
+    """Train `model` under `masks` (and, with dead_bn, the BN masks of dead channels:
+    structlth.masks.training_masks) for params.train's schedule from start_epoch, resumable from
     `checkpoint`, whose identity is `identity` (params and inputs) and the code that runs: this
     module's closure and the `methods` modules (code_digest)."""
     p = ctx.params
     identity += code_digest(*methods)
     model.to(ctx.device)
-    tm = training_masks(model, masks, ctx.data.in_channels)
+    tm = training_masks(model, masks, ctx.data.in_channels, dead_bn)
     progress = {"auto": None, "always": True, "never": False}[p.runtime.progress]
     if checkpoint is not None:
         checkpoint = checkpoint_path(checkpoint, identity)
@@ -144,12 +146,13 @@ def retrain(
     identity: str,
     start_from: str = "rewind",
     methods: tuple[str, ...] = (),
+    dead_bn: bool = True,
 ) -> tuple[nn.Module, TrainResult]:
     """Set every parameter and buffer to `start_from` (rewind: pretrain's rewind point; weights:
     the trained dense net; original: the initialisation pretraining started from; random: a
     fresh initialisation under another seed), apply `masks`, retrain for the round's budget.
     identity and methods: the run's params and inputs, and the modules beyond this one whose
-    code made its masks (the checkpoint's identity, train_masked)."""
+    code made its masks (the checkpoint's identity, train_masked); dead_bn: train_masked's."""
     p = ctx.params
     model = ctx.model()  # seeded by train.seed: the original initialisation
     check_masks(model, masks, "new mask")
@@ -162,7 +165,7 @@ def retrain(
         model.load_state_dict(load_state(ctx, pretrain_dir / f"{start_from}.safetensors", model, {"kind": start_from})[0])
     start = p.train.rewind_epoch if p.train.retrain == "rest" else 0
     return model, train_masked(
-        ctx, model, masks, start_epoch=start, rewind_epoch=None, checkpoint=checkpoint, identity=identity, methods=methods
+        ctx, model, masks, start_epoch=start, rewind_epoch=None, checkpoint=checkpoint, identity=identity, methods=methods, dead_bn=dead_bn
     )
 
 

@@ -59,7 +59,7 @@ def test_a_finetuned_baseline_trains_at_its_own_learning_rate(monkeypatch, raw_p
     class Trained(Exception):
         pass
 
-    def retrain(ctx, masks, pretrain_dir, checkpoint, identity, start_from, methods):
+    def retrain(ctx, masks, pretrain_dir, checkpoint, identity, start_from, methods, dead_bn=True):
         raise Trained(ctx.params.train.lr, start_from)
 
     raw_params["baselines"]["tp_l1"].update(edit)

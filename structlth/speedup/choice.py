@@ -251,13 +251,15 @@ def _faster(model: nn.Module, than: nn.Module, probe: Probe) -> bool:
 
 
 def fast_models(
-    structure: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe
+    structure: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe, dead_bn: bool = True
 ) -> dict[str, nn.Module]:
     """engine name -> fast model (on the CPU, fp32) for a ticket of this structure (channel,
-    group or unstructured; model: on the CPU, with its trained weights); alignment and engines
-    are chosen by timings on probe.x (a batch on the device, in the dtype the models will run in)
-    in the probe's memory format and runtime."""
+    group or unstructured; model: on the CPU, with its trained weights; dead_bn: as it trained,
+    engines.masked_reference); alignment and engines are chosen by timings on probe.x (a batch on
+    the device, in the dtype the models will run in) in the probe's memory format and runtime."""
     if structure in STRUCTURED:
+        if not dead_bn:
+            raise ValueError(f"a {structure}-wise ticket is slimmed, so the BN of its dead channels must be masked (dead_bn)")
         align = net_alignment(model, masks, in_channels, probe)
         slim = fold_bn(slim_model(model, masks, in_channels, align))
         if structure == "channel":
@@ -265,13 +267,13 @@ def fast_models(
         plain = slim_masks(model, masks, in_channels, align)
         blocks = fold_layouts(swap_convs(slim, plain, choose_engines(slim, plain, probe)))
         return {"slim+blocks": blocks if _faster(blocks, slim, probe) else slim}
-    ref = fold_bn(masked_reference(model, masks, in_channels))
+    ref = fold_bn(masked_reference(model, masks, in_channels, dead_bn))
     plain = {n: m for n, m in masks.items() if getattr(ref.get_submodule(n.removesuffix(".weight")), "groups", 0) == 1}
     return {"masked_dense": ref, "csr": swap_convs(ref, plain, {n.removesuffix(".weight"): "csr" for n in plain})}
 
 
 def fast_models_and_formats(
-    structure: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe
+    structure: str, model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, probe: Probe, dead_bn: bool = True
 ) -> dict[str, tuple[nn.Module, torch.memory_format]]:
     """engine name -> (fast model, the memory format it runs fastest in). In PyTorch a channel- or
     group-wise ticket's models are built (`fast_models`: alignment and engines chosen) in each
@@ -280,7 +282,7 @@ def fast_models_and_formats(
     it. Elsewhere (ONNX Runtime takes NCHW; imp's masked_dense is the A/A and does the dense
     net's work) the probe's format alone."""
     if probe.runtime != "torch" or structure not in STRUCTURED:
-        return {e: (m, probe.memory_format) for e, m in fast_models(structure, model, masks, in_channels, probe).items()}
+        return {e: (m, probe.memory_format) for e, m in fast_models(structure, model, masks, in_channels, probe, dead_bn).items()}
     built = {}
     for fmt in FORMATS:
         p = replace(probe, x=probe.x.contiguous(memory_format=fmt), memory_format=fmt)

@@ -206,10 +206,11 @@ class CsrConv(nn.Module):
 ENGINES = {"grouped": GroupedConv, "subconv": SubConv, "csr": CsrConv}
 
 
-def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int) -> nn.Module:
-    """The masked dense model in eval mode: what every fast path must equal."""
+def masked_reference(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, dead_bn: bool = True) -> nn.Module:
+    """The masked dense model in eval mode, masked as it trained (dead_bn: structlth.masks.training_masks):
+    what every fast path must equal."""
     ref = copy.deepcopy(model).cpu().eval()
-    apply_masks(ref, training_masks(ref, masks, in_channels))
+    apply_masks(ref, training_masks(ref, masks, in_channels, dead_bn))
     return ref
 
 

@@ -186,6 +186,7 @@ def bench_ticket(
     layers: bool,
     baseline: DenseBaseline | None = None,
     phases: dict[str, float] | None = None,
+    dead_bn: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """Rows for bench.csv (every runtime x engine x batch size; with bench.compile also each
     production engine compiled, against the dense net compiled alike) and bench_layers.csv
@@ -195,11 +196,12 @@ def bench_ticket(
     its trained weights; test_x: normalised test images
     [N, C, H, W], N >= max(batch sizes); bench: BenchParams; baseline: the stage's dense
     baseline (measured here when None). Every fast path, in every runtime, is verified against
-    the masked model on test_x[:max batch] first. phases: seconds spent per phase are added to it.
+    the masked model on test_x[:max batch] first (masked as it trained: dead_bn,
+    engines.masked_reference). phases: seconds spent per phase are added to it.
     """
     in_ch = test_x.shape[1]
     model = model.cpu().eval()
-    ref = masked_reference(model, masks, in_ch)
+    ref = masked_reference(model, masks, in_ch, dead_bn)
     baseline = baseline or dense_baseline(model, test_x, bench)
     dense = fold_bn(model)
     rows, layer_out = [], []
@@ -215,7 +217,7 @@ def bench_ticket(
             x = test_x[:b].contiguous(memory_format=run_fmt)
             with _phase(phases, f"{runtime}: engine choice"):
                 probe = Probe(x, run_fmt, bench.choice_repeats, runtime=runtime, threads=bench.threads)
-                candidates = fast_models_and_formats(structure, model, masks, in_ch, probe)
+                candidates = fast_models_and_formats(structure, model, masks, in_ch, probe, dead_bn)
             for engine, (fast, fast_fmt) in candidates.items():
                 if runtime != "torch" and engine not in ORT_ENGINES:
                     continue
