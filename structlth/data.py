@@ -143,7 +143,8 @@ def raw_layout(p: DataParams) -> str:
     if p.dataset == "fashion_mnist":
         return (
             f"the four idx files {', '.join(f + '.gz' for f in FASHION_MNIST_FILES)} (or torchvision's FashionMNIST/raw/);"
-            f" offline: apt-get install dataset-fashion-mnist puts them in {DEBIAN_FASHION_MNIST}"
+            f" offline: apt-get install dataset-fashion-mnist (make setup does) puts them in {DEBIAN_FASHION_MNIST},"
+            " where the repository's data/fashion-mnist links"
         )
     if p.dataset in CIFAR_LAYOUT:
         archive, folder, files = CIFAR_LAYOUT[p.dataset]

@@ -76,7 +76,7 @@ class Preset:
         return {
             "data": {
                 "dataset": self.dataset,
-                "root": "/usr/share/datasets/fashion-mnist" if self.dataset == "fashion_mnist" else f"data/{self.dataset}",
+                "root": "data/fashion-mnist" if self.dataset == "fashion_mnist" else f"data/{self.dataset}",
                 "download": cifar,  # torchvision's checked download; ImageFolder roots are local
                 "val_size": 5000 if small else 10000,
                 "train_subset": None,
