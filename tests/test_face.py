@@ -45,6 +45,10 @@ def test_prune_refill_and_slim_a_model_without_the_pipeline():
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(slim(x), sl.masked_reference(model, ticket, 3)(x), atol=1e-4)
     assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
+    printed = str(slim).splitlines()  # the widths each layer kept, not the generated code
+    convs = {n: m for n, m in slim.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert "def forward" not in str(slim) and len(printed) == 1 + len(convs) + 1
+    assert f"  layers.0.conv1: {convs['layers.0.conv1'].in_channels} -> {convs['layers.0.conv1'].out_channels}" in printed
 
 
 def test_export_ticket_writes_the_slim_net_of_a_saved_round(tmp_path, params, data_dir):

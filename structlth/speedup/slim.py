@@ -278,13 +278,26 @@ def channel_orders(gm: fx.GraphModule, keep: Mapping[str, list[int]]) -> dict[st
     return order
 
 
+def layer_widths(net: nn.Module) -> str:
+    """What a slim net kept: one line per conv and linear, `name: in -> out` channels (features)."""
+    rows = [
+        f"  {name}: {m.in_channels} -> {m.out_channels}" + (f" (groups {m.groups})" if m.groups > 1 else "")
+        if isinstance(m, nn.Conv2d)
+        else f"  {name}: {m.in_features} -> {m.out_features}"
+        for name, m in net.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    return "\n".join(["slim net, input -> output channels per layer:", *rows])
+
+
 @torch.no_grad()
 def slim_model(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels: int, align: int | Mapping[str, int] = 1) -> fx.GraphModule:
     """A physically slimmed copy of `model` with `masks` (and dead-channel BN masks) applied.
 
     model: any registry network; masks: param name -> bool weight mask; align: the channel
     multiple of plain convs, one or per conv (`kept_channels`). Returns an fx
-    GraphModule in eval mode with the same input/output shapes. Inside it a tensor carries its
+    GraphModule in eval mode with the same input/output shapes; print() shows its layer widths
+    (layer_widths), not its generated code. Inside it a tensor carries its
     kept channels in the order `channel_orders` plans (a function of the kept channel sets and
     the graph alone, so `structlth.export.load_slim` rebuilds the same net).
     """
@@ -334,4 +347,5 @@ def slim_model(model: nn.Module, masks: Mapping[str, torch.Tensor], in_channels:
                 present[node.name] = present[args[0].name]
     gm.graph.lint()
     gm.recompile()
+    type(gm).__str__ = layer_widths  # every GraphModule has a class of its own: this net's print() alone
     return gm.eval()
