@@ -60,7 +60,7 @@ def _row_masks(model: nn.Module, channels: Mapping[str, list[int]]) -> dict[str,
 def export_slim(model: nn.Module, masks: Mapping[str, torch.Tensor], arch: Mapping, out_dir: str | Path) -> nn.Module:
     """Write model.safetensors + architecture.json for a channel-wise ticket; returns the slim net.
 
-    arch: {"arch", "width", "in_channels", "num_classes", "small_input_stem", "mean", "std"}.
+    arch: {"arch", "width", "in_channels", "num_classes", "small_input_stem", "input_shape" ([C, H, W]), "mean", "std"}.
     """
     if not all(is_channel_wise(m) for m in masks.values()):
         raise ArtifactError("export: the ticket is not channel-wise (a row is partly pruned); export refill/imp_channel tickets")
@@ -174,7 +174,13 @@ def export_ticket(p, ticket_dir: Path, out: Path, fmt: str = "safetensors", data
     ds = load_dataset(data_dir)
     ctx = Context(p, ds, torch.device("cpu"))
     model, masks = load_ticket(ctx, ticket_dir, expect_round=False)
-    arch = {**ctx.model_meta(), "small_input_stem": p.model.small_input_stem, "mean": ds.mean, "std": ds.std}
+    arch = {
+        **ctx.model_meta(),
+        "small_input_stem": p.model.small_input_stem,
+        "input_shape": list(ctx.input_shape[1:]),
+        "mean": ds.mean,
+        "std": ds.std,
+    }
     if fmt == "onnx":
         method = load_tensors(ticket_dir / "mask.safetensors")[1].get("kind", "")
         if method not in p.methods:

@@ -72,6 +72,19 @@ def test_export_ticket_writes_the_slim_net_of_a_saved_round(tmp_path, params, da
     model.load_state_dict(state)
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(sl.load_slim(tmp_path / "out")(x), sl.masked_reference(model, ticket, 1)(x), atol=1e-4)
+    sl.export_ticket(params, tmp_path / "refill" / "round1", tmp_path / "onnx", "onnx", data_dir)
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    spec = json.loads((tmp_path / "onnx" / "architecture.json").read_text())  # the README's example, as written there
+    images = np.random.rand(8, *spec["input_shape"])
+    x = ((images - np.reshape(spec["mean"], (-1, 1, 1))) / np.reshape(spec["std"], (-1, 1, 1))).astype("float32")
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": x})[0]
+    assert spec["input_shape"] == [1, 28, 28] and logits.shape == (8, ctx.data.num_classes)
+    assert torch.allclose(torch.from_numpy(logits), sl.masked_reference(model, ticket, 1)(torch.from_numpy(x)), atol=1e-4)
 
 
 def test_cli_inspect_lists_layers_in_model_order(tmp_path):
