@@ -21,7 +21,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     with user_errors():
         params = load_params(args.params)
-        dist.relaunch_under_torchrun(params.runtime.nproc_per_node)
+        dist.relaunch_under_torchrun(params.runtime)
         params.ticket_spec(args.name)
         ctx = setup(params, args.data)
         m = baseline_dense(ctx, args.name, Path(args.pretrain), Path(args.out), Path(args.checkpoint) if args.checkpoint else None)

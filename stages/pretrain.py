@@ -18,7 +18,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     with user_errors():
         params = load_params(args.params)
-        dist.relaunch_under_torchrun(params.runtime.nproc_per_node)
+        dist.relaunch_under_torchrun(params.runtime)
         ctx = setup(params, args.data)
         m = pretrain(ctx, Path(args.out), Path(args.checkpoint) if args.checkpoint else None)
         print(f"dense test_acc {m['test_acc']:.4f}")

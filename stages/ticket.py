@@ -23,7 +23,7 @@ if __name__ == "__main__":
     args = ap.parse_args()
     with user_errors():
         params = load_params(args.params)
-        dist.relaunch_under_torchrun(params.runtime.nproc_per_node)
+        dist.relaunch_under_torchrun(params.runtime)
         params.ticket_spec(args.name)
         matched = read_matched(Path(args.matched), Path(args.imp).name) if args.matched else None
         ctx = setup(params, args.data)

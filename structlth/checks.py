@@ -19,7 +19,7 @@ from structlth.models import build_model
 def check_runnable(params: Params) -> None:
     """Raise a ParamsError naming the key when this machine cannot run `params`: a device it
     lacks, a data.root that holds no dataset (or is a file), a report.mask_layer the model lacks."""
-    dist.local_device(params.runtime.device)
+    dist.check_device(params.runtime.device)
     root = Path(params.data.root)
     if root.exists() and not root.is_dir():
         raise ParamsError(f"data.root: {root} is a file, not a folder")

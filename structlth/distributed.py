@@ -10,12 +10,17 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as td
 from torch import nn
 
+from structlth import devices
 from structlth.errors import ParamsError
+
+if TYPE_CHECKING:
+    from structlth.config import RuntimeParams
 
 
 def launched_by_torchrun() -> bool:
@@ -40,15 +45,27 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def relaunch_under_torchrun(nproc_per_node: int) -> None:
+def relaunch_under_torchrun(runtime: RuntimeParams) -> None:
     """Replace this process by `torchrun --standalone --nproc-per-node N <same argv>` when
-    N > 1 and torchrun has not started us already; return otherwise."""
-    if nproc_per_node <= 1 or launched_by_torchrun():
+    runtime.nproc_per_node N > 1 and torchrun has not started us already; return otherwise.
+    With runtime.device cuda:auto, N free devices are claimed first (structlth.devices) and made
+    the only ones torchrun's processes see; torchrun holds their locks until it exits."""
+    n = runtime.nproc_per_node
+    if n <= 1 or launched_by_torchrun():
         return
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc_per_node}", *sys.argv]
+    if runtime.device == "cuda:auto":
+        check_device(runtime.device)
+        names = devices.device_names(torch.cuda.device_count())
+        ids = devices.claim(len(names), n, devices.lock_dir(runtime.device_locks), lambda: _waiting(n))
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(names[i] for i in ids)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *sys.argv]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+
+
+def _waiting(n: int) -> None:
+    print(f"waiting for {n} GPU{'s' if n > 1 else ''} no other stage holds (runtime.device: cuda:auto)", flush=True)
 
 
 def wrap(model: nn.Module) -> nn.Module:
@@ -85,12 +102,23 @@ def barrier() -> None:
         td.barrier()
 
 
-def local_device(kind: str) -> torch.device:
-    """'auto' | 'cpu' | 'cuda' -> the device this process trains on."""
+def check_device(kind: str) -> None:
+    """ParamsError when runtime.device names CUDA (cuda, cuda:auto) and torch sees no CUDA device."""
+    if kind.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsError(f"runtime.device: {kind}, but torch sees no CUDA device on this machine; use auto or cpu")
+
+
+def local_device(kind: str, locks: str | None = None) -> torch.device:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:auto' -> the device this process trains on. cuda: the
+    LOCAL_RANK'th; cuda:auto: one no other process holds, claimed for this process's life
+    (structlth.devices, locks in `locks`), or under torchrun the LOCAL_RANK'th of those its
+    launcher claimed (relaunch_under_torchrun)."""
+    check_device(kind)
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ParamsError("runtime.device: cuda, but torch sees no CUDA device on this machine; use auto or cpu")
+    if kind == "cuda:auto" and not launched_by_torchrun():
+        [i] = devices.claim(torch.cuda.device_count(), 1, devices.lock_dir(locks), lambda: _waiting(1))
+        return torch.device("cuda", i)
+    if kind.startswith("cuda"):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

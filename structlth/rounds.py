@@ -58,7 +58,7 @@ class Context:
 def setup(params: Params, data_dir: str | Path) -> Context:
     """The Context of a training stage: its device (threads, determinism on CPU, the process
     group under torchrun) and the prepared data in data_dir on it."""
-    device = dist.local_device(params.runtime.device)
+    device = dist.local_device(params.runtime.device, params.runtime.device_locks)
     if device.type == "cpu":
         torch.set_num_threads(params.runtime.threads)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)

@@ -80,6 +80,7 @@ PARAMS_CASES = {  # name -> (case, text the one-line error must contain)
     ),
     "data.root is a file": (_params_case(lambda r: r["data"].update(root=str(Path(__file__)))), "data.root"),
     "cuda without cuda": (_params_case(lambda r: r["runtime"].update(device="cuda")), "runtime.device"),
+    "cuda:auto without cuda": (_params_case(lambda r: r["runtime"].update(device="cuda:auto")), "runtime.device: cuda:auto"),
     "duplicate YAML key": (_raw_file(b"data: {}\ndata: {}\n"), "duplicate key 'data'"),
     "non-UTF-8 file": (_raw_file(b"data: caf\xe9\n"), "not UTF-8 text"),
 }
