@@ -138,12 +138,16 @@ def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
     return out
 
 
-def layer_effective_flops(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...]) -> dict[str, tuple[int, int]]:
+def layer_effective_flops(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...], dead_bn: bool = True
+) -> dict[str, tuple[int, int]]:
     """Per Conv2d / Linear: (dense FLOPs, FLOPs of the weights that can be non-zero on live
     inputs), one sample [1, C, H, W].
 
     A conv's FLOPs scale with the share of its weights that survive and read a live input
-    channel from a live output channel: the physical limit of any engine for this mask.
+    channel from a live output channel: the physical limit of any engine for this mask. Without
+    dead_bn (training_masks) a channel with no weight still emits its BN bias, so every kept
+    weight counts.
     """
     flops = layer_flops(model, input_shape)
     live = liveness(model, masks, input_shape[1])
@@ -153,25 +157,27 @@ def layer_effective_flops(model: nn.Module, masks: Mapping[str, torch.Tensor], i
         mod = modules[name]
         w = masks.get(f"{name}.weight")
         w = torch.ones_like(mod.weight, dtype=torch.bool) if w is None else w.bool()
-        if isinstance(mod, nn.Conv2d):
+        if dead_bn and isinstance(mod, nn.Conv2d):
             a_in = live.module_in[name].view(mod.groups, -1)
             group_of_out = torch.arange(mod.out_channels) // (mod.out_channels // mod.groups)
             w = w & a_in[group_of_out][:, :, None, None] & live.module_out[name][:, None, None, None]
-        else:
+        elif dead_bn:
             w = w & live.module_in[name][None, :]
         out[name] = (f, f * int(w.count_nonzero()) // w.numel())
     return out
 
 
-def effective_flops(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...]) -> tuple[int, int]:
+def effective_flops(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...], dead_bn: bool = True
+) -> tuple[int, int]:
     """(dense FLOPs, effective FLOPs) of the whole model, one sample: see layer_effective_flops."""
-    per_layer = layer_effective_flops(model, masks, input_shape).values()
+    per_layer = layer_effective_flops(model, masks, input_shape, dead_bn).values()
     return sum(d for d, _ in per_layer), sum(k for _, k in per_layer)
 
 
-def mask_stats(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...]) -> dict:
-    """The sparsity block every round's metrics.json carries."""
-    dense_flops, flops = effective_flops(model, masks, input_shape)
+def mask_stats(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape: tuple[int, ...], dead_bn: bool = True) -> dict:
+    """The sparsity block every round's metrics.json carries (dead_bn: effective_flops's)."""
+    dense_flops, flops = effective_flops(model, masks, input_shape, dead_bn)
     kept = sum(int(m.count_nonzero()) for m in masks.values())
     total_params = sum(p.numel() for p in model.parameters())
     pruned = sum(m.numel() for m in masks.values()) - kept

@@ -132,6 +132,7 @@ def make_ticket(
         model,
         new,
         result,
+        p.dead_bn(name),
         source_sparsity=source["sparsity"],
         source_test_acc=source["test_acc"],
         kind=spec.kind,

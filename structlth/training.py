@@ -92,13 +92,14 @@ def train_masked(
     return result
 
 
-def round_metrics(ctx: Context, model: nn.Module, masks: Masks, result: TrainResult, **extra) -> dict:
-    """A round's metrics.json: accuracy at the best validation epoch, the mask's sparsity block, extra."""
+def round_metrics(ctx: Context, model: nn.Module, masks: Masks, result: TrainResult, dead_bn: bool = True, **extra) -> dict:
+    """A round's metrics.json: accuracy at the best validation epoch, the mask's sparsity block
+    (dead_bn: as it trained, structlth.masks.mask_stats), extra."""
     return {
         "test_acc": result.test_acc,
         "val_acc": result.val_acc,
         "best_epoch": result.best_epoch,
-        **mask_stats(model, masks, ctx.input_shape),
+        **mask_stats(model, masks, ctx.input_shape, dead_bn),
         **extra,
     }
 

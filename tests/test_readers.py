@@ -10,7 +10,7 @@ import torch
 from helpers import synthetic_dataset
 from structlth.config import Augment, TrainParams, parse_params
 from structlth.errors import ParamsError
-from structlth.masks import density, ones_masks, row_alive, row_density, training_masks
+from structlth.masks import density, effective_flops, layer_effective_flops, ones_masks, row_alive, row_density, training_masks
 from structlth.models import build_model
 from structlth.pruning import magnitude_prune
 from structlth.rounds import Context
@@ -53,6 +53,9 @@ def test_refill_drops_or_keeps_the_weights_that_read_its_dropped_channels(raw_pa
         assert all(bool(r[row_alive(masks[n])].all()) for r, n in zip(readers_of_dropped, inner))
         assert density(masks) == pytest.approx(row_density(masks))  # whole rows: the paper's count
         assert (p.structure_of("refill"), p.dead_bn("refill")) == ("unstructured", False)
+        flops = layer_effective_flops(model, masks, ctx.input_shape, dead_bn=False)  # every kept weight computes
+        assert all(k == d * int(masks[f"{n}.weight"].sum()) // masks[f"{n}.weight"].numel() for n, (d, k) in flops.items() if f"{n}.weight" in masks)
+        assert effective_flops(model, masks, ctx.input_shape, dead_bn=False)[1] > effective_flops(model, masks, ctx.input_shape)[1]
     else:
         assert not any(bool(r.any()) for r in readers_of_dropped)
         assert density(masks) < row_density(masks)

@@ -208,7 +208,7 @@ def bench_ticket(
     machine = machine_name()  # reads /proc/cpuinfo and torch's build config: once per ticket, not per row
     dense_params = sum(p.numel() for p in model.parameters())
     check_x = test_x[: max(bench.batch_sizes)]
-    flops = layer_effective_flops(model, masks, (1, *test_x.shape[1:])) if layers else {}
+    flops = layer_effective_flops(model, masks, (1, *test_x.shape[1:]), dead_bn) if layers else {}
     for b in bench.batch_sizes:
         fmt = torch.channels_last if baseline.formats[b] else torch.contiguous_format
         dense = dense.to(memory_format=fmt)
