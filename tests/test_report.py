@@ -81,11 +81,14 @@ def test_the_verdict_opens_the_report_from_its_own_tests(raw_params):
     md = markdown(Report(table, DENSE_INFO, 0.01, {}, targets(_bench(), 64), 64, "a test CPU", verdict=lines, names={"refill": "x"}))
     assert lines[0] in md.splitlines()[:15]
     raw_params["baselines"]["tp_l1"].update(sparsity_reg=1e-4)
+    raw_params["tickets"]["refill_plus"].update(readers="keep")
     names = method_names(parse_params(raw_params))
     assert names["tp_l1"] == (
         "Torch-Pruning, group L1, at refill's FLOPs, fine-tuned, its dense net trained with network slimming's L1 penalty on BN scales"
     )
     assert names["refill_plus"].startswith("whole channels refilled from the mask, plus")
+    assert "keeping the BN of dropped channels and the weights that read them" in names["refill_plus"]
+    assert "keeping" not in names["refill"]
 
 
 def test_timing_noise_is_the_larger_of_aa_and_the_typical_rows_interval():

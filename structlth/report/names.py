@@ -24,6 +24,8 @@ def ticket_words(spec: RefillParams | RegroupParams | TorchPruningParams) -> str
     if isinstance(spec, RefillParams):
         plus = f", plus {spec.refill_rate:.0%} of the rest (the paper's refill+)" if spec.refill_rate else " (the paper's refill)"
         words = "whole channels refilled from the mask" + plus
+        if spec.readers == "keep":
+            words += ", keeping the BN of dropped channels and the weights that read them (the paper's code; runs unstructured)"
     elif spec.inputs == "disjoint":
         words = "dense blocks regrouped from the mask, splitting the input channels (not in the paper)"
     else:
