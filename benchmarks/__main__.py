@@ -28,6 +28,7 @@ from benchmarks import (
     regroup_parts,
     regroup_time,
     speedup_gpu,
+    sparse_runtime,
     speedup_scale,
     train_throughput,
 )
@@ -49,6 +50,7 @@ ALL = {
     "onnx_profile": onnx_profile.run,
     "loader": loader.run,
     "speedup_gpu": speedup_gpu.run,
+    "sparse_runtime": sparse_runtime.run,
 }
 NEEDS_CUDA = {"speedup_gpu"}
 
