@@ -62,6 +62,7 @@ class Augment(Strict):
 
 
 class DataParams(Strict):
+    location: ClassVar[set[str]] = {"root", "download"}  # where the raw data is found: moving it changes no artifact
     dataset: Literal[DATASETS]  # type: ignore[valid-type]
     root: str = Field(description="where raw data lives or is unpacked")
     download: bool = Field(False, description="allow torchvision's checked download")
@@ -690,6 +691,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def params_hash(*sections: BaseModel) -> str:
-    """Short content hash of the given sections: the identity of what they produce."""
-    blob = json.dumps([s.model_dump(mode="json") for s in sections], sort_keys=True)
+    """Short content hash of the given sections: the identity of what they produce (a section's
+    `location` fields, where its inputs are found, are no part of it)."""
+    blob = json.dumps([s.model_dump(mode="json", exclude=getattr(s, "location", None)) for s in sections], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

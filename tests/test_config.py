@@ -240,7 +240,7 @@ def test_a_params_folder_gets_one_line(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
-def test_params_hash_is_stable_across_processes_and_ignores_runtime(raw_params):
+def test_params_hash_is_stable_across_processes_and_ignores_runtime_and_data_location(raw_params):
     from structlth.config import params_hash
 
     p = parse_params(raw_params)
@@ -259,8 +259,11 @@ def test_params_hash_is_stable_across_processes_and_ignores_runtime(raw_params):
     ).stdout.strip()
     assert other == here
     raw_params["runtime"].update(threads=7, device="cpu", progress="always")
+    raw_params["data"].update(root="/elsewhere/the-same-images", download=True)  # where the data is found: no identity
     q = parse_params(raw_params)
     assert params_hash(q.data, q.model, q.train) == here
+    raw_params["data"]["val_size"] += 1
+    assert params_hash(parse_params(raw_params).data) != params_hash(p.data)
     raw_params["train"]["lr"] = 0.07
     assert params_hash(parse_params(raw_params).train) != params_hash(p.train)
 
