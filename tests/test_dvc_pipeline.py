@@ -7,17 +7,19 @@ structure, and each kind of params edit invalidates exactly the stages that read
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from helpers import is_block_mask, new_dvc_repo, run_tool, stages_changed, stages_ran, tiny_raw, tool_env
+from helpers import ObjectStore, is_block_mask, new_dvc_repo, run_tool, seaweedfs, stages_changed, stages_ran, tiny_raw, tool_env
 from structlth.artifacts import load_tensors
 from structlth.export import is_channel_wise
 from structlth.repro import planned_stages
@@ -201,65 +203,139 @@ def _git(repo: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def published(repo, tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny repo with its results committed and pushed to a local-directory remote."""
-    remote = tmp_path_factory.mktemp("remote")
-    run_tool(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
+def store(tmp_path_factory) -> Iterator[ObjectStore]:
+    """The team's object store: SeaweedFS's S3 gateway on loopback, one bucket."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def published(repo, store) -> tuple[Path, ObjectStore]:
+    """The tiny repo set up as the docs say (the bucket's URL and endpoint in the committed
+    .dvc/config, credentials in the git-ignored config.local), its results committed and
+    pushed with the run cache."""
+    run_tool(["dvc", "remote", "add", "-d", "team", f"s3://{store.bucket}/cache"], repo)
+    run_tool(["dvc", "remote", "modify", "team", "endpointurl", store.endpoint], repo)
+    run_tool(["dvc", "remote", "modify", "--local", "team", "access_key_id", store.key], repo)
+    run_tool(["dvc", "remote", "modify", "--local", "team", "secret_access_key", store.secret], repo)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "results")
-    run_tool(["dvc", "push", "-q"], repo)
-    return repo, remote
+    run_tool(["dvc", "push", "-q", "--run-cache"], repo)
+    return repo, store
 
 
-def test_pull_into_a_fresh_clone_recomputes_nothing(published, tmp_path):
-    repo, _ = published
-    clone = tmp_path / "clone"
-    run_tool(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+def _clone(repo: Path, into: Path, rev: str | None = None) -> Path:
+    run_tool(["git", "clone", "-q", str(repo), str(into)], into.parent)
+    if rev:
+        _git(into, "checkout", "-q", rev)
+    return into
+
+
+def _dvc(clone: Path, store: ObjectStore, *args: str) -> subprocess.CompletedProcess:
+    """A DVC command on a worker whose credentials are in its environment."""
+    return subprocess.run(["dvc", *args], cwd=clone, capture_output=True, text=True, env=store.env())
+
+
+def test_the_committed_config_names_the_bucket_and_never_the_credentials(published, tmp_path):
+    repo, store = published
+    committed = _git(repo, "show", "HEAD:.dvc/config")
+    assert f"s3://{store.bucket}/cache" in committed and store.endpoint in committed
+    assert store.key not in committed and store.secret not in committed
+    assert store.secret in (repo / ".dvc" / "config.local").read_text()
+    assert ".dvc/config.local" not in _git(repo, "ls-files", ".dvc")
+    clone = _clone(repo, tmp_path / "clone")  # a clone holds no credentials: with wrong ones the bucket refuses
+    wrong = {**tool_env(), "AWS_ACCESS_KEY_ID": store.key, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    proc = subprocess.run(["dvc", "pull"], cwd=clone, capture_output=True, text=True, env=wrong)
+    assert proc.returncode != 0 and "failed to pull" in proc.stderr and not (clone / "artifacts/pretrain/weights.safetensors").exists()
+
+
+def test_pull_into_a_fresh_clone_verifies_every_output_and_recomputes_nothing(published, tmp_path):
+    repo, store = published
+    clone = _clone(repo, tmp_path / "clone")
     metrics = json.loads(run_tool(["dvc", "metrics", "show", "--json"], clone))  # from git alone
     assert "reports/bench/refill/round2/speed.json" in json.dumps(metrics)
-    run_tool(["dvc", "pull", "-q"], clone)
+    run_tool(["dvc", "remote", "modify", "--local", "team", "verify", "true"], clone)
+    proc = _dvc(clone, store, "pull", "-q")
+    assert proc.returncode == 0, proc.stderr
     assert stages_changed(clone) == set()
-    mask = "artifacts/imp/round1/mask.safetensors"
-    assert (clone / mask).read_bytes() == (repo / mask).read_bytes()
+    verified = subprocess.run(["structlth", "verify"], cwd=clone, capture_output=True, text=True, env=tool_env())
+    checked = re.fullmatch(r"dvc.lock: (\d+) of (\d+) outputs match\n", verified.stdout)
+    assert verified.returncode == 0 and checked and checked[1] == checked[2], verified.stdout + verified.stderr
 
 
-def _corrupt_remote_object(repo: Path, remote: Path, into: Path, target: str) -> str:
-    """A copy of the remote at `into` with target's object corrupted the way it sits in a remote
-    (read-only: DVC trusts read-only objects); returns the object's MD5."""
-    shutil.copytree(remote, into)
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    md5 = next(o["md5"] for s in lock["stages"].values() for o in s.get("outs", []) if o["path"] == target)
-    obj = into / "files" / "md5" / md5[:2] / md5[2:]
-    mode = obj.stat().st_mode
-    obj.chmod(mode | 0o200)
-    obj.write_bytes(obj.read_bytes()[:-1] + b"\x00")  # one flipped byte, same size
-    obj.chmod(mode)
-    return md5
-
-
-def test_corrupted_remote_object_never_passes_unnoticed(published, tmp_path):
-    repo, remote = published
+def test_an_object_corrupted_in_the_bucket_is_refused_on_pull_and_named(published, tmp_path):
+    repo, store = published
     target = "artifacts/imp/round1/mask.safetensors"
-    bad_remote = tmp_path / "remote"
-    md5 = _corrupt_remote_object(repo, remote, bad_remote, target)
-    assert not (bad_remote / "files" / "md5" / md5[:2] / md5[2:]).stat().st_mode & 0o222  # read-only, as pushed
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    md5 = next(o["md5"] for st in lock["stages"].values() for o in st.get("outs", []) if o["path"] == target)
+    key = f"{store.bucket}/cache/files/md5/{md5[:2]}/{md5[2:]}"
+    fs = store.fs()
+    good = fs.cat(key)
+    fs.pipe(key, good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit, through the S3 API
+    try:
+        clone = _clone(repo, tmp_path / "clone")  # as the docs set a remote up: verify = true
+        run_tool(["dvc", "remote", "modify", "--local", "team", "verify", "true"], clone)
+        proc = _dvc(clone, store, "pull")
+        assert proc.returncode != 0
+        assert md5[2:] in proc.stdout + proc.stderr or target in proc.stdout + proc.stderr, proc.stderr
+        assert not (clone / target).exists(), "the corrupt object reached the workspace"
+        assert (clone / "artifacts/imp/round2/mask.safetensors").exists()  # the intact rest arrived
 
-    clone = tmp_path / "clone"  # as the README sets a remote up: verify = true
-    run_tool(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
-    run_tool(["dvc", "remote", "modify", "--local", "shared", "url", str(bad_remote)], clone)
-    run_tool(["dvc", "remote", "modify", "--local", "shared", "verify", "true"], clone)
-    proc = subprocess.run(["dvc", "pull"], cwd=clone, capture_output=True, text=True, env=tool_env())
-    assert proc.returncode != 0
-    assert not (clone / target).exists(), "the corrupt object reached the workspace"
-    assert (clone / "artifacts/imp/round2/mask.safetensors").exists()  # the intact rest arrived
+        trusting = _clone(repo, tmp_path / "trusting")  # without verify DVC places it; structlth verify names it
+        _dvc(trusting, store, "pull", "-q")
+        proc = subprocess.run(["structlth", "verify"], cwd=trusting, capture_output=True, text=True, env=tool_env())
+        assert proc.returncode == 1 and f"{target}: content differs from dvc.lock" in proc.stderr, proc.stderr + proc.stdout
+        assert proc.stderr.count("\n") == 1  # only the corrupt file
+    finally:
+        fs.pipe(key, good)
 
-    trusting = tmp_path / "trusting"  # without verify DVC places it; structlth verify names it
-    run_tool(["git", "clone", "-q", str(repo), str(trusting)], tmp_path)
-    run_tool(["dvc", "remote", "modify", "--local", "shared", "url", str(bad_remote)], trusting)
-    subprocess.run(["dvc", "pull", "-q"], cwd=trusting, capture_output=True, env=tool_env())
-    proc = subprocess.run(["structlth", "verify"], cwd=trusting, capture_output=True, text=True, env=tool_env())
-    assert proc.returncode == 1 and f"{target}: content differs from dvc.lock" in proc.stderr, proc.stderr + proc.stdout
-    assert proc.stderr.count("\n") == 1  # only the corrupt file
+
+def test_a_second_worker_restores_every_stage_from_the_shared_run_cache(published, tmp_path):
+    """Worker B has the params but not worker A's dvc.lock (the commit before A's results): the
+    run cache alone restores every stage that trains or prunes; then one ticket edit reruns only
+    that ticket's chain."""
+    repo, store = published
+    clone = _clone(repo, tmp_path / "b", "HEAD~1")
+    assert not (clone / "dvc.lock").exists()
+    (clone / ".dvc" / "config").write_text((repo / ".dvc" / "config").read_text())  # the team's remote
+    out = _dvc(clone, store, "repro", "--pull")  # no dvc.lock to pull by: the run cache, and each stage's outputs from it
+    assert out.returncode == 0, out.stderr
+    # nothing trains; the code stage (its output persists), the benches (their speed.json is a
+    # metric kept in git, which the run cache does not carry) and the report (in git too) run
+    assert stages_ran(out.stdout) == {"code", "report"} | BENCH, out.stdout
+    restored = {line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Stage '") and "is cached" in line}
+    assert TRAINING | {"check_params", "prepare", "round0@imp", "round0@imp_channel", "match@tp_l1"} == restored
+    assert stages_changed(clone) == set()
+    _edit(clone, lambda r: r["tickets"]["regroup"].update(rows_per_part=2))
+    out = _dvc(clone, store, "repro")
+    assert stages_ran(out.stdout) == {"code", "check_params", "match@tp_l1", "ticket@regroup-round2", "bench_ticket@regroup-round2", "report"}
+
+
+def test_experiments_from_two_workers_meet_at_an_analyst(published, tmp_path):
+    """A bare git repository is the team's git remote, the bucket its DVC remote. Workers A and
+    B each run an experiment and push it; B restores A's upstream stages instead of training
+    them; an analyst pulls both and compares them."""
+    repo, store = published
+    origin = tmp_path / "origin.git"
+    run_tool(["git", "clone", "-q", "--bare", str(repo), str(origin)], tmp_path)
+    workers = {w: _clone(origin, tmp_path / w) for w in ("a", "b", "analyst")}
+    for w in ("a", "b"):
+        assert _dvc(workers[w], store, "pull", "-q").returncode == 0
+    a = _dvc(workers["a"], store, "exp", "run", "-n", "tolerant", "-S", "report.tolerance=0.05")
+    assert a.returncode == 0 and stages_ran(a.stdout) == {"check_params", "report"}, a.stdout + a.stderr
+    assert _dvc(workers["a"], store, "exp", "push", "origin", "tolerant").returncode == 0
+    b = _dvc(workers["b"], store, "exp", "run", "-n", "narrow", "-S", "tickets.regroup.rows_per_part=2")
+    assert b.returncode == 0, b.stderr
+    assert stages_ran(b.stdout) & TRAINING == {"ticket@regroup-round2"}  # pretrain and the IMP chains: restored
+    assert _dvc(workers["b"], store, "exp", "push", "origin", "narrow").returncode == 0
+    analyst = workers["analyst"]
+    for name in ("tolerant", "narrow"):
+        pulled = _dvc(analyst, store, "exp", "pull", "origin", name)
+        assert pulled.returncode == 0, pulled.stderr
+    shown = _dvc(analyst, store, "exp", "show", "--json").stdout
+    assert '"tolerant"' in shown and '"narrow"' in shown and "speed.json" in shown
+    diff = _dvc(analyst, store, "metrics", "diff", "tolerant", "narrow", "--json")
+    assert diff.returncode == 0 and "reports/bench/regroup/round2/speed.json" in diff.stdout, diff.stdout + diff.stderr
 
 
 def test_a_rejected_params_edit_deletes_no_output(repo, tmp_path):
