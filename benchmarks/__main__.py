@@ -27,8 +27,8 @@ from benchmarks import (
     onnx_profile,
     regroup_parts,
     regroup_time,
-    speedup_gpu,
     sparse_runtime,
+    speedup_gpu,
     speedup_scale,
     train_throughput,
 )

@@ -411,7 +411,9 @@ class RuntimeParams(Strict):
             " dvc queue start -j N spread over N GPUs; structlth.devices)"
         ),
     )
-    device_locks: str | None = Field(None, description="cuda:auto: the folder of per-GPU locks every process on the node shares (null: under the temp folder)")
+    device_locks: str | None = Field(
+        None, description="cuda:auto: the folder of per-GPU locks every process on the node shares (null: under the temp folder)"
+    )
     threads: int = Field(2, ge=1)
     nproc_per_node: int = Field(1, ge=1, description="training stages re-run themselves under torchrun")
     progress: Literal["auto", "always", "never"] = "auto"

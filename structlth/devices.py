@@ -30,9 +30,7 @@ def device_names(count: int) -> list[str]:
     return visible[:count] if visible else [str(i) for i in range(count)]
 
 
-def claim(
-    count: int, n: int = 1, where: Path | None = None, on_wait: Callable[[], None] = lambda: None, poll_s: float = 1.0
-) -> list[int]:
+def claim(count: int, n: int = 1, where: Path | None = None, on_wait: Callable[[], None] = lambda: None, poll_s: float = 1.0) -> list[int]:
     """Indices (into the `count` devices this process sees) of `n` devices no other process
     holds, held until this process exits; a process it execs (torchrun) inherits them. Waits,
     calling on_wait once, while fewer than n are free; takes all n at once or none, so two

@@ -36,7 +36,16 @@ def _load(name: str) -> dict:
 
 
 # the default with every ticket kind; with three seeds; with re-initialised tickets; keeping refill's readers; the smoke run
-EXTRA = {"default_all_tickets", "default_3seeds", "default_group_aware", "default_reinit", "default_readers", "default_sources", "default_align16", "quick"}
+EXTRA = {
+    "default_all_tickets",
+    "default_3seeds",
+    "default_group_aware",
+    "default_reinit",
+    "default_readers",
+    "default_sources",
+    "default_align16",
+    "quick",
+}
 
 
 def _variant(name: str):

@@ -54,7 +54,11 @@ def test_refill_drops_or_keeps_the_weights_that_read_its_dropped_channels(raw_pa
         assert density(masks) == pytest.approx(row_density(masks))  # whole rows: the paper's count
         assert (p.structure_of("refill"), p.dead_bn("refill")) == ("unstructured", False)
         flops = layer_effective_flops(model, masks, ctx.input_shape, dead_bn=False)  # every kept weight computes
-        assert all(k == d * int(masks[f"{n}.weight"].sum()) // masks[f"{n}.weight"].numel() for n, (d, k) in flops.items() if f"{n}.weight" in masks)
+        assert all(
+            k == d * int(masks[f"{n}.weight"].sum()) // masks[f"{n}.weight"].numel()
+            for n, (d, k) in flops.items()
+            if f"{n}.weight" in masks
+        )
         assert effective_flops(model, masks, ctx.input_shape, dead_bn=False)[1] > effective_flops(model, masks, ctx.input_shape)[1]
     else:
         assert not any(bool(r.any()) for r in readers_of_dropped)

@@ -306,7 +306,10 @@ def test_bench_ticket_refuses_a_fast_model_that_computes_something_else(monkeypa
     broken = copy.deepcopy(m)
     broken.fc.bias.data += 1.0  # every logit off by one
 
-    monkeypatch.setattr("structlth.speedup.measure.fast_models_and_formats", lambda *a: {"slim": (broken, a[-1].memory_format)})
+    monkeypatch.setattr(
+        "structlth.speedup.measure.fast_models_and_formats",
+        lambda structure, model, masks, in_ch, probe, dead_bn: {"slim": (broken, probe.memory_format)},
+    )
     with pytest.raises(VerificationError, match=r"imp_channel slim \(torch\): fast path differs"):
         bench_ticket(
             "imp_channel",
