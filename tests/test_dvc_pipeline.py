@@ -277,37 +277,13 @@ def test_an_object_corrupted_in_the_bucket_is_refused_on_pull_and_named(publishe
         fs.pipe(key, good)
 
 
-def test_a_second_worker_restores_every_stage_from_the_shared_run_cache(published, tmp_path):
-    """Worker B has the params but not worker A's dvc.lock (the commit before A's results): the
-    run cache alone restores every stage that trains or prunes; then one ticket edit reruns only
-    that ticket, its bench and the report."""
-    repo, store = published
-    clone = _clone(repo, tmp_path / "b", "HEAD~1")
-    assert not (clone / "dvc.lock").exists()
-    (clone / ".dvc" / "config").write_text((repo / ".dvc" / "config").read_text())  # the team's remote
-    out = _dvc(clone, store, "repro", "--pull")  # no dvc.lock to pull by: the run cache, and each stage's outputs from it
-    assert out.returncode == 0, out.stderr
-    # nothing trains; the code stage (its output persists), the benches (their speed.json is a
-    # metric kept in git, which the run cache does not carry) and the report (in git too) run
-    assert stages_ran(out.stdout) == {"code", "report"} | BENCH, out.stdout
-    restored = {line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Stage '") and "is cached" in line}
-    assert TRAINING | {"check_params", "prepare", "round0@imp", "round0@imp_channel", "match@tp_l1"} == restored
-    assert stages_changed(clone) == set()
-    _edit(clone, lambda r: r["tickets"]["regroup"].update(rows_per_part=2))
-    # the code and match stages read the ticket entries (in a second, to the same files); no
-    # baseline reruns: tp_l1 depends on the FLOPs of refill, the ticket it matches, alone
-    assert stages_changed(clone) == {"code", "check_params", "match@tp_l1", "ticket@regroup-round2", "report"}
-    plan = planned_stages(clone)  # what `structlth repro` counts as "stage k of N"
-    ran = stages_ran(_dvc(clone, store, "repro").stdout)
-    assert ran <= set(plan)
-    assert ran == {"code", "check_params", "match@tp_l1", "ticket@regroup-round2", "bench_ticket@regroup-round2", "report"}
-
-
-def test_experiments_from_two_workers_meet_at_an_analyst(published, tmp_path):
-    """A bare git repository is the team's git remote, the bucket its DVC remote. Worker A (the
-    repo that ran everything) runs two queued experiments in parallel, worker B (a fresh clone)
-    one more, restoring A's upstream stages instead of training them; each pushes; an analyst
-    pulls all three and compares them."""
+def test_workers_share_runs_and_experiments_through_the_bucket_and_a_git_remote(published, tmp_path):
+    """A bare git repository is the team's git remote, the bucket its DVC remote.
+    - Worker A (the repo that ran everything) runs two queued experiments in parallel and pushes them.
+    - Worker B has the params but not A's dvc.lock (the commit before A's results): the run cache
+      alone restores every stage that trains or prunes. Its experiment, one ticket edit, reruns
+      only that ticket, its bench and the report; it pushes it.
+    - An analyst pulls all three experiments and compares them."""
     repo, store = published
     origin = tmp_path / "origin.git"
     run_tool(["git", "clone", "-q", "--bare", str(repo), str(origin)], tmp_path)
@@ -322,17 +298,39 @@ def test_experiments_from_two_workers_meet_at_an_analyst(published, tmp_path):
     assert "Failed" not in run_tool(["dvc", "queue", "status"], repo), run_tool(["dvc", "queue", "logs", "tol02"], repo)
     assert _dvc(repo, store, "exp", "push", "origin", "tol02", "tol5").returncode == 0
 
-    b = _clone(origin, tmp_path / "b")
-    assert _dvc(b, store, "pull", "-q").returncode == 0
-    ran = _dvc(b, store, "exp", "run", "-n", "narrow", "-S", "tickets.regroup.rows_per_part=2")
+    b = _clone(origin, tmp_path / "b", "HEAD~1")
+    assert not (b / "dvc.lock").exists()
+    (b / ".dvc" / "config").write_text((repo / ".dvc" / "config").read_text())  # the team's remote
+    out = _dvc(b, store, "repro", "--pull")  # no dvc.lock to pull by: the run cache, and each stage's outputs from it
+    assert out.returncode == 0, out.stderr
+    # nothing trains; the code stage (its output persists), the benches (their speed.json is a
+    # metric kept in git, which the run cache does not carry) and the report (in git too) run
+    assert stages_ran(out.stdout) == {"code", "report"} | BENCH, out.stdout
+    restored = {line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Stage '") and "is cached" in line}
+    assert TRAINING | {"check_params", "prepare", "round0@imp", "round0@imp_channel", "match@tp_l1"} == restored
+    assert stages_changed(b) == set()
+    _edit(b, lambda r: r["tickets"]["regroup"].update(rows_per_part=2))
+    # the code and match stages read the ticket entries (in a second, to the same files); no
+    # baseline reruns: tp_l1 depends on the FLOPs of refill, the ticket it matches, alone
+    assert stages_changed(b) == {"code", "check_params", "match@tp_l1", "ticket@regroup-round2", "report"}
+    plan = planned_stages(b)  # what `structlth repro` counts as "stage k of N"
+    ran = _dvc(b, store, "exp", "run", "-n", "narrow")
     assert ran.returncode == 0, ran.stderr
-    assert stages_ran(ran.stdout) & TRAINING == {"ticket@regroup-round2"}  # pretrain and the IMP chains: restored
+    assert stages_ran(ran.stdout) <= set(plan)
+    assert stages_ran(ran.stdout) == {
+        "code",
+        "check_params",
+        "match@tp_l1",
+        "ticket@regroup-round2",
+        "bench_ticket@regroup-round2",
+        "report",
+    }
     assert _dvc(b, store, "exp", "push", "origin", "narrow").returncode == 0
 
     analyst = _clone(origin, tmp_path / "analyst")
     pulled = _dvc(analyst, store, "exp", "pull", "origin", "tol02", "tol5", "narrow")
     assert pulled.returncode == 0, pulled.stderr
-    shown = _dvc(analyst, store, "exp", "show", "--json").stdout
+    shown = _dvc(analyst, store, "exp", "show", "--all-commits", "--json").stdout
     assert all(f'"{name}"' in shown for name in ("tol02", "tol5", "narrow")) and "speed.json" in shown
     diff = _dvc(analyst, store, "metrics", "diff", "tol02", "narrow", "--json")
     assert diff.returncode == 0 and "reports/bench/regroup/round2/speed.json" in diff.stdout, diff.stdout + diff.stderr
