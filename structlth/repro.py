@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from statistics import median
 
+import yaml
+
 TIMES = Path("reports/stage_times.json")
 STARTED = re.compile(r"^Running stage '(.+)':")
 SKIPPED = re.compile(r"^Stage '(.+)' (?:is cached - skipping|didn't change, skipping)")  # restored from DVC's run cache
@@ -182,4 +184,18 @@ def scratch_repo(dest: Path, params: str, project: Path = Path(".")) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
     (dest / "params.yaml").write_text(params)
+    link_data_root(dest, params, project)
     return dest
+
+
+def link_data_root(dest: Path, params: str, project: Path) -> None:
+    """A relative data.root of `params` (the default's `data/fashion-mnist`) made to resolve in
+    dest the way it does in the project: a link there to the project's folder (its target)."""
+    root = (yaml.safe_load(params) or {}).get("data", {}).get("root")
+    if not root or Path(root).is_absolute() or not (project / root).exists():
+        return  # absolute, or missing: the params check says what data.root must hold
+    link = dest / root
+    if link.is_symlink() or link.exists():
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to((project / root).resolve(), target_is_directory=True)

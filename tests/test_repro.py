@@ -57,3 +57,22 @@ def test_an_interrupt_names_the_stage_and_how_to_resume_where_it_ran(monkeypatch
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr("sys.argv", [str(ROOT / "stages" / "pretrain.py"), "--out", "artifacts/pretrain"])
     assert _what() == "stages/pretrain.py (artifacts/pretrain)"  # relative to the repo, however it was started
+
+
+def test_a_scratch_repo_finds_a_relative_data_root_where_the_project_does(tmp_path, monkeypatch):
+    """`make quick` runs in .quick/: the default's data.root (data/fashion-mnist, a link in the
+    project) must resolve there to the same folder; an absolute root is left as it is."""
+    from helpers import tool_env
+    from structlth.repro import scratch_repo
+
+    monkeypatch.setenv("PATH", tool_env()["PATH"])  # dvc
+    project, raw = tmp_path / "project", tmp_path / "raw"
+    (raw / "train").mkdir(parents=True)
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "images").symlink_to(raw)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    dest = scratch_repo(tmp_path / "quick", "data:\n  root: data/images\n", project)
+    assert (dest / "data" / "images" / "train").is_dir() and (dest / "data" / "images").resolve() == raw.resolve()
+    scratch_repo(tmp_path / "quick", "data:\n  root: data/images\n", project)  # reused: the link stays
+    other = scratch_repo(tmp_path / "other", f"data:\n  root: {raw}\n", project)
+    assert not (other / "data").exists()
