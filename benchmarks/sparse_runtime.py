@@ -5,8 +5,8 @@ runtime can run it faster: this times each IMP ticket round of the workspace's r
 dense net inside DeepSparse (a sparse CPU engine, end-of-life since June 2025, so never a
 dependency: `pip install deepsparse` where a wheel installs), each exported to ONNX with BN
 folded, verified against the masked model, timed in alternating pairs at every bench batch size
-with its own A/A row (dense against dense), beside the same ticket's saving in ONNX Runtime.
-A runtime whose outputs differ from the masked model gets an `error` row instead of a time.
+beside the same ticket's saving in ONNX Runtime, with an A/A reading (dense against dense) per
+runtime and batch. A runtime whose outputs differ from the masked model gets an `error` row instead of a time.
 Without DeepSparse it records that and times the rows in ONNX Runtime alone (the dense-kernel
 reference; a smoke run exercises the whole path so). Reads the workspace's params.yaml and
 artifacts (run `make repro` or `dvc pull` first).
@@ -58,23 +58,26 @@ def run(smoke: bool = False) -> dict:
     threads, rows = torch.get_num_threads(), []
     have = runtimes()
     dense_onnx = to_onnx(ws.dense, ws.x)
+    tickets = {}  # round -> (masked model, its ONNX export)
     for rnd in params.prune.ticket_rounds:
         model, masks = load_ticket(ws.ctx, Path("artifacts") / "imp" / rnd)
         ticket = fold_bn(masked_reference(model.eval(), masks, ws.ds.in_channels))
-        ticket_onnx = to_onnx(ticket, ws.x)
-        for b in bench.batch_sizes:
-            x = ws.x[:b].contiguous()
-            for name, load in have.items():
-                dense, fast = load(dense_onnx, b, threads), load(ticket_onnx, b, threads)
+        tickets[rnd] = (ticket, to_onnx(ticket, ws.x))
+    for b in bench.batch_sizes:
+        x = ws.x[:b].contiguous()
+        for name, load in have.items():
+            dense = load(dense_onnx, b, threads)  # compiled once per runtime and batch, its A/A beside it
+            aa = time_pair(dense, load(dense_onnx, b, threads), x, bench.repeats, bench.warmup, blocks=bench.blocks).saving
+            for rnd, (ticket, ticket_onnx) in tickets.items():
+                fast = load(ticket_onnx, b, threads)
                 try:
                     verify(ticket, fast, x, bench.atol, f"imp {rnd} in {name}")
                 except VerificationError as err:  # a runtime that computes something else is never timed
                     rows.append({"round": rnd, "batch": b, "runtime": name, "error": str(err)})
                     continue
                 t = time_pair(dense, fast, x, bench.repeats, bench.warmup, blocks=bench.blocks)
-                aa = time_pair(dense, load(dense_onnx, b, threads), x, bench.repeats, bench.warmup, blocks=bench.blocks)
-                rows.append({"round": rnd, "batch": b, "runtime": name, "time_saving": t.saving, "ci95": t.ci95, "aa": aa.saving})
-            print(rnd, b, flush=True)
+                rows.append({"round": rnd, "batch": b, "runtime": name, "time_saving": t.saving, "ci95": t.ci95, "aa": aa})
+        print(f"batch {b} done", flush=True)
     timed = [r for r in rows if r["runtime"] == "deepsparse" and "error" not in r]
     if timed:
         summary = {"best IMP saving in DeepSparse": max(timed, key=lambda r: r["time_saving"])}
