@@ -272,6 +272,7 @@ class RefillParams(TicketOrigin):
 
 class RegroupParams(TicketOrigin):
     structure: ClassVar[str] = "group"  # dense blocks of rows x input units
+    dead_bn: ClassVar[bool] = True  # a channel with no weight has its BN masked (RefillParams.dead_bn)
     align_field: ClassVar[str] = "input_align"
     kind: Literal["regroup"]
     granularity: Literal["column", "channel"] = "column"
@@ -312,6 +313,7 @@ class TorchPruningParams(Strict):
     prunes the trained dense net to the FLOPs of another ticket of the same IMP round."""
 
     structure: ClassVar[str] = "channel"
+    dead_bn: ClassVar[bool] = True
     kind: Literal["torch_pruning"]
     match: str = Field(description="a refill or regroup ticket of the tickets section: its FLOPs at each round are the target")
     importance: Literal["l1", "filter_l1", "bn_scale", "taylor"] = Field(
@@ -498,7 +500,7 @@ class Params(Strict):
                     f"group_chains.{name}.ticket: {g.ticket!r} retrains from init: {spec.init}, but a group-aware chain"
                     " rewinds every round (Alg. 4); name a ticket with init: rewind"
                 )
-            if not getattr(spec, "dead_bn", True):
+            if not spec.dead_bn:
                 raise ValueError(
                     f"group_chains.{name}.ticket: {g.ticket!r} keeps the readers of dropped channels (readers: keep), but a"
                     " group-aware chain prunes the weights that can no longer train every round; name a ticket with readers: drop"
@@ -549,7 +551,7 @@ class Params(Strict):
     def dead_bn(self, method: str) -> bool:
         """Whether a method's tickets mask the BN of channels with no weight (every one's but a
         refill ticket's with readers: keep): how it was trained, and so how it must run."""
-        return method in ("imp", "imp_channel") or getattr(self.ticket_spec(method), "dead_bn", True)
+        return method in ("imp", "imp_channel") or self.ticket_spec(method).dead_bn
 
     def round_ids(self) -> list[str]:
         return chain_order(self.prune.rounds)

@@ -30,16 +30,18 @@ def device_names(count: int) -> list[str]:
     return visible[:count] if visible else [str(i) for i in range(count)]
 
 
-def claim(count: int, n: int = 1, where: Path | None = None, on_wait: Callable[[], None] = lambda: None, poll_s: float = 1.0) -> list[int]:
-    """Indices (into the `count` devices this process sees) of `n` devices no other process
-    holds, held until this process exits; a process it execs (torchrun) inherits them. Waits,
-    calling on_wait once, while fewer than n are free; takes all n at once or none, so two
+def claim(
+    names: list[str], n: int = 1, where: Path | None = None, on_wait: Callable[[], None] = lambda: None, poll_s: float = 1.0
+) -> list[int]:
+    """Indices into `names` (the devices this process sees, device_names) of `n` devices no other
+    process holds, held until this process exits; a process it execs (torchrun) inherits them.
+    Waits, calling on_wait once, while fewer than n are free; takes all n at once or none, so two
     processes that each want several never hold part of each other's."""
-    if not 1 <= n <= count:
-        raise ValueError(f"cannot claim {n} of {count} devices")
+    if not 1 <= n <= len(names):
+        raise ValueError(f"cannot claim {n} of {len(names)} devices")
     where = where or lock_dir()
     where.mkdir(parents=True, exist_ok=True)
-    names, waited = device_names(count), False
+    waited = False
     while True:
         got: list[tuple[int, IO[str]]] = []
         for i, name in enumerate(names):

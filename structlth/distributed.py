@@ -56,7 +56,7 @@ def relaunch_under_torchrun(runtime: RuntimeParams) -> None:
     if runtime.device == "cuda:auto":
         check_device(runtime.device)
         names = devices.device_names(torch.cuda.device_count())
-        ids = devices.claim(len(names), n, devices.lock_dir(runtime.device_locks), lambda: _waiting(n))
+        ids = devices.claim(names, n, devices.lock_dir(runtime.device_locks), lambda: _waiting(n))
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(names[i] for i in ids)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *sys.argv]
     sys.stdout.flush()
@@ -117,7 +117,7 @@ def local_device(kind: str, locks: str | None = None) -> torch.device:
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda:auto" and not launched_by_torchrun():
-        [i] = devices.claim(torch.cuda.device_count(), 1, devices.lock_dir(locks), lambda: _waiting(1))
+        [i] = devices.claim(devices.device_names(torch.cuda.device_count()), 1, devices.lock_dir(locks), lambda: _waiting(1))
         return torch.device("cuda", i)
     if kind.startswith("cuda"):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

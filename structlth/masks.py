@@ -150,7 +150,7 @@ def layer_effective_flops(
     weight counts.
     """
     flops = layer_flops(model, input_shape)
-    live = liveness(model, masks, input_shape[1])
+    live = liveness(model, masks, input_shape[1]) if dead_bn else None
     modules = dict(model.named_modules())
     out = {}
     for name, f in flops.items():

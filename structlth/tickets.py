@@ -65,7 +65,7 @@ def structured_masks(
         state, masks = source_masks(ctx, spec, density(masks), pretrain_dir)
         extra = {"source": spec.source, "source_density": density(masks)}
     new = ticket_masks(ctx, spec, state, masks)
-    return (drop_untrainable(ctx.model(), new, ctx.data.in_channels) if getattr(spec, "dead_bn", True) else new), extra
+    return (drop_untrainable(ctx.model(), new, ctx.data.in_channels) if spec.dead_bn else new), extra
 
 
 def baseline_masks(ctx: Context, spec: TorchPruningParams, target: int, round_to: int, pretrain_dir: Path) -> tuple[Masks, dict]:

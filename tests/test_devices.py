@@ -64,7 +64,7 @@ def test_a_torchrun_launch_claims_free_gpus_for_its_processes(monkeypatch, tmp_p
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert devices.claim(4, 1, tmp_path) == [0]  # another stage holds GPU 0
+    assert devices.claim(devices.device_names(4), 1, tmp_path) == [0]  # another stage holds GPU 0
 
     class Exec(Exception):
         pass
@@ -79,5 +79,6 @@ def test_a_torchrun_launch_claims_free_gpus_for_its_processes(monkeypatch, tmp_p
     assert dist.os.environ["CUDA_VISIBLE_DEVICES"] == "1,2"  # torchrun's ranks see only the two it claimed
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")  # a process that sees a subset locks by physical name
     started = time.monotonic()
-    assert devices.claim(2, 1, tmp_path) == [0]  # device 3 is free; 1 is held
+    assert devices.device_names(2) == ["3", "1"]
+    assert devices.claim(devices.device_names(2), 1, tmp_path) == [0]  # device 3 is free; 1 is held
     assert time.monotonic() - started < 1
