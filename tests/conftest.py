@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import copy
+import fcntl
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from helpers import synthetic_dataset, tiny_raw
+from helpers import new_dvc_repo, pipeline_raw, run_tool, synthetic_dataset, tiny_raw
 from structlth.config import parse_params
 from structlth.data import save_dataset
 
-FIRST = ("test_dvc_pipeline.py", "test_benchmarks.py", "test_interrupt.py", "test_replicate.py", "test_distributed.py")  # the longest files
+# One compute thread per test process: the xdist workers already share the cores, and a second
+# thread per worker spent about a third more CPU on the same test (test_speedup's ResNet-50 cases:
+# 84 CPU-s with two threads, 61 with one). Stages and benchmarks set their own from params.
+torch.set_num_threads(1)
+
+# the longest files (the two DVC ones share one pipeline run)
+FIRST = ("test_dvc_remote.py", "test_dvc_pipeline.py", "test_benchmarks.py", "test_distributed.py", "test_speedup.py", "test_dvc_checks.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest test files first: under `-n 2 --dist loadfile` they start at once, and the short
-    files fill the other worker, so the suite takes about as long as its longest file."""
+    """Longest test files first (pyproject's addopts keep xdist from reordering them): under
+    `--dist loadfile` they start at once and the short files fill the workers behind them."""
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))
 
@@ -36,3 +45,21 @@ def data_dir(tmp_path) -> Path:
     d = tmp_path / "data"
     save_dataset(synthetic_dataset(), d, {"dataset": "synthetic"})
     return d
+
+
+@pytest.fixture(scope="session")
+def finished_pipeline(tmp_path_factory, worker_id) -> Path:
+    """A git + DVC repo with helpers.pipeline_raw's pipeline run to the end by `dvc repro`,
+    made once per session: under xdist the first worker to ask runs it in the folder all the
+    session's workers share, and the others wait on its lock. Tests work on copies (copy_repo)."""
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared if worker_id == "master" else shared.parent
+    repo, done = shared / "pipeline" / "repo", shared / "pipeline" / "done"
+    with open(shared / "pipeline.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(repo.parent, ignore_errors=True)
+            repo.mkdir(parents=True)
+            run_tool(["dvc", "repro", "-q"], new_dvc_repo(repo, pipeline_raw()))
+            done.touch()
+    return repo

@@ -85,6 +85,11 @@ def run_tool(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+def git(repo: Path, *args: str) -> str:
+    """A git command in repo, as a committer."""
+    return run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], repo)
+
+
 def new_dvc_repo(d: Path, raw: dict) -> Path:
     """A git + DVC repo with the project's pipeline and `raw` as params.yaml, committed."""
     for item in ("dvc.yaml", "stages", "structlth", ".gitignore", ".dvcignore"):
@@ -95,9 +100,45 @@ def new_dvc_repo(d: Path, raw: dict) -> Path:
     run_tool(["dvc", "init", "-q"], d)
     run_tool(["dvc", "config", "core.analytics", "false"], d)
     shutil.copytree(ROOT / ".dvc" / "plots", d / ".dvc" / "plots")  # the plot templates dvc.yaml names
-    run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], d)
-    run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], d)
+    git(d, "add", "-A")
+    git(d, "commit", "-qm", "init")
     return d
+
+
+def pipeline_raw() -> dict:
+    """The suite's params cut to what the DVC paths need: both chains over two rounds, one
+    ticket of each kind and the baseline at the last round (every kind's code runs in the unit
+    tests; here every stage kind runs once under DVC)."""
+    raw = tiny_raw()
+    raw["prune"]["ticket_rounds"] = ["round2"]
+    raw["tickets"] = {k: raw["tickets"][k] for k in ("refill", "regroup")}
+    return raw
+
+
+# the stages of pipeline_raw's run that train (or copy the trained dense net), and that time
+TRAINING_STAGES = {
+    "pretrain",
+    *(f"{chain}@round{r}" for chain in ("imp", "imp_channel") for r in (1, 2)),
+    "ticket@refill-round2",
+    "ticket@regroup-round2",
+    "baseline_dense@tp_l1",  # a copy of the shared dense net, by training's code
+    "baseline@tp_l1-round2",
+}
+BENCH_STAGES = {"bench_chain@imp-round2", "bench_chain@imp_channel-round2", "bench_ticket@refill-round2", "bench_ticket@regroup-round2"}
+BENCH_STAGES |= {"bench_baseline@tp_l1-round2"}
+
+
+def copy_repo(src: Path, dest: Path) -> Path:
+    """A git + DVC repo copied whole (its cache and git history too): a second workspace."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def edit_params(repo: Path, fn) -> None:
+    """params.yaml of `repo` changed in place by fn(raw)."""
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    fn(raw)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def stages_changed(repo: Path) -> set[str]:

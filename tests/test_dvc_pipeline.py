@@ -1,53 +1,44 @@
 """The DVC pipeline end to end on a tiny config, in a temporary git + DVC repo.
 
 Checks what users rely on: every stage runs and writes its outputs, masks have the promised
-structure, and each kind of params edit invalidates exactly the stages that read it.
+structure, and each kind of params or code edit invalidates exactly the stages that read it.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from helpers import ObjectStore, is_block_mask, new_dvc_repo, run_tool, seaweedfs, stages_changed, stages_ran, tiny_raw, tool_env
+from helpers import (
+    BENCH_STAGES,
+    TRAINING_STAGES,
+    copy_repo,
+    edit_params,
+    git,
+    is_block_mask,
+    pipeline_raw,
+    run_tool,
+    stages_changed,
+    stages_ran,
+    tiny_raw,
+    tool_env,
+)
 from structlth.artifacts import load_tensors
 from structlth.export import is_channel_wise
-from structlth.repro import planned_stages
 
 pytestmark = pytest.mark.slow
 
 
-def pipeline_raw() -> dict:
-    """The suite's params cut to what the DVC paths need: both chains over two rounds, one
-    ticket of each kind and the baseline at the last round (every kind's code runs in the unit
-    tests; here every stage kind runs once under DVC)."""
-    raw = tiny_raw()
-    raw["prune"]["ticket_rounds"] = ["round2"]
-    raw["tickets"] = {k: raw["tickets"][k] for k in ("refill", "regroup")}
-    return raw
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    d = new_dvc_repo(tmp_path_factory.mktemp("repo"), pipeline_raw())
-    run_tool(["dvc", "repro", "-q"], d)
-    return d
-
-
-def _edit(repo: Path, fn) -> None:
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    fn(raw)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+def repo(finished_pipeline, tmp_path_factory) -> Path:
+    return copy_repo(finished_pipeline, tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 @pytest.fixture
@@ -102,32 +93,20 @@ def test_speed_is_a_dvc_metric_and_runs_compare_as_dvc_plots(repo):
     assert '"method"' in json.dumps(plots["data"]["accuracy_vs_sparsity"] if "data" in plots else plots["accuracy_vs_sparsity"])
 
 
-TRAINING = {
-    "pretrain",
-    *(f"{chain}@round{r}" for chain in ("imp", "imp_channel") for r in (1, 2)),
-    "ticket@refill-round2",
-    "ticket@regroup-round2",
-    "baseline_dense@tp_l1",  # a copy of the shared dense net, by training's code
-    "baseline@tp_l1-round2",
-}
-BENCH = {"bench_chain@imp-round2", "bench_chain@imp_channel-round2", "bench_ticket@refill-round2", "bench_ticket@regroup-round2"}
-BENCH |= {"bench_baseline@tp_l1-round2"}
 CODE_EDITS = [  # a comment appended to one library file, and the stages it must rerun
     ("structlth/pruning/sources/snip.py", set()),  # a method the pipeline does not run
     ("structlth/pruning/kinds/refill.py", {"ticket@refill-round2"}),
     ("structlth/pruning/kinds/regroup.py", {"ticket@regroup-round2"}),
     ("structlth/pruning/kinds/torch_pruning.py", {"baseline@tp_l1-round2"}),
     ("structlth/report/markdown.py", {"report"}),
-    ("structlth/speedup/slim.py", BENCH | {"report"}),  # the slim net: no training stage
-    ("structlth/train.py", TRAINING),  # every training stage, nothing upstream of them
+    ("structlth/speedup/slim.py", BENCH_STAGES | {"report"}),  # the slim net: no training stage
+    ("structlth/train.py", TRAINING_STAGES),  # every training stage, nothing upstream of them
 ]
 
 
 @pytest.fixture(scope="module")
-def code_repo(repo, tmp_path_factory) -> Path:
-    copy = tmp_path_factory.mktemp("code") / "repo"
-    shutil.copytree(repo, copy, symlinks=True)
-    return copy
+def code_repo(finished_pipeline, tmp_path_factory) -> Path:
+    return copy_repo(finished_pipeline, tmp_path_factory.mktemp("code") / "repo")
 
 
 @pytest.mark.parametrize("path, rerun", CODE_EDITS, ids=[Path(f).stem for f, _ in CODE_EDITS])
@@ -160,19 +139,19 @@ def test_appending_a_round_adds_stages_and_recomputes_nothing_earlier(pristine):
         r["prune"]["rounds"].update(round3={"prev": "round2"})
         r["prune"]["ticket_rounds"].append("round3")
 
-    _edit(pristine, append)
+    edit_params(pristine, append)
     changed = stages_changed(pristine)
     assert {s for s in changed if "round1" in s or "round2" in s} == set()
     assert {"imp@round3", "imp_channel@round3", "ticket@refill-round3"} <= changed
 
 
 def test_editing_the_rate_invalidates_the_imp_chain(pristine):
-    _edit(pristine, lambda r: r["prune"].update(rate=0.3))
+    edit_params(pristine, lambda r: r["prune"].update(rate=0.3))
     assert stages_changed(pristine) == {"check_params", "imp@round1", "imp@round2"}  # the rest follows from their outs
 
 
 def test_runtime_section_invalidates_nothing_but_the_params_check(pristine):
-    _edit(pristine, lambda r: r["runtime"].update(threads=2, device="cpu"))
+    edit_params(pristine, lambda r: r["runtime"].update(threads=2, device="cpu"))
     assert stages_changed(pristine) == {"check_params"}  # seconds; its unchanged output reruns nothing else
 
 
@@ -185,160 +164,28 @@ def test_rerun_of_a_round_gives_byte_identical_masks(repo):
     assert all(t.dtype in (torch.float32, torch.int64) for t in w.values())
 
 
-def _git(repo: Path, *args: str) -> str:
-    return run_tool(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], repo)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Iterator[ObjectStore]:
-    """The team's object store: SeaweedFS's S3 gateway on loopback, one bucket."""
-    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def published(repo, store) -> tuple[Path, ObjectStore]:
-    """The tiny repo set up as the docs say (the bucket's URL and endpoint in the committed
-    .dvc/config, credentials in the git-ignored config.local), its results committed and
-    pushed with the run cache."""
-    run_tool(["dvc", "remote", "add", "-d", "team", f"s3://{store.bucket}/cache"], repo)
-    run_tool(["dvc", "remote", "modify", "team", "endpointurl", store.endpoint], repo)
-    run_tool(["dvc", "remote", "modify", "--local", "team", "access_key_id", store.key], repo)
-    run_tool(["dvc", "remote", "modify", "--local", "team", "secret_access_key", store.secret], repo)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "results")
-    run_tool(["dvc", "push", "-q", "--run-cache"], repo)
-    return repo, store
-
-
-def _clone(repo: Path, into: Path, rev: str | None = None) -> Path:
-    run_tool(["git", "clone", "-q", str(repo), str(into)], into.parent)
-    if rev:
-        _git(into, "checkout", "-q", rev)
-    return into
-
-
-def _dvc(clone: Path, store: ObjectStore, *args: str) -> subprocess.CompletedProcess:
-    """A DVC command on a worker whose credentials are in its environment."""
-    return subprocess.run(["dvc", *args], cwd=clone, capture_output=True, text=True, env=store.env())
-
-
-def test_the_committed_config_names_the_bucket_and_never_the_credentials(published, tmp_path):
-    repo, store = published
-    committed = _git(repo, "show", "HEAD:.dvc/config")
-    assert f"s3://{store.bucket}/cache" in committed and store.endpoint in committed
-    assert store.key not in committed and store.secret not in committed
-    assert store.secret in (repo / ".dvc" / "config.local").read_text()
-    assert ".dvc/config.local" not in _git(repo, "ls-files", ".dvc")
-    clone = _clone(repo, tmp_path / "clone")  # a clone holds no credentials: with wrong ones the bucket refuses
-    wrong = {**tool_env(), "AWS_ACCESS_KEY_ID": store.key, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
-    proc = subprocess.run(["dvc", "pull"], cwd=clone, capture_output=True, text=True, env=wrong)
-    assert proc.returncode != 0 and "failed to pull" in proc.stderr and not (clone / "artifacts/pretrain/weights.safetensors").exists()
-
-
-def test_pull_into_a_fresh_clone_verifies_every_output_and_recomputes_nothing(published, tmp_path):
-    repo, store = published
-    clone = _clone(repo, tmp_path / "clone")
-    metrics = json.loads(run_tool(["dvc", "metrics", "show", "--json"], clone))  # from git alone
-    assert "reports/bench/refill/round2/speed.json" in json.dumps(metrics)
-    run_tool(["dvc", "remote", "modify", "--local", "team", "verify", "true"], clone)
-    proc = _dvc(clone, store, "pull", "-q")
-    assert proc.returncode == 0, proc.stderr
-    assert stages_changed(clone) == set()
-    verified = subprocess.run(["structlth", "verify"], cwd=clone, capture_output=True, text=True, env=tool_env())
-    checked = re.fullmatch(r"dvc.lock: (\d+) of (\d+) outputs match\n", verified.stdout)
-    assert verified.returncode == 0 and checked and checked[1] == checked[2], verified.stdout + verified.stderr
-
-
-def test_an_object_corrupted_in_the_bucket_is_refused_on_pull_and_named(published, tmp_path):
-    repo, store = published
-    target = "artifacts/imp/round1/mask.safetensors"
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    md5 = next(o["md5"] for st in lock["stages"].values() for o in st.get("outs", []) if o["path"] == target)
-    key = f"{store.bucket}/cache/files/md5/{md5[:2]}/{md5[2:]}"
-    fs = store.fs()
-    good = fs.cat(key)
-    fs.pipe(key, good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit, through the S3 API
-    try:
-        clone = _clone(repo, tmp_path / "clone")  # as the docs set a remote up: verify = true
-        run_tool(["dvc", "remote", "modify", "--local", "team", "verify", "true"], clone)
-        proc = _dvc(clone, store, "pull")
-        assert proc.returncode != 0
-        assert md5[2:] in proc.stdout + proc.stderr or target in proc.stdout + proc.stderr, proc.stderr
-        assert not (clone / target).exists(), "the corrupt object reached the workspace"
-        assert (clone / "artifacts/imp/round2/mask.safetensors").exists()  # the intact rest arrived
-
-        trusting = _clone(repo, tmp_path / "trusting")  # without verify DVC places it; structlth verify names it
-        _dvc(trusting, store, "pull", "-q")
-        proc = subprocess.run(["structlth", "verify"], cwd=trusting, capture_output=True, text=True, env=tool_env())
-        assert proc.returncode == 1 and f"{target}: content differs from dvc.lock" in proc.stderr, proc.stderr + proc.stdout
-        assert proc.stderr.count("\n") == 1  # only the corrupt file
-    finally:
-        fs.pipe(key, good)
-
-
-def test_workers_share_runs_and_experiments_through_the_bucket_and_a_git_remote(published, tmp_path):
-    """A bare git repository is the team's git remote, the bucket its DVC remote.
-    - Worker A (the repo that ran everything) runs two queued experiments in parallel and pushes them.
-    - Worker B has the params but not A's dvc.lock (the commit before A's results): the run cache
-      alone restores every stage that trains or prunes. Its experiment, one ticket edit, reruns
-      only that ticket, its bench and the report; it pushes it.
-    - An analyst pulls all three experiments and compares them."""
-    repo, store = published
-    origin = tmp_path / "origin.git"
-    run_tool(["git", "clone", "-q", "--bare", str(repo), str(origin)], tmp_path)
-    _git(repo, "remote", "add", "origin", str(origin))
+def test_queued_experiments_run_side_by_side_and_each_reruns_only_what_its_params_change(finished_pipeline, tmp_path):
+    """The grid recipe: experiments queued with -S, run by two queue workers at once."""
+    repo = copy_repo(finished_pipeline, tmp_path / "repo")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "results")  # experiments start from a commit's dvc.lock
     for tol in ("0.02", "0.5"):
         run_tool(["dvc", "exp", "run", "--queue", "-q", "-n", f"tol{tol[2:]}", "-S", f"report.tolerance={tol}"], repo)
     run_tool(["dvc", "queue", "start", "-j", "2"], repo)
     deadline = time.monotonic() + 600
     while any(s in run_tool(["dvc", "queue", "status"], repo) for s in ("Queued", "Running")):
         assert time.monotonic() < deadline, run_tool(["dvc", "queue", "status"], repo)
-        time.sleep(2)
-    assert "Failed" not in run_tool(["dvc", "queue", "status"], repo), run_tool(["dvc", "queue", "logs", "tol02"], repo)
-    assert _dvc(repo, store, "exp", "push", "origin", "tol02", "tol5").returncode == 0
-
-    b = _clone(origin, tmp_path / "b", "HEAD~1")
-    assert not (b / "dvc.lock").exists()
-    (b / ".dvc" / "config").write_text((repo / ".dvc" / "config").read_text())  # the team's remote
-    out = _dvc(b, store, "repro", "--pull")  # no dvc.lock to pull by: the run cache, and each stage's outputs from it
-    assert out.returncode == 0, out.stderr
-    # nothing trains; the code stage (its output persists), the benches (their speed.json is a
-    # metric kept in git, which the run cache does not carry) and the report (in git too) run
-    assert stages_ran(out.stdout) == {"code", "report"} | BENCH, out.stdout
-    restored = {line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Stage '") and "is cached" in line}
-    assert TRAINING | {"check_params", "prepare", "round0@imp", "round0@imp_channel", "match@tp_l1"} == restored
-    assert stages_changed(b) == set()
-    _edit(b, lambda r: r["tickets"]["regroup"].update(rows_per_part=2))
-    # the code and match stages read the ticket entries (in a second, to the same files); no
-    # baseline reruns: tp_l1 depends on the FLOPs of refill, the ticket it matches, alone
-    assert stages_changed(b) == {"code", "check_params", "match@tp_l1", "ticket@regroup-round2", "report"}
-    plan = planned_stages(b)  # what `structlth repro` counts as "stage k of N"
-    ran = _dvc(b, store, "exp", "run", "-n", "narrow")
-    assert ran.returncode == 0, ran.stderr
-    assert stages_ran(ran.stdout) <= set(plan)
-    assert stages_ran(ran.stdout) == {
-        "code",
-        "check_params",
-        "match@tp_l1",
-        "ticket@regroup-round2",
-        "bench_ticket@regroup-round2",
-        "report",
-    }
-    assert _dvc(b, store, "exp", "push", "origin", "narrow").returncode == 0
-
-    analyst = _clone(origin, tmp_path / "analyst")
-    pulled = _dvc(analyst, store, "exp", "pull", "origin", "tol02", "tol5", "narrow")
-    assert pulled.returncode == 0, pulled.stderr
-    shown = _dvc(analyst, store, "exp", "show", "--all-commits", "--json").stdout
-    assert all(f'"{name}"' in shown for name in ("tol02", "tol5", "narrow")) and "speed.json" in shown
-    diff = _dvc(analyst, store, "metrics", "diff", "tol02", "narrow", "--json")
-    assert diff.returncode == 0 and "reports/bench/regroup/round2/speed.json" in diff.stdout, diff.stdout + diff.stderr
+        time.sleep(1)
+    status = run_tool(["dvc", "queue", "status"], repo)
+    assert status.count("Success") == 2, status + run_tool(["dvc", "queue", "logs", "tol02"], repo)
+    for name in ("tol02", "tol5"):  # the report reads the tolerance; the params check reads params.yaml
+        assert stages_ran(run_tool(["dvc", "queue", "logs", name], repo)) == {"check_params", "report"}
+    shown = json.loads(run_tool(["dvc", "exp", "show", "--json"], repo))
+    assert {e["name"] for entry in shown for e in entry.get("experiments") or []} == {"tol02", "tol5"}, shown
 
 
 def test_a_rejected_params_edit_deletes_no_output(repo, tmp_path):
-    copy = tmp_path / "repo"
-    shutil.copytree(repo, copy, symlinks=True)
+    copy = copy_repo(repo, tmp_path / "repo")
     kept = ["artifacts/pretrain/metrics.json", "artifacts/pretrain/curve.json", "reports/headline.json", "reports/masks.png"]
     before = {f: (copy / f).read_bytes() for f in kept}
     for edit, message in [
@@ -346,7 +193,7 @@ def test_a_rejected_params_edit_deletes_no_output(repo, tmp_path):
         (lambda r: r["report"].update(mask_layer="features.99.weight"), "report.mask_layer: 'features.99.weight' is not a prunable layer"),
     ]:
         pristine = (copy / "params.yaml").read_text()
-        _edit(copy, edit)
+        edit_params(copy, edit)
         proc = subprocess.run(["dvc", "repro"], cwd=copy, capture_output=True, text=True, env=tool_env())
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout, proc.stderr
         assert {f: (copy / f).read_bytes() for f in kept} == before
