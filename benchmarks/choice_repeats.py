@@ -66,6 +66,7 @@ def audited(build: Callable[[], object]) -> list[dict]:
 
 def run(smoke: bool = False) -> dict:
     builds, audits = (1, 1) if smoke else (BUILDS, AUDITS)
+    choices = CHOICES[-1:] if smoke else CHOICES  # smoke: the bench's own choice rule
     ws = workspace()
     params, ds, x, dense, fmt = ws.params, ws.ds, ws.x, ws.dense, ws.fmt
     rnd = params.prune.ticket_rounds[len(params.prune.ticket_rounds) // 2]
@@ -78,7 +79,7 @@ def run(smoke: bool = False) -> dict:
             xr = x.contiguous(memory_format=run_fmt)
             d = in_runtime(runtime, dense.to(memory_format=run_fmt), xr, params.bench.threads)
             for _ in range(builds):
-                for repeats, alpha in CHOICES:  # interleaved, so a drift in the machine's speed meets all alike
+                for repeats, alpha in choices:  # interleaved, so a drift in the machine's speed meets all alike
                     probe = choice.Probe(xr, run_fmt, repeats, 1, runtime, params.bench.threads, alpha)
                     t0 = time.perf_counter()
                     fast = choice.fast_models(params.structure_of(method), model.eval(), masks, ds.in_channels, probe)["slim+blocks"]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT
+from helpers import ROOT, synthetic_dataset, tiny_raw
+from structlth.data import save_dataset
 
 
 def _cmd(data_dir: Path, out: str, checkpoint: str | None) -> list[str]:
@@ -43,10 +44,25 @@ def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, folder: Path, sig: i
     return proc.returncode, err
 
 
+def _six_epochs(raw_params: dict) -> dict:
+    return {**raw_params, "train": {**raw_params["train"], "epochs": 6, "rewind_epoch": 1}}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    """The synthetic data, and the pretrain's outputs from one uninterrupted run on it."""
+    d = tmp_path_factory.mktemp("reference")
+    save_dataset(synthetic_dataset(), d / "data", {"dataset": "synthetic"})
+    (d / "params.yaml").write_text(yaml.safe_dump(_six_epochs(tiny_raw())))
+    clean = subprocess.run(_cmd(d / "data", "pretrain", None), cwd=d, capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    return d / "data", d / "pretrain"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
-def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_path, raw_params, data_dir, sig):
-    raw_params["train"].update(epochs=6, rewind_epoch=1)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
+def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_path, raw_params, reference, sig):
+    data_dir, uninterrupted = reference
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_six_epochs(raw_params)))
     folder = tmp_path / "checkpoints"
     cmd = _cmd(data_dir, "artifacts/pretrain", "checkpoints/pretrain.safetensors")
 
@@ -68,11 +84,8 @@ def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_pat
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     assert not _checkpoints(folder), "a finished stage removes its checkpoint"
-
-    clean = subprocess.run(_cmd(data_dir, "reference", None), cwd=tmp_path, capture_output=True, text=True)
-    assert clean.returncode == 0, clean.stderr
     for name in ("weights.safetensors", "rewind.safetensors", "mask.safetensors", "metrics.json"):
-        assert (tmp_path / "artifacts" / "pretrain" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+        assert (tmp_path / "artifacts" / "pretrain" / name).read_bytes() == (uninterrupted / name).read_bytes(), name
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
