@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,25 +45,24 @@ def _kill_after_first_checkpoint(cmd: list[str], cwd: Path, folder: Path, sig: i
     return proc.returncode, err
 
 
-def _six_epochs(raw_params: dict) -> dict:
-    return {**raw_params, "train": {**raw_params["train"], "epochs": 6, "rewind_epoch": 1}}
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, Path]:
-    """The synthetic data, and the pretrain's outputs from one uninterrupted run on it."""
+def reference(tmp_path_factory) -> Path:
+    """A folder with the synthetic data (data/), params.yaml (six epochs, rewound to epoch 1) and
+    the pretrain's outputs from one uninterrupted run of them (pretrain/)."""
     d = tmp_path_factory.mktemp("reference")
     save_dataset(synthetic_dataset(), d / "data", {"dataset": "synthetic"})
-    (d / "params.yaml").write_text(yaml.safe_dump(_six_epochs(tiny_raw())))
+    raw = tiny_raw()
+    raw["train"].update(epochs=6, rewind_epoch=1)
+    (d / "params.yaml").write_text(yaml.safe_dump(raw))
     clean = subprocess.run(_cmd(d / "data", "pretrain", None), cwd=d, capture_output=True, text=True)
     assert clean.returncode == 0, clean.stderr
-    return d / "data", d / "pretrain"
+    return d
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
-def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_path, raw_params, reference, sig):
-    data_dir, uninterrupted = reference
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_six_epochs(raw_params)))
+def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_path, reference, sig):
+    shutil.copy(reference / "params.yaml", tmp_path)  # the reference run's params and data
+    data_dir = reference / "data"
     folder = tmp_path / "checkpoints"
     cmd = _cmd(data_dir, "artifacts/pretrain", "checkpoints/pretrain.safetensors")
 
@@ -85,7 +85,7 @@ def test_killed_stage_leaves_no_outputs_and_resumes_to_identical_weights(tmp_pat
     assert "resuming from" in resumed.stderr
     assert not _checkpoints(folder), "a finished stage removes its checkpoint"
     for name in ("weights.safetensors", "rewind.safetensors", "mask.safetensors", "metrics.json"):
-        assert (tmp_path / "artifacts" / "pretrain" / name).read_bytes() == (uninterrupted / name).read_bytes(), name
+        assert (tmp_path / "artifacts" / "pretrain" / name).read_bytes() == (reference / "pretrain" / name).read_bytes(), name
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
