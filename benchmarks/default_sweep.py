@@ -135,7 +135,7 @@ def _candidate(name: str, params, data_dir: Path, work: Path) -> dict:
 SMOKE = {  # --smoke: one tiny candidate on a few hundred images
     "candidates": {"resnet20_w0.25_e1": ({"arch": "resnet20", "width": 0.25}, {"epochs": 1, "rewind_epoch": 0})},
     "data": {"val_size": 64, "train_subset": 128, "test_subset": 128, "eval_batch_size": 128},
-    "bench": {"batch_sizes": [4], "repeats": 2, "choice_repeats": 3},
+    "bench": {"batch_sizes": [4], "repeats": 2, "choice_repeats": 1, "onnxruntime": False},
     "tickets": ("refill", "regroup"),
 }
 

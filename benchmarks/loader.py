@@ -31,7 +31,7 @@ WORKERS = (0, 1, 2, 4)
 SCALES = (1, 32, 1024)  # dataset size = scale x the generated tree's train images (up to 409,600)
 
 
-SMOKE = {"classes": 2, "per_class": 4, "batches": 2, "batch": 2, "workers": (0, 1), "scales": (1, 2), "train": ("resnet18", 2, 64)}
+SMOKE = {"classes": 2, "per_class": 4, "batches": 2, "batch": 2, "workers": (0, 1), "scales": (1,), "train": ("resnet18", 2, 64)}
 
 
 def _index(tree: Path, out: Path, scale: int) -> Path:

@@ -30,7 +30,7 @@ def run(smoke: bool = False) -> dict:
     imp = magnitude_prune(w, ones_masks(model), 1 - density)
     x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     bench = BenchParams(batch_sizes=[batch], repeats=repeats, blocks=1, warmup=3)
-    bench = bench.model_copy(update={"choice_repeats": 3}) if smoke else bench
+    bench = bench.model_copy(update={"choice_repeats": 1, "onnxruntime": False}) if smoke else bench  # smoke: the PyTorch row it reads
     baseline = dense_baseline(model, x, bench)
     variants = {("refill", 0, 8): ("channel", refill_masks(imp, weight_scores("magnitude", w, imp), 0.0, "ceil", 8))}
     for rpp in parts:

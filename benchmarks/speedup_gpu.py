@@ -14,7 +14,7 @@ import copy
 import torch
 
 from benchmarks.common import randomise_bn, ticket_of
-from benchmarks.speedup_scale import CASES, tickets
+from benchmarks.speedup_scale import CASES, METHODS, SMOKE, tickets
 from structlth.config import BenchParams
 from structlth.masks import layer_effective_flops
 from structlth.models import build_model
@@ -36,7 +36,7 @@ def run(
     smoke: bool = False, device: str = "cuda", cases: list[tuple[str, float]] = CASES, batches: list[int] = BATCHES, image: int = 32
 ) -> dict:
     """Rows per (case, ticket, batch) and per-layer rows at the largest batch; image: input side.
-    smoke: a small ResNet on the CPU in fp32, a few pairs (does the path run?)."""
+    smoke: a small ResNet on the CPU in fp32, two of its tickets, a few pairs (does the path run?)."""
     if smoke:
         device, cases, batches, image = "cpu", [("resnet20", 0.4)], [2], 16
     repeats, warmup = (2, 1) if smoke else (REPEATS, WARMUP)
@@ -52,7 +52,7 @@ def run(
         model = build_model(arch, 10, 3, 1.0).eval()
         randomise_bn(model)
         dense = _on(fold_bn(model), dev, dtype)
-        for method, (structure, masks) in tickets(model, density).items():
+        for method, (structure, masks) in tickets(model, density, SMOKE["methods"] if smoke else METHODS).items():
             ticket, metrics = ticket_of(model, masks, (1, 3, image, image))
             ref = _on(masked_reference(ticket, masks, 3), dev, torch.float32)  # verification runs in fp32
             for b in batches:

@@ -37,22 +37,29 @@ SMOKE = {
 REGROUP = {"rows_per_part": 32, "min_rows": 8, "granularity": "channel"}
 
 
-def tickets(model: nn.Module, density: float) -> dict[str, tuple[str, dict]]:
+METHODS = ("refill", "regroup_budget", "regroup_density", "regroup_disjoint")
+
+
+def tickets(model: nn.Module, density: float, methods: tuple[str, ...] = METHODS) -> dict[str, tuple[str, dict]]:
+    """{method: (structure, masks)} for each of `methods`, made from the global magnitude masks
+    of model at `density` (imp's engines, masked dense and CSR, are left out: CSR runs 10-30x
+    slower than dense here)."""
     weights = dict(model.named_parameters())
     imp = magnitude_prune(weights, ones_masks(model), 1 - density)
-    return {  # imp's engines (masked dense, CSR) are left out: CSR runs 10-30x slower than dense here
-        "refill": ("channel", refill_masks(imp, weight_scores("magnitude", weights, imp), 0.0)),
-        "regroup_budget": ("group", regroup_layers(imp, column_rule="budget", **REGROUP)),
-        "regroup_density": ("group", regroup_layers(imp, column_rule="density", t2=0.5, b2=2, **REGROUP)),
-        "regroup_disjoint": ("group", regroup_layers(imp, inputs="disjoint", **REGROUP)),
+    make = {
+        "refill": lambda: ("channel", refill_masks(imp, weight_scores("magnitude", weights, imp), 0.0)),
+        "regroup_budget": lambda: ("group", regroup_layers(imp, column_rule="budget", **REGROUP)),
+        "regroup_density": lambda: ("group", regroup_layers(imp, column_rule="density", t2=0.5, b2=2, **REGROUP)),
+        "regroup_disjoint": lambda: ("group", regroup_layers(imp, inputs="disjoint", **REGROUP)),
     }
+    return {m: make[m]() for m in methods}
 
 
 def run(smoke: bool = False) -> dict:
     cases, batches, repeats, blocks = (SMOKE[k] for k in ("cases", "batches", "repeats", "blocks")) if smoke else (CASES, BATCHES, 4, 3)
     width = SMOKE["width"] if smoke else 1.0
     bench = BenchParams(batch_sizes=batches, repeats=repeats, blocks=blocks, warmup=2, threads=2)  # 12 pairs a row
-    bench = bench.model_copy(update={"choice_repeats": 3}) if smoke else bench  # a smoke run's choices: a few pairs
+    bench = bench.model_copy(update={"choice_repeats": 1}) if smoke else bench  # a smoke run's choices: one pair each
     x = torch.randn(max(batches), 3, 32, 32, generator=torch.Generator().manual_seed(0))
     rows, layers = [], []
     for arch, density in cases:
@@ -60,9 +67,7 @@ def run(smoke: bool = False) -> dict:
         model = build_model(arch, 10, 3, width).eval()
         randomise_bn(model)
         baseline = dense_baseline(model, x, bench)
-        for method, (structure, masks) in tickets(model, density).items():
-            if smoke and method not in SMOKE["methods"]:
-                continue
+        for method, (structure, masks) in tickets(model, density, SMOKE["methods"] if smoke else METHODS).items():
             m, metrics = ticket_of(model, masks, (1, 3, 32, 32))
             out, lay = bench_ticket(method, structure, m, masks, metrics, x, bench, layers=True, baseline=baseline)
             case = {"arch": arch, "source_density": density}
