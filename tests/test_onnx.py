@@ -100,7 +100,14 @@ def test_bench_times_onnxruntime_beside_pytorch_for_exportable_engines():
     m, masks = _ticket("imp")
     metrics = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
     rows, layers = bench_ticket(
-        "imp", "unstructured", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0), layers=True
+        "imp",
+        "unstructured",
+        m,
+        masks,
+        metrics,
+        torch.randn(2, 1, 28, 28),
+        BenchParams(batch_sizes=[2], repeats=1, warmup=0, choice_repeats=1),
+        layers=True,
     )
     assert {(r["runtime"], r["engine"]) for r in rows} == {("torch", "masked_dense"), ("torch", "csr"), ("onnxruntime", "masked_dense")}
     assert {r["runtime"] for r in layers} == {"torch"}  # csr's per-layer rows: PyTorch only
@@ -111,7 +118,7 @@ def test_bench_times_onnxruntime_beside_pytorch_for_exportable_engines():
         masks,
         metrics,
         torch.randn(2, 1, 28, 28),
-        BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False),
+        BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False, choice_repeats=1),
         layers=False,
     )[0]
     assert {r["runtime"] for r in off} == {"torch"}
@@ -136,6 +143,13 @@ def test_engines_for_onnxruntime_are_chosen_by_timings_in_onnxruntime(monkeypatc
     monkeypatch.setattr(choice, "time_pair", record)
     metrics = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
     bench_ticket(
-        "regroup", "group", m, masks, metrics, torch.randn(2, 1, 28, 28), BenchParams(batch_sizes=[2], repeats=1, warmup=0), layers=False
+        "regroup",
+        "group",
+        m,
+        masks,
+        metrics,
+        torch.randn(2, 1, 28, 28),
+        BenchParams(batch_sizes=[2], repeats=1, warmup=0, choice_repeats=1),
+        layers=False,
     )
     assert set(timed) == {(False, False), (True, True)}  # alignment and engines: each runtime's own timings
