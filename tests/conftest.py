@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import os
 import shutil
 from pathlib import Path
 
@@ -48,12 +49,12 @@ def data_dir(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def finished_pipeline(tmp_path_factory, worker_id) -> Path:
+def finished_pipeline(tmp_path_factory) -> Path:
     """A git + DVC repo with helpers.pipeline_raw's pipeline run to the end by `dvc repro`,
     made once per session: under xdist the first worker to ask runs it in the folder all the
     session's workers share, and the others wait on its lock. Tests work on copies (copy_repo)."""
     shared = tmp_path_factory.getbasetemp()
-    shared = shared if worker_id == "master" else shared.parent
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared  # (-n 0 and -p no:xdist: one process)
     repo, done = shared / "pipeline" / "repo", shared / "pipeline" / "done"
     with open(shared / "pipeline.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
