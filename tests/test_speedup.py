@@ -235,7 +235,7 @@ def test_every_preset_architecture_goes_through_the_bench_path(arch, kind):
     if kind == "imp_channel":
         masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.5)
     if kind == "regroup":
-        # 64 rows per part (the default's) and the pipeline's pin budget: blocks in every layer, partitioned in seconds
+        # 64 rows per part (the default's) and the pipeline's pin budget: blocks in every layer it regroups, in seconds
         masks = {
             n: regroup(v, parts=parts_for(v.shape[0], 64), min_rows=4, t2=0.3, b2=2, granularity="channel", max_pins=50_000)
             if v.shape[0] <= 128  # wider layers stay unstructured: the dense engine's path, at a fraction of the partitioning
