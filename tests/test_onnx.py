@@ -96,30 +96,18 @@ def test_export_onnx_refuses_unstructured_tickets_and_a_file_as_folder(tmp_path)
         export_onnx("channel", *_ticket("refill"), ARCH, torch.randn(2, 1, 28, 28), tmp_path / "f", 1e-3)
 
 
+# a bench of a few pairs, each choice timed on one (these check rows and runtimes, not speed)
+BENCH = BenchParams(batch_sizes=[2], repeats=1, warmup=0, choice_repeats=1)
+METRICS = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
+
+
 def test_bench_times_onnxruntime_beside_pytorch_for_exportable_engines():
     m, masks = _ticket("imp")
-    metrics = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
-    rows, layers = bench_ticket(
-        "imp",
-        "unstructured",
-        m,
-        masks,
-        metrics,
-        torch.randn(2, 1, 28, 28),
-        BenchParams(batch_sizes=[2], repeats=1, warmup=0, choice_repeats=1),
-        layers=True,
-    )
+    rows, layers = bench_ticket("imp", "unstructured", m, masks, METRICS, torch.randn(2, 1, 28, 28), BENCH, layers=True)
     assert {(r["runtime"], r["engine"]) for r in rows} == {("torch", "masked_dense"), ("torch", "csr"), ("onnxruntime", "masked_dense")}
     assert {r["runtime"] for r in layers} == {"torch"}  # csr's per-layer rows: PyTorch only
     off = bench_ticket(
-        "imp",
-        "unstructured",
-        m,
-        masks,
-        metrics,
-        torch.randn(2, 1, 28, 28),
-        BenchParams(batch_sizes=[2], repeats=1, warmup=0, onnxruntime=False, choice_repeats=1),
-        layers=False,
+        "imp", "unstructured", m, masks, METRICS, torch.randn(2, 1, 28, 28), BENCH.model_copy(update={"onnxruntime": False}), layers=False
     )[0]
     assert {r["runtime"] for r in off} == {"torch"}
 
@@ -141,15 +129,5 @@ def test_engines_for_onnxruntime_are_chosen_by_timings_in_onnxruntime(monkeypatc
 
     m, masks = _ticket("regroup")
     monkeypatch.setattr(choice, "time_pair", record)
-    metrics = {"flops": 1, "flops_dense": 4, "params_kept": 10, "sparsity": 0.6, "test_acc": 0.9}
-    bench_ticket(
-        "regroup",
-        "group",
-        m,
-        masks,
-        metrics,
-        torch.randn(2, 1, 28, 28),
-        BenchParams(batch_sizes=[2], repeats=1, warmup=0, choice_repeats=1),
-        layers=False,
-    )
+    bench_ticket("regroup", "group", m, masks, METRICS, torch.randn(2, 1, 28, 28), BENCH, layers=False)
     assert set(timed) == {(False, False), (True, True)}  # alignment and engines: each runtime's own timings
