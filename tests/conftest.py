@@ -15,10 +15,13 @@ from helpers import new_dvc_repo, pipeline_raw, run_tool, synthetic_dataset, tin
 from structlth.config import parse_params
 from structlth.data import save_dataset
 
-# One compute thread per test process: the xdist workers already share the cores, and a second
-# thread per worker spent about a third more CPU on the same test (test_speedup's ResNet-50 cases:
-# 84 CPU-s with two threads, 61 with one). Stages and benchmarks set their own from params.
+# One compute thread per test process and per process a test starts: the xdist workers already
+# share the cores, and a second thread spins while it waits for the busy cores (test_speedup's
+# ResNet-50 cases: 84 CPU-s with two threads, 61 with one; the method probe of test_codedeps, in
+# a subprocess, 10.2 CPU-s with two threads beside two busy cores, 5.5 with one). Stages and
+# benchmarks set their own from params.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 # the longest files (the two DVC ones share one pipeline run)
 FIRST = ("test_dvc_remote.py", "test_dvc_pipeline.py", "test_benchmarks.py", "test_distributed.py", "test_speedup.py", "test_dvc_checks.py")
