@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from helpers import (
     TRAINING_STAGES,
     copy_repo,
     edit_params,
-    git,
     is_block_mask,
     pipeline_raw,
     run_tool,
@@ -164,26 +162,6 @@ def test_rerun_of_a_round_gives_byte_identical_masks(repo):
     assert mask.read_bytes() == before
     w = load_tensors(repo / "artifacts" / "imp" / "round1" / "weights.safetensors")[0]
     assert all(t.dtype in (torch.float32, torch.int64) for t in w.values())
-
-
-def test_queued_experiments_run_side_by_side_and_each_reruns_only_what_its_params_change(finished_pipeline, tmp_path):
-    """The grid recipe: experiments queued with -S, run by two queue workers at once."""
-    repo = copy_repo(finished_pipeline, tmp_path / "repo")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "results")  # experiments start from a commit's dvc.lock
-    for tol in ("0.02", "0.5"):
-        run_tool(["dvc", "exp", "run", "--queue", "-q", "-n", f"tol{tol[2:]}", "-S", f"report.tolerance={tol}"], repo)
-    run_tool(["dvc", "queue", "start", "-j", "2"], repo)
-    deadline = time.monotonic() + 600
-    while any(s in run_tool(["dvc", "queue", "status"], repo) for s in ("Queued", "Running")):
-        assert time.monotonic() < deadline, run_tool(["dvc", "queue", "status"], repo)
-        time.sleep(1)
-    status = run_tool(["dvc", "queue", "status"], repo)
-    assert status.count("Success") == 2, status + run_tool(["dvc", "queue", "logs", "tol02"], repo)
-    for name in ("tol02", "tol5"):  # the report reads the tolerance; the params check reads params.yaml
-        assert stages_ran(run_tool(["dvc", "queue", "logs", name], repo)) == {"check_params", "report"}
-    shown = json.loads(run_tool(["dvc", "exp", "show", "--json"], repo))
-    assert {e["name"] for entry in shown for e in entry.get("experiments") or []} == {"tol02", "tol5"}, shown
 
 
 def test_a_rejected_params_edit_deletes_no_output(repo, tmp_path):

@@ -3,7 +3,8 @@ repository as the git remote, shared by workers and an analyst, on the tiny pipe
 
 Checks what a team relies on: credentials stay out of the committed config, a fresh clone pulls
 every output verified, a corrupt object never reaches a workspace, the run cache spares another
-worker every training stage, and experiments from several workers meet in one `dvc exp show`.
+worker every training stage, a worker's slice of a grid runs through the queue two experiments at
+a time, and experiments from several workers meet in one `dvc exp show`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,19 +126,35 @@ def test_an_object_corrupted_in_the_bucket_is_refused_on_pull_and_named(publishe
         fs.pipe(key, good)
 
 
+def _run_queue(repo: Path, store: ObjectStore, grid: dict[str, str], workers: int) -> None:
+    """The grid (experiment name -> one `-S` override) queued and run by `workers` queue workers at once."""
+    for name, override in grid.items():
+        assert _dvc(repo, store, "exp", "run", "--queue", "-q", "-n", name, "-S", override).returncode == 0
+    assert _dvc(repo, store, "queue", "start", "-j", str(workers)).returncode == 0
+    deadline = time.monotonic() + 600
+    while any(s in (status := _dvc(repo, store, "queue", "status").stdout) for s in ("Queued", "Running")):
+        assert time.monotonic() < deadline, status
+        time.sleep(1)
+    assert status.count("Success") == len(grid), status + "".join(_dvc(repo, store, "queue", "logs", n).stdout for n in grid)
+
+
 def test_workers_share_runs_and_experiments_through_the_bucket_and_a_git_remote(published, tmp_path):
     """A bare git repository is the team's git remote, the bucket its DVC remote.
-    - Worker A (the repo that ran everything) runs an experiment and pushes it.
+    - Worker A (the repo that ran everything) runs its slice of a grid through the queue, two
+      experiments side by side, each rerunning only what its params change, and pushes them.
     - Worker B has the params but not A's dvc.lock (the commit before A's results): the run cache
       alone restores every stage that trains or prunes. Its experiment, one ticket edit, reruns
       only that ticket, its bench and the report; it pushes it.
-    - An analyst pulls both experiments and compares them."""
+    - An analyst pulls every experiment and compares them."""
     repo, store = published
     origin = tmp_path / "origin.git"
     run_tool(["git", "clone", "-q", "--bare", str(repo), str(origin)], tmp_path)
     git(repo, "remote", "add", "origin", str(origin))
-    assert stages_ran(_dvc(repo, store, "exp", "run", "-n", "tol5", "-S", "report.tolerance=0.5").stdout) == {"check_params", "report"}
-    assert _dvc(repo, store, "exp", "push", "origin", "tol5").returncode == 0
+    grid = {"tol02": "report.tolerance=0.02", "tol5": "report.tolerance=0.5"}
+    _run_queue(repo, store, grid, workers=2)
+    for name in grid:  # the report reads the tolerance; the params check reads params.yaml
+        assert stages_ran(_dvc(repo, store, "queue", "logs", name).stdout) == {"check_params", "report"}
+    assert _dvc(repo, store, "exp", "push", "origin", *grid).returncode == 0
 
     b = _clone(origin, tmp_path / "b", "HEAD~1")
     assert not (b / "dvc.lock").exists()
@@ -168,9 +186,9 @@ def test_workers_share_runs_and_experiments_through_the_bucket_and_a_git_remote(
     assert _dvc(b, store, "exp", "push", "origin", "narrow").returncode == 0
 
     analyst = _clone(origin, tmp_path / "analyst")
-    pulled = _dvc(analyst, store, "exp", "pull", "origin", "tol5", "narrow")
+    pulled = _dvc(analyst, store, "exp", "pull", "origin", *grid, "narrow")
     assert pulled.returncode == 0, pulled.stderr
     shown = _dvc(analyst, store, "exp", "show", "--all-commits", "--json").stdout
-    assert all(f'"{name}"' in shown for name in ("tol5", "narrow")) and "speed.json" in shown
+    assert all(f'"{name}"' in shown for name in (*grid, "narrow")) and "speed.json" in shown
     diff = _dvc(analyst, store, "metrics", "diff", "tol5", "narrow", "--json")
     assert diff.returncode == 0 and "reports/bench/regroup/round2/speed.json" in diff.stdout, diff.stdout + diff.stderr
