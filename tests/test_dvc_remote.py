@@ -85,45 +85,8 @@ def test_the_committed_config_names_the_bucket_and_never_the_credentials(publish
     assert proc.returncode != 0 and "failed to pull" in proc.stderr and not (clone / "artifacts/pretrain/weights.safetensors").exists()
 
 
-def test_pull_into_a_fresh_clone_verifies_every_output_and_recomputes_nothing(published, tmp_path):
-    repo, store = published
-    clone = _clone(repo, tmp_path / "clone")
-    metrics = json.loads(run_tool(["dvc", "metrics", "show", "--json"], clone))  # from git alone
-    assert "reports/bench/refill/round2/speed.json" in json.dumps(metrics)
-    run_tool(["dvc", "remote", "modify", "--local", "team", "verify", "true"], clone)
-    proc = _dvc(clone, store, "pull", "-q")
-    assert proc.returncode == 0, proc.stderr
-    assert stages_changed(clone) == set()
-    verified = subprocess.run(["structlth", "verify"], cwd=clone, capture_output=True, text=True, env=tool_env())
-    checked = re.fullmatch(r"dvc.lock: (\d+) of (\d+) outputs match\n", verified.stdout)
-    assert verified.returncode == 0 and checked and checked[1] == checked[2], verified.stdout + verified.stderr
-
-
-def test_an_object_corrupted_in_the_bucket_is_refused_on_pull_and_named(published, tmp_path):
-    repo, store = published
-    target = "artifacts/imp/round1/mask.safetensors"
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    md5 = next(o["md5"] for st in lock["stages"].values() for o in st.get("outs", []) if o["path"] == target)
-    key = f"{store.bucket}/cache/files/md5/{md5[:2]}/{md5[2:]}"
-    fs = store.fs()
-    good = fs.cat(key)
-    fs.pipe(key, good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit, through the S3 API
-    try:
-        clone = _clone(repo, tmp_path / "clone")  # as the docs set a remote up: verify = true
-        run_tool(["dvc", "remote", "modify", "--local", "team", "verify", "true"], clone)
-        proc = _dvc(clone, store, "pull")
-        assert proc.returncode != 0
-        assert md5[2:] in proc.stdout + proc.stderr or target in proc.stdout + proc.stderr, proc.stderr
-        assert not (clone / target).exists(), "the corrupt object reached the workspace"
-        assert (clone / "artifacts/imp/round2/mask.safetensors").exists()  # the intact rest arrived
-
-        trusting = _clone(repo, tmp_path / "trusting")  # without verify DVC places it; structlth verify names it
-        _dvc(trusting, store, "pull", "-q")
-        proc = subprocess.run(["structlth", "verify"], cwd=trusting, capture_output=True, text=True, env=tool_env())
-        assert proc.returncode == 1 and f"{target}: content differs from dvc.lock" in proc.stderr, proc.stderr + proc.stdout
-        assert proc.stderr.count("\n") == 1  # only the corrupt file
-    finally:
-        fs.pipe(key, good)
+# The longest test comes second: xdist hands a worker its next test file once two tests of its
+# current one are left, and the file after this one should not wait behind the longest.
 
 
 def _run_queue(repo: Path, store: ObjectStore, grid: dict[str, str], workers: int) -> None:
@@ -192,3 +155,44 @@ def test_workers_share_runs_and_experiments_through_the_bucket_and_a_git_remote(
     assert all(f'"{name}"' in shown for name in (*grid, "narrow")) and "speed.json" in shown
     diff = _dvc(analyst, store, "metrics", "diff", "tol5", "narrow", "--json")
     assert diff.returncode == 0 and "reports/bench/regroup/round2/speed.json" in diff.stdout, diff.stdout + diff.stderr
+
+
+def test_pull_into_a_fresh_clone_verifies_every_output_and_recomputes_nothing(published, tmp_path):
+    repo, store = published
+    clone = _clone(repo, tmp_path / "clone")
+    metrics = json.loads(run_tool(["dvc", "metrics", "show", "--json"], clone))  # from git alone
+    assert "reports/bench/refill/round2/speed.json" in json.dumps(metrics)
+    run_tool(["dvc", "remote", "modify", "--local", "team", "verify", "true"], clone)
+    proc = _dvc(clone, store, "pull", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert stages_changed(clone) == set()
+    verified = subprocess.run(["structlth", "verify"], cwd=clone, capture_output=True, text=True, env=tool_env())
+    checked = re.fullmatch(r"dvc.lock: (\d+) of (\d+) outputs match\n", verified.stdout)
+    assert verified.returncode == 0 and checked and checked[1] == checked[2], verified.stdout + verified.stderr
+
+
+def test_an_object_corrupted_in_the_bucket_is_refused_on_pull_and_named(published, tmp_path):
+    repo, store = published
+    target = "artifacts/imp/round1/mask.safetensors"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    md5 = next(o["md5"] for st in lock["stages"].values() for o in st.get("outs", []) if o["path"] == target)
+    key = f"{store.bucket}/cache/files/md5/{md5[:2]}/{md5[2:]}"
+    fs = store.fs()
+    good = fs.cat(key)
+    fs.pipe(key, good[:-1] + bytes([good[-1] ^ 1]))  # one flipped bit, through the S3 API
+    try:
+        clone = _clone(repo, tmp_path / "clone")  # as the docs set a remote up: verify = true
+        run_tool(["dvc", "remote", "modify", "--local", "team", "verify", "true"], clone)
+        proc = _dvc(clone, store, "pull")
+        assert proc.returncode != 0
+        assert md5[2:] in proc.stdout + proc.stderr or target in proc.stdout + proc.stderr, proc.stderr
+        assert not (clone / target).exists(), "the corrupt object reached the workspace"
+        assert (clone / "artifacts/imp/round2/mask.safetensors").exists()  # the intact rest arrived
+
+        trusting = _clone(repo, tmp_path / "trusting")  # without verify DVC places it; structlth verify names it
+        _dvc(trusting, store, "pull", "-q")
+        proc = subprocess.run(["structlth", "verify"], cwd=trusting, capture_output=True, text=True, env=tool_env())
+        assert proc.returncode == 1 and f"{target}: content differs from dvc.lock" in proc.stderr, proc.stderr + proc.stdout
+        assert proc.stderr.count("\n") == 1  # only the corrupt file
+    finally:
+        fs.pipe(key, good)
