@@ -226,8 +226,9 @@ def _preset_net(arch: str) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return m, magnitude_prune(dict(m.named_parameters()), ones_masks(m), 0.6)
 
 
-def _alignments_in_turn(model: nn.Module, masks, in_channels: int, probe: Probe) -> dict[str, int]:
-    """net_alignment's place: each plain conv padded to the next of ALIGNS, in module order."""
+def _alignments_in_turn(model: nn.Module, *_) -> dict[str, int]:
+    """Each plain conv padded to the next of ALIGNS, in module order (net_alignment's arguments
+    accepted, so it can stand in for it)."""
     plain = [n for n, mod in _convs(model).items() if mod.groups == 1]
     return {n: ALIGNS[i % len(ALIGNS)] for i, n in enumerate(plain)}
 
@@ -407,7 +408,7 @@ def test_per_layer_alignment_pads_each_conv_to_its_own_multiple_and_stays_exact(
     m = randomised_model("vgg16", 0.25)
     masks = channel_prune(dict(m.named_parameters()), ones_masks(m), 0.4)
     live, full = kept_channels(m, masks, 3), _convs(m)
-    align = {n: ALIGNS[i % len(ALIGNS)] for i, n in enumerate(full)}
+    align = _alignments_in_turn(m)
     slim = _convs(slim_model(m, masks, 3, align))
     assert {n: c.out_channels for n, c in slim.items()} == {n: min(full[n].out_channels, round_up(len(live[n]), align[n])) for n in full}
     assert len({c.out_channels % 16 for c in slim.values()}) > 1  # the multiples differ by layer
