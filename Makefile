@@ -19,9 +19,10 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	@# uv fetches and unpacks the 5.6 GB of packages (torch's CUDA build with its libraries) on
-	@# every core: 26 s here from an empty cache, where pip took 59 s. Where uv cannot be installed
-	@# or cannot reach its index (PyPI), pip installs them as the machine configures it.
-	($(PY) -m pip install -q "uv>=0.13,<0.14" && $(VENV)/bin/uv pip install -q --python $(PY) -e ".[test,onnx]") || \
+	@# every core: 26 s here from an empty cache, where pip took 59 s; --system-certs trusts what
+	@# the system trusts (a proxy that re-signs TLS, say). Where uv cannot be installed or cannot
+	@# reach its index (PyPI), pip installs them as the machine configures it.
+	($(PY) -m pip install -q "uv>=0.13,<0.14" && $(VENV)/bin/uv pip install -q --system-certs --python $(PY) -e ".[test,onnx]") || \
 	  ($(PY) -m pip install -q --upgrade pip >/dev/null && $(PY) -m pip install -q --no-compile -e ".[test,onnx]")
 	@# Bytecode for the installed files, compiled once on every core (pip's own compiling uses one:
 	@# half its set-up time on two). The packages' own test suites (a quarter of the files) are
